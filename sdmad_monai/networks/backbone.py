@@ -1,0 +1,163 @@
+"""Loading the CLIP backbone through open_clip, and finding its transformer blocks.
+
+Three ways to name weights, all through open_clip:
+
+- a built-in architecture with a pretrained tag: ``load_clip("ViT-L-14", pretrained="openai")`` (the paper's);
+- a Hugging Face hub id: ``load_clip("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")``;
+- local files: ``load_clip("ViT-L-14", pretrained="/path/to/open_clip_pytorch_model.bin")`` or
+  ``load_clip("local-dir:/path/to/folder")`` (a folder with ``open_clip_config.json`` and the weights).
+
+``sdmad-tiny`` (``model_configs/sdmad-tiny.json``: 3.2 M parameters, 64 px, ViT with 6 blocks, 3 text blocks) is
+registered with open_clip on import, for tests and the offline demo; with ``pretrained=None`` it is randomly
+initialised from ``seed``, identically every time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from torch import nn
+
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "TINY_MODEL_NAME",
+    "WeightsUnavailableError",
+    "load_clip",
+    "image_blocks",
+    "text_blocks",
+]
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+TINY_MODEL_NAME = "sdmad-tiny"
+
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but could not be fetched (no network, or not in the local cache)."""
+
+
+def _weights_source(model_name: str, pretrained: str | None) -> str | None:
+    """``"remote"`` for a pretrained tag or ``hf-hub:`` id, ``"local"`` for files on disk, ``None`` for random init."""
+    if model_name.startswith("hf-hub:"):
+        return "remote"
+    if model_name.startswith("local-dir:"):
+        return "local"
+    if pretrained is None:
+        return None
+    return "local" if os.path.isfile(pretrained) else "remote"
+
+
+def _offline_message(model_name: str, pretrained: str | None, error: BaseException) -> str:
+    wanted = model_name if pretrained is None else f"{model_name} with pretrained={pretrained!r}"
+    return (
+        f"Could not fetch the CLIP weights for {wanted}: {error}\n"
+        "This machine cannot reach the model hub (or the weights are not in the local cache). Supply the weights as a "
+        "local file instead: download them where there is network (e.g. `open_clip.create_model("
+        f"'{model_name}', pretrained='{pretrained or ''}')` fills the Hugging Face cache, or fetch "
+        "open_clip_pytorch_model.bin from the model's hub page), copy them here, then pass "
+        f"pretrained='/path/to/open_clip_pytorch_model.bin' (with model_name='{model_name}'), or "
+        "model_name='local-dir:/path/to/folder' for a folder holding open_clip_config.json and the weights. "
+        "Set HF_HUB_OFFLINE=1 to fail at once instead of retrying."
+    )
+
+
+def load_clip(
+    model_name: str = TINY_MODEL_NAME,
+    pretrained: str | None = None,
+    image_size: int | None = None,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+    """Create an open_clip model and its tokenizer.
+
+    Args:
+        model_name: an open_clip architecture name (``"ViT-L-14"``, ``"sdmad-tiny"``), an ``hf-hub:org/repo`` id or
+            ``local-dir:/path``.
+        pretrained: a pretrained tag of that architecture (``"openai"``), a local checkpoint file, or ``None`` for
+            random initialisation (ignored by open_clip for ``hf-hub:`` and ``local-dir:`` names).
+        image_size: input size in pixels; open_clip's ``force_image_size`` rebuilds the position embedding for it and
+            resizes pretrained ones (240 is the paper's size for ViT-L/14).
+        seed: seed of the random initialisation; the same seed gives the same weights on every call (the global RNG
+            is left untouched).
+        device: device to create the model on.
+        precision: open_clip precision string (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"amp"``...).
+        cache_dir: download cache for remote weights.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode.
+
+    Raises:
+        WeightsUnavailableError: remote weights were asked for and could not be fetched; the message says which and
+            how to pass a local file instead.
+    """
+    source = _weights_source(model_name, pretrained)
+    kwargs: dict[str, Any] = dict(
+        pretrained=pretrained,
+        precision=precision,
+        device=device,
+        force_image_size=image_size,
+        cache_dir=cache_dir,
+        require_pretrained=source is not None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = open_clip.create_model(model_name, **kwargs)
+            tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+        except RuntimeError as error:
+            # open_clip wraps hub/download failures in RuntimeError; an unknown tag is reported by open_clip itself.
+            text = str(error)
+            fetching = source == "remote" and (
+                "Failed to download" in text
+                or "Failed initial config/weights load from HF Hub" in text
+                or "Required pretrained weights" in text
+                or "Could not load config from hf-hub" in text
+            )
+            if fetching:
+                raise WeightsUnavailableError(_offline_message(model_name, pretrained, error)) from error
+            raise
+    model.eval()
+    return model, tokenizer
+
+
+def _resolve(model: nn.Module, path: str) -> Any:
+    module: Any = model
+    for name in path.split("."):
+        module = getattr(module, name, None)
+        if module is None:
+            return None
+    return module
+
+
+#: Where the block lists live in the tower types open_clip builds.
+_IMAGE_BLOCK_PATHS = ("visual.transformer.resblocks", "visual.trunk.blocks")
+_TEXT_BLOCK_PATHS = ("transformer.resblocks", "text.transformer.resblocks", "text.transformer.encoder.layer")
+
+
+def _blocks(model: nn.Module, paths: tuple[str, ...], tower: str) -> nn.ModuleList:
+    for path in paths:
+        blocks = _resolve(model, path)
+        if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
+            return blocks
+    raise ValueError(
+        f"Cannot find the transformer blocks of the {tower} encoder of {type(model).__name__} (looked at {paths}). "
+        "Shift adapters support open_clip ViT towers, timm ViT towers and Hugging Face text towers."
+    )
+
+
+def image_blocks(model: nn.Module) -> nn.ModuleList:
+    """The image encoder's transformer blocks, in order."""
+    return _blocks(model, _IMAGE_BLOCK_PATHS, "image")
+
+
+def text_blocks(model: nn.Module) -> nn.ModuleList:
+    """The text encoder's transformer blocks, in order."""
+    return _blocks(model, _TEXT_BLOCK_PATHS, "text")

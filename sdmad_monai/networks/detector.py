@@ -1,0 +1,474 @@
+"""SignDrivenDetector: frozen CLIP + shift adapters + prompt bank -> multi-label anomaly scores.
+
+``forward(image [B, 3, H, W]) -> [B, K]`` category scores (Eq. 7), so MONAI's inferers, ``verify_net_in_out`` and
+bundle workflows use it as any network. ``forward(image, output="predictions")`` gives Eq. 8's binary predictions and
+``output="all"`` every intermediate (features, per-prompt similarities, kept prompts, anchor), which the losses and
+the evaluation need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..functional import (
+    anchor_feature_from_normal_prompts,
+    anchor_predictions,
+    category_scores,
+    image_anomaly_score,
+    select_signs,
+    selection_with_fallback,
+)
+from ..prompts import PromptBank, load_prompt_bank
+from .adapter import DEFAULT_ADAPTER_LAMBDA, ShiftAdapter, attach_adapter
+from .backbone import TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
+from .text_cache import TextPath
+
+__all__ = ["SignDrivenDetector", "TextState", "DetectorStateError", "PAPER_IMAGE_ADAPTER_LAYERS", "PRESETS"]
+
+#: The paper's image-encoder adapter layers for ViT-L/14 (1-based block indices).
+PAPER_IMAGE_ADAPTER_LAYERS = (6, 8, 18, 24)
+
+#: Named settings: the paper's (ViT-L/14, OpenAI weights, 240 px) and the tiny offline model.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "model_name": "ViT-L-14",
+        "pretrained": "openai",
+        "image_size": 240,
+        "image_adapter_layers": list(PAPER_IMAGE_ADAPTER_LAYERS),
+    },
+    "tiny": {
+        "model_name": TINY_MODEL_NAME,
+        "pretrained": None,
+        "image_size": 64,
+        "image_adapter_layers": [2, 3, 5, 6],
+    },
+}
+
+_CHECKPOINT_FORMAT = "sdmad-detector/1"
+#: Settings that change what the adapters compute; a checkpoint only loads onto a detector with the same ones.
+_ARCHITECTURE_KEYS = (
+    "model_name",
+    "pretrained",
+    "image_size",
+    "seed",
+    "image_adapter_layers",
+    "text_adapter",
+    "adapter_bottleneck",
+    "adapter_lambda",
+    "adapter_activation",
+)
+
+
+class DetectorStateError(RuntimeError):
+    """A checkpoint does not fit this detector (other prompt bank, backbone or adapter settings)."""
+
+
+class TextState(NamedTuple):
+    """Everything the scoring functions need from the text side.
+
+    Attributes:
+        features: ``[P, D]`` prompt features (unnormalised).
+        prompt_categories: ``[P]`` category per prompt, ``-1`` for normal.
+        anchor: ``[D]`` anchor feature (unit norm).
+        keep: ``[P]`` prompts kept by sign selection (with fallback), all ``True`` when selection is off.
+    """
+
+    features: torch.Tensor
+    prompt_categories: torch.Tensor
+    anchor: torch.Tensor
+    keep: torch.Tensor
+
+
+def _weights_identity(pretrained: str | None) -> str | None:
+    """How a checkpoint records the backbone weights: the tag, or a local file's name (paths move between sites)."""
+    if pretrained is None:
+        return None
+    return Path(pretrained).name if os.path.sep in pretrained or os.path.isfile(pretrained) else pretrained
+
+
+class SignDrivenDetector(nn.Module):
+    """SD-MAD detector: a frozen open_clip CLIP with shift adapters, scoring images against sign prompts.
+
+    Args:
+        prompt_bank: a :class:`~sdmad_monai.prompts.PromptBank`, a built-in bank name (``"fastmri_brain"``), a JSON
+            path or dict.
+        categories: category labels to use, in output-channel order; ``None`` keeps the bank's order.
+        model_name: open_clip architecture or ``hf-hub:``/``local-dir:`` id (see :func:`load_clip`).
+        pretrained: pretrained tag or local checkpoint file; ``None`` for a seeded random initialisation.
+        image_size: input size in pixels (``None``: the architecture's default).
+        image_adapter_layers: 1-based indices of the image blocks that get a shift adapter (the paper's ViT-L/14
+            choice by default).
+        text_adapter: put a shift adapter on the last text block (the paper does).
+        adapter_bottleneck: adapter hidden width (``None``: three quarters of the block width).
+        adapter_lambda: ``lambda`` of Eq. 2.
+        adapter_activation: ``alpha`` of Eq. 1 (``"leaky_relu"``, ``"relu"``, ``"gelu"``).
+        sign_selection: apply Eq. 6 at inference (``False`` is the paper's "no SS" ablation).
+        seed: seed of the adapters' and (for ``pretrained=None``) the backbone's initialisation.
+        cache_dir: download cache for remote weights.
+    """
+
+    def __init__(
+        self,
+        prompt_bank: PromptBank | str | Mapping[str, Any] = "fastmri_brain",
+        categories: Sequence[str] | None = None,
+        model_name: str = "ViT-L-14",
+        pretrained: str | None = "openai",
+        image_size: int | None = 240,
+        image_adapter_layers: Sequence[int] = PAPER_IMAGE_ADAPTER_LAYERS,
+        text_adapter: bool = True,
+        adapter_bottleneck: int | None = None,
+        adapter_lambda: float = DEFAULT_ADAPTER_LAMBDA,
+        adapter_activation: str = "leaky_relu",
+        sign_selection: bool = True,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.prompt_bank = load_prompt_bank(prompt_bank, categories)
+        self.config: dict[str, Any] = {
+            "model_name": model_name,
+            "pretrained": pretrained,
+            "image_size": image_size,
+            "seed": int(seed),
+            "image_adapter_layers": [int(i) for i in image_adapter_layers],
+            "text_adapter": bool(text_adapter),
+            "adapter_bottleneck": adapter_bottleneck,
+            "adapter_lambda": float(adapter_lambda),
+            "adapter_activation": adapter_activation,
+        }
+        self.sign_selection = bool(sign_selection)
+        self.adapters_enabled = True
+
+        backbone, tokenizer = load_clip(model_name, pretrained, image_size, seed=seed, cache_dir=cache_dir)
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+        self.backbone = backbone
+        preprocess = open_clip.get_model_preprocess_cfg(backbone)
+        size = preprocess.get("size", image_size)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_mean = tuple(float(v) for v in preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.image_std = tuple(float(v) for v in preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.image_adapters = self._build_image_adapters(image_blocks(backbone))
+            last_text_block = text_blocks(backbone)[-1]
+            self.text_adapter = (
+                self._new_adapter(self._block_width(last_text_block, backbone, "text")) if text_adapter else None
+            )
+        for index, adapter in self.image_adapters.items():
+            attach_adapter(image_blocks(backbone)[int(index) - 1], adapter, self._adapters_on)
+        if self.text_adapter is not None:
+            attach_adapter(last_text_block, self.text_adapter, self._adapters_on)
+        self._text_path = TextPath(backbone, last_text_block)
+
+        texts, prompt_categories = self.prompt_bank.flatten()
+        self._check_context_length(tokenizer, texts)
+        self.prompt_texts = texts
+        self.register_buffer("tokens", tokenizer(texts), persistent=False)
+        self.register_buffer(
+            "prompt_categories", torch.tensor(prompt_categories, dtype=torch.long), persistent=False
+        )
+        self._text_cache: tuple[tuple, TextState] | None = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "SignDrivenDetector":
+        """Build from :data:`PRESETS` (``"paper"`` or ``"tiny"``) with keyword overrides."""
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown detector preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[preset], **overrides})
+
+    def _new_adapter(self, width: int) -> ShiftAdapter:
+        return ShiftAdapter(
+            width, self.config["adapter_bottleneck"], self.config["adapter_lambda"], self.config["adapter_activation"]
+        )
+
+    @staticmethod
+    def _block_width(block: nn.Module, model: nn.Module, tower: str) -> int:
+        for module in block.modules():
+            if isinstance(module, nn.LayerNorm):
+                return int(module.normalized_shape[0])
+        raise ValueError(f"Cannot infer the width of the {tower} blocks of {type(model).__name__}.")
+
+    def _build_image_adapters(self, blocks: nn.ModuleList) -> nn.ModuleDict:
+        layers = self.config["image_adapter_layers"]
+        depth = len(blocks)
+        bad = [i for i in layers if not 1 <= i <= depth]
+        if bad or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"Image adapter layers {layers} do not fit {self.config['model_name']}: its image encoder has {depth} "
+                f"blocks, so indices must be distinct and within 1..{depth} (1-based); offending: "
+                f"{bad or 'duplicates'}. The paper's {list(PAPER_IMAGE_ADAPTER_LAYERS)} is for 24-block ViT-L/14."
+            )
+        width = self._block_width(blocks[0], self.backbone, "image")
+        return nn.ModuleDict({str(i): self._new_adapter(width) for i in layers})
+
+    @staticmethod
+    def _check_context_length(tokenizer: Any, texts: Sequence[str]) -> None:
+        encode = getattr(tokenizer, "encode", None)
+        context_length = getattr(tokenizer, "context_length", None)
+        if encode is None or context_length is None:
+            return
+        for text in texts:
+            length = len(encode(text)) + 2  # start and end tokens
+            if length > context_length:
+                raise ValueError(
+                    f"Prompt {text!r} has {length} tokens but the text encoder reads {context_length}; it would be "
+                    "truncated. Shorten it in the prompt bank."
+                )
+
+    # ------------------------------------------------------------------ switches
+    def _adapters_on(self) -> bool:
+        return self.adapters_enabled
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator["SignDrivenDetector"]:
+        """Temporarily run the bare CLIP backbone: the paper's zero-shot CLIP baseline."""
+        previous = self.adapters_enabled
+        self.adapters_enabled = False
+        try:
+            yield self
+        finally:
+            self.adapters_enabled = previous
+
+    def train(self, mode: bool = True) -> "SignDrivenDetector":
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout or batch-statistics updates, ever
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter parameters: the only ones the optimiser should see."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def category_labels(self) -> list[str]:
+        return self.prompt_bank.labels
+
+    @property
+    def num_categories(self) -> int:
+        return self.prompt_bank.num_categories
+
+    # ------------------------------------------------------------------ encoders
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, D]`` (unnormalised) of CLIP-normalised images ``[B, 3, H, W]``."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"Expected images [B, 3, H, W], got shape {tuple(image.shape)}.")
+        return self.backbone.encode_image(image)
+
+    def _text_cache_key(self) -> tuple:
+        adapters = [] if self.text_adapter is None else list(self.text_adapter.parameters())
+        return (
+            self.adapters_enabled,
+            self.sign_selection,
+            self.tokens.device,
+            tuple((p.data_ptr(), p._version) for p in adapters),
+        )
+
+    def text_state(self) -> TextState:
+        """Prompt features, categories, anchor and kept prompts.
+
+        While the text adapter is being trained (training mode, gradient enabled) the adapted last text block runs on
+        every call, on the cached output of the frozen blocks before it. Otherwise the result is cached until the
+        text adapter's weights change (an optimiser step or ``load_state_dict`` bumps their version counters).
+        """
+        grad_needed = (
+            self.training
+            and torch.is_grad_enabled()
+            and self.adapters_enabled
+            and self.text_adapter is not None
+            and any(p.requires_grad for p in self.text_adapter.parameters())
+        )
+        if grad_needed:
+            return self._compute_text_state()
+        key = self._text_cache_key()
+        if self._text_cache is None or self._text_cache[0] != key:
+            with torch.no_grad():
+                self._text_cache = (key, self._compute_text_state())
+        return self._text_cache[1]
+
+    def _compute_text_state(self) -> TextState:
+        features = self._text_path.encode(self.tokens)
+        categories = self.prompt_categories
+        anchor = anchor_feature_from_normal_prompts(features, categories)
+        if self.sign_selection:
+            keep = selection_with_fallback(
+                select_signs(features.detach(), categories), categories, self.num_categories, self.category_labels
+            )
+        else:
+            keep = torch.ones_like(categories, dtype=torch.bool)
+        return TextState(features, categories, anchor, keep)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, image: torch.Tensor, output: str = "scores") -> torch.Tensor | dict[str, torch.Tensor]:
+        """Score CLIP-normalised images ``[B, 3, H, W]``.
+
+        Args:
+            image: input batch.
+            output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
+                ``"all"`` -> a dict with ``scores``, ``predictions``, ``image_score`` ``[B]`` (normal-vs-abnormal
+                score), ``similarities`` ``[B, P]``, ``anchor_similarity`` ``[B]``, ``image_features`` ``[B, D]``,
+                ``text_features`` ``[P, D]``, ``prompt_categories`` ``[P]``, ``anchor_feature`` ``[D]``, ``keep``
+                ``[P]`` (the inputs of the losses).
+        """
+        if output not in ("scores", "predictions", "all"):
+            raise ValueError(f"output must be 'scores', 'predictions' or 'all', got {output!r}.")
+        image_features = self.encode_image(image)
+        text = self.text_state()
+        k = self.num_categories
+        if output == "scores":
+            return category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
+        predictions = anchor_predictions(image_features, text.features, text.prompt_categories, text.keep, text.anchor, k)
+        if output == "predictions":
+            return predictions
+        scores = category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
+        anchor_similarity = F.normalize(image_features, dim=-1) @ text.anchor
+        return {
+            "scores": scores,
+            "predictions": predictions,
+            "image_score": image_anomaly_score(scores, anchor_similarity),
+            "similarities": F.normalize(image_features, dim=-1) @ F.normalize(text.features, dim=-1).T,
+            "anchor_similarity": anchor_similarity,
+            "image_features": image_features,
+            "text_features": text.features,
+            "prompt_categories": text.prompt_categories,
+            "anchor_feature": text.anchor,
+            "keep": text.keep,
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """Adapters and the detector's description only; the frozen backbone is rebuilt from its spec on load."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in state if k.startswith(prefix + "backbone.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load adapters (and check the recorded prompt bank and backbone); backbone keys are neither needed nor used.
+
+        Raises:
+            DetectorStateError: the checkpoint was made for another prompt bank, backbone or adapter layout.
+        """
+        if strict and "_extra_state" not in state_dict:
+            raise DetectorStateError(
+                "This state dict has no '_extra_state' entry: it was not written by SignDrivenDetector (keys: "
+                f"{sorted(state_dict)[:6]}...)."
+            )
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
+        unexpected = [k for k in result.unexpected_keys if not k.startswith("backbone.")]
+        if strict and (missing or unexpected):
+            raise DetectorStateError(
+                f"Checkpoint does not match this detector's adapters: missing {missing}, unexpected {unexpected}."
+            )
+        self._text_cache = None
+        return result
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "sdmad_monai_version": __version__,
+            "config": {**self.config, "pretrained": _weights_identity(self.config["pretrained"])},
+            "prompt_bank": self.prompt_bank.to_dict(),
+            "prompt_bank_fingerprint": self.prompt_bank.fingerprint(),
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise DetectorStateError(f"Not an SD-MAD detector checkpoint (format {_CHECKPOINT_FORMAT} expected).")
+        mine = self.get_extra_state()
+        if state["prompt_bank_fingerprint"] != mine["prompt_bank_fingerprint"]:
+            theirs = PromptBank.from_dict(state["prompt_bank"])
+            raise DetectorStateError(
+                f"Checkpoint was trained with prompt bank {theirs.name!r} (categories {theirs.labels}) but this "
+                f"detector uses {self.prompt_bank.name!r} (categories {self.category_labels}) with different prompts "
+                "or order. Build the detector with the checkpoint's bank (SignDrivenDetector.load does this)."
+            )
+        differing = {
+            key: (state["config"].get(key), mine["config"][key])
+            for key in _ARCHITECTURE_KEYS
+            if state["config"].get(key) != mine["config"][key]
+        }
+        if differing:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs detector {b!r}" for k, (a, b) in differing.items())
+            raise DetectorStateError(f"Checkpoint was trained on another backbone or adapter layout ({detail}).")
+
+    def save(self, path: str | Path) -> Path:
+        """Write adapters + prompt bank + backbone spec + version to ``path`` atomically (megabytes, no backbone)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(self.state_dict(), temporary)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @staticmethod
+    def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The detector state dict in ``path``: a :meth:`save` file or a MONAI checkpoint holding one.
+
+        MONAI's ``CheckpointSaver`` writes ``{"network": state_dict, "optimizer": ...}``; the entry carrying
+        ``_extra_state`` is taken. Loaded with ``weights_only=True``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+        try:
+            data = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:  # torch raises several types for corrupt or foreign files
+            raise DetectorStateError(f"Cannot read checkpoint {path}: {error}") from error
+        if isinstance(data, Mapping) and "_extra_state" in data:
+            return dict(data)
+        if isinstance(data, Mapping):
+            for value in data.values():
+                if isinstance(value, Mapping) and "_extra_state" in value:
+                    return dict(value)
+        raise DetectorStateError(
+            f"Checkpoint {path} holds no SD-MAD detector state (no '_extra_state' entry); it was not written by "
+            "SignDrivenDetector.save or a bundle trainer."
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        map_location: str | torch.device = "cpu",
+        pretrained: str | None = None,
+        **overrides: Any,
+    ) -> "SignDrivenDetector":
+        """Rebuild a detector from a checkpoint: the recorded backbone, prompt bank and adapters.
+
+        Args:
+            path: checkpoint file.
+            map_location: where to load tensors.
+            pretrained: where the backbone weights are now, when the checkpoint names a local file that moved, or to
+                point a tag at a local copy; must be the same weights the checkpoint was trained on.
+            overrides: runtime switches such as ``sign_selection`` or ``cache_dir``.
+        """
+        state = cls.read_checkpoint(path, map_location)
+        extra = state["_extra_state"]
+        config = dict(extra["config"])
+        if pretrained is not None:
+            config["pretrained"] = pretrained
+        detector = cls(prompt_bank=extra["prompt_bank"], **config, **overrides)
+        if pretrained is not None:
+            # the recorded identity of the weights is what must match, not the path they are read from now
+            detector.config["pretrained"] = extra["config"]["pretrained"]
+        detector.load_state_dict(state)
+        return detector.to(map_location)

@@ -1,0 +1,204 @@
+"""SignDrivenDetector on the tiny random-initialised backbone: gradients, caching, checkpoints, switches, errors."""
+
+import copy
+
+import pytest
+import torch
+
+from sdmad_monai.functional import category_scores
+from sdmad_monai.losses import SDMADLoss
+from sdmad_monai.networks import DetectorStateError, SignDrivenDetector, load_clip
+from sdmad_monai.prompts import PromptBankError
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return SignDrivenDetector.from_preset("tiny")
+
+
+def batch(size=4, image_size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, image_size, image_size, generator=generator)
+    labels = torch.zeros(size, 6)
+    for row, column in [(0, 0), (1, 2), (1, 4)]:  # image 0: one category, image 1: two, the rest normal
+        if row < size:
+            labels[row, column] = 1.0
+    return images, labels
+
+
+def train_steps(detector, steps=2):
+    optimizer = torch.optim.Adam(detector.trainable_parameters(), lr=1e-2)
+    loss_function = SDMADLoss()
+    images, labels = batch()
+    detector.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_function(detector(images, output="all"), labels)
+        loss.backward()
+        optimizer.step()
+    detector.eval()
+    return loss
+
+
+def test_forward_shapes_and_outputs(detector):
+    images, _ = batch()
+    with torch.no_grad():
+        scores = detector(images)
+        everything = detector(images, output="all")
+    assert scores.shape == (4, 6)
+    assert torch.equal(scores, everything["scores"])
+    assert set(everything["predictions"].unique().tolist()) <= {0.0, 1.0}
+    assert everything["similarities"].shape == (4, len(detector.prompt_texts))
+    assert everything["image_score"].shape == (4,)
+
+
+def test_only_adapters_receive_gradients():
+    detector = SignDrivenDetector.from_preset("tiny")
+    images, labels = batch()
+    detector.train()
+    SDMADLoss()(detector(images, output="all"), labels).backward()
+    assert all(not p.requires_grad and p.grad is None for p in detector.backbone.parameters())
+    adapters = list(detector.image_adapters.values()) + [detector.text_adapter]
+    for adapter in adapters:
+        assert adapter.fc1.weight.grad is not None and adapter.fc1.weight.grad.abs().sum() > 0
+        assert adapter.fc2.weight.grad is not None and adapter.fc2.weight.grad.abs().sum() > 0
+    trainable = {id(p) for p in detector.trainable_parameters()}
+    assert trainable == {id(p) for a in adapters for p in a.parameters()}
+
+
+def test_cached_text_path_equals_encode_text_and_follows_training():
+    detector = SignDrivenDetector.from_preset("tiny")
+    detector.eval()
+    with torch.no_grad():
+        before = detector.text_state().features.clone()
+        assert torch.allclose(before, detector.backbone.encode_text(detector.tokens), atol=1e-6)
+    train_steps(detector)
+    with torch.no_grad():
+        after = detector.text_state().features
+        reference = detector.backbone.encode_text(detector.tokens)  # full pass, adapter hook included
+    assert not torch.allclose(before, after), "text adapter update must invalidate the cache"
+    assert torch.allclose(after, reference, atol=1e-6)
+
+
+def test_text_cache_reused_when_weights_unchanged(detector):
+    detector.eval()
+    with torch.no_grad():
+        first = detector.text_state()
+        second = detector.text_state()
+    assert first is second
+
+
+def test_adapters_disabled_is_bare_clip(detector):
+    bare, _ = load_clip("sdmad-tiny", seed=0)
+    images, _ = batch()
+    detector.eval()
+    with torch.no_grad(), detector.adapters_disabled():
+        features = detector.encode_image(images)
+        text = detector.text_state()
+    with torch.no_grad():
+        assert torch.allclose(features, bare.encode_image(images), atol=1e-6)
+        assert torch.allclose(text.features, bare.encode_text(detector.tokens), atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(detector.encode_image(images), features)
+
+
+def test_sign_selection_switch():
+    detector = SignDrivenDetector.from_preset("tiny", sign_selection=False)
+    with torch.no_grad():
+        state = detector.text_state()
+    assert bool(state.keep.all())
+    images, _ = batch()
+    with torch.no_grad():
+        expected = category_scores(
+            detector.encode_image(images), state.features, state.prompt_categories, state.keep, 6
+        )
+        assert torch.equal(detector(images), expected)
+
+
+def test_checkpoint_round_trip_reproduces_scores(tmp_path):
+    detector = SignDrivenDetector.from_preset("tiny")
+    train_steps(detector)
+    path = detector.save(tmp_path / "model.pt")
+    assert path.stat().st_size < 2_000_000  # adapters + bank, no backbone
+    images, _ = batch(seed=3)
+    restored = SignDrivenDetector.load(path)
+    restored.eval()
+    with torch.no_grad():
+        assert torch.equal(detector(images), restored(images))
+        assert torch.equal(detector(images, output="predictions"), restored(images, output="predictions"))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_monai_style_checkpoint_is_read(tmp_path):
+    detector = SignDrivenDetector.from_preset("tiny")
+    torch.save({"network": detector.state_dict(), "epoch": 3}, tmp_path / "monai.pt")
+    state = SignDrivenDetector.read_checkpoint(tmp_path / "monai.pt")
+    assert "_extra_state" in state and not any(k.startswith("backbone.") for k in state)
+
+
+def test_checkpoint_from_other_bank_or_backbone_is_refused(tmp_path):
+    path = SignDrivenDetector.from_preset("tiny").save(tmp_path / "model.pt")
+    state = SignDrivenDetector.read_checkpoint(path)
+    reordered = SignDrivenDetector.from_preset(
+        "tiny",
+        categories=[
+            "Posttreatment change",
+            "Craniotomy",
+            "Nonspecific lesion",
+            "Dural thickening",
+            "Enlarged ventricles",
+            "Global label: Small vessel chronic white matter ischemic change",
+        ],
+    )
+    with pytest.raises(DetectorStateError, match="prompt bank"):
+        reordered.load_state_dict(state)
+    other_layers = SignDrivenDetector.from_preset("tiny", image_adapter_layers=[1, 2, 3, 4])
+    with pytest.raises(DetectorStateError, match="image_adapter_layers"):
+        other_layers.load_state_dict(state)
+    with pytest.raises(DetectorStateError, match="no SD-MAD detector state"):
+        torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+        SignDrivenDetector.read_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_image_size_240_on_tiny_model():
+    detector = SignDrivenDetector.from_preset("tiny", image_size=240)
+    assert detector.image_size == 240
+    assert detector.backbone.visual.positional_embedding.shape[0] == (240 // 8) ** 2 + 1
+    images, _ = batch(size=2, image_size=240)
+    with torch.no_grad():
+        assert detector(images).shape == (2, 6)
+
+
+def test_bad_adapter_layer_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"has 6 blocks.*1\.\.6.*\[7\]"):
+        SignDrivenDetector.from_preset("tiny", image_adapter_layers=[2, 7])
+    with pytest.raises(ValueError, match="24-block ViT-L/14"):
+        SignDrivenDetector(model_name="sdmad-tiny", pretrained=None, image_size=None)
+
+
+def test_unknown_category_is_a_clear_error():
+    with pytest.raises(PromptBankError, match="'Mass'"):
+        SignDrivenDetector.from_preset("tiny", categories=["Craniotomy", "Mass"])
+
+
+def test_category_subset_and_order():
+    detector = SignDrivenDetector.from_preset("tiny", categories=["Enlarged ventricles", "Craniotomy"])
+    assert detector.category_labels == ["Enlarged ventricles", "Craniotomy"]
+    assert detector.prompt_categories.max().item() == 1
+    with torch.no_grad():
+        assert detector(batch(size=1)[0]).shape == (1, 2)
+
+
+def test_train_mode_keeps_backbone_in_eval(detector):
+    detector.train()
+    assert detector.training and not detector.backbone.training
+    detector.eval()
+
+
+def test_deepcopy_keeps_working(detector):
+    clone = copy.deepcopy(detector)
+    images, _ = batch(size=1)
+    with torch.no_grad():
+        assert torch.equal(clone(images), detector(images))

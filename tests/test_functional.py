@@ -1,0 +1,198 @@
+"""Hand-computed checks of the paper's equations in sdmad_monai.functional (2-D vectors, answers worked out below)."""
+
+import math
+
+import pytest
+import torch
+
+from sdmad_monai.functional import (
+    anchor_feature_from_normal_prompts,
+    anchor_loss,
+    anchor_loss_terms,
+    anchor_predictions,
+    category_scores,
+    image_anomaly_score,
+    image_text_loss,
+    select_signs,
+    selection_with_fallback,
+)
+
+R2 = 1 / math.sqrt(2)
+
+
+def t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# Prompts: normal (1, 0); category 0: (0, 1) and (1, 1)/sqrt2; category 1: (-1, 0).
+TEXT = t([1.0, 0.0], [0.0, 1.0], [R2, R2], [-1.0, 0.0])
+CATS = torch.tensor([-1, 0, 0, 1])
+ANCHOR = torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+
+def test_image_text_loss_hand_computed():
+    # image (1, 0) with category 0: d to (0,1) is 1, d to (1,1)/sqrt2 is 1 - 1/sqrt2.
+    # normal image (0, 1): matched to the normal prompt (1, 0): d = 1.
+    images = t([1.0, 0.0], [0.0, 1.0])
+    labels = t([1.0, 0.0], [0.0, 0.0])
+    expected = ((1 + (1 - R2)) + 1) / 2
+    assert image_text_loss(images, TEXT, CATS, labels).item() == pytest.approx(expected)
+
+
+def test_image_text_loss_sums_over_every_positive_category_and_normalises_inputs():
+    images = t([2.0, 0.0])  # not unit length: normalised inside
+    labels = t([1.0, 1.0])  # categories 0 and 1 -> prompts 1, 2, 3
+    expected = 1 + (1 - R2) + 2  # d to (-1, 0) is 2
+    assert image_text_loss(images, TEXT, CATS, labels).item() == pytest.approx(expected)
+
+
+def test_anchor_loss_hand_computed():
+    # image (0.6, 0.8): cos to anchor 0.6 -> a = 0.4; d to (0,1) = 0.2; d to (1,1)/sqrt2 = 1 - 1.4/sqrt2;
+    # d to (-1,0) = 1.6.
+    d_diag = 1 - 1.4 * R2
+    images = t([0.6, 0.8], [0.6, 0.8])
+    labels = t([0.0, 1.0], [0.0, 0.0])
+    terms = anchor_loss_terms(images, TEXT, CATS, ANCHOR, labels)
+    # image 0 has category 1: positive hinge max(0, 1.6 - 0.4) = 1.2;
+    # negatives over category 0: max(0, 0.4 - 0.2) + max(0, 0.4 - d_diag).
+    # image 1 is normal: no positive term; negatives over all category prompts; (-1,0) gives max(0, 0.4-1.6) = 0.
+    negative = 0.2 + (0.4 - d_diag)
+    assert terms.positive.tolist() == pytest.approx([1.2, 0.0])
+    assert terms.negative.tolist() == pytest.approx([negative, negative])
+    assert terms.violations.tolist() == [3, 2]
+    expected = ((1.2 + negative) + negative) / 2
+    assert anchor_loss(images, TEXT, CATS, ANCHOR, labels).item() == pytest.approx(expected)
+
+
+def test_anchor_loss_negative_term_is_not_the_printed_typo():
+    # The paper prints max(0, d(img,t) - d(img,t)), which is always 0. Remark 3.1 wants the anchor closer than any
+    # prompt of a category the image lacks: here the category-1 prompt (0.6, 0.8) equals the image, the anchor is
+    # farther, so the negative term must be positive.
+    images = t([0.6, 0.8])
+    text = t([1.0, 0.0], [0.6, 0.8])
+    categories = torch.tensor([-1, 0])
+    labels = t([0.0])  # normal image
+    terms = anchor_loss_terms(images, text, categories, ANCHOR, labels)
+    assert terms.negative.item() == pytest.approx(0.4)  # a - d = 0.4 - 0
+    assert terms.positive.item() == 0.0
+
+
+def test_anchor_loss_is_zero_when_remark_3_1_holds():
+    images = t([0.0, 1.0])
+    text = t([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0])
+    categories = torch.tensor([-1, 0, 1])
+    anchor = torch.tensor([R2, R2], dtype=torch.float64)
+    # category 0 prompt d=0 <= d(anchor)=1-1/sqrt2 <= d(category 1 prompt)=1
+    assert anchor_loss(images, text, categories, anchor, t([1.0, 0.0])).item() == 0.0
+
+
+def test_select_signs_drops_planted_outlier():
+    text = t(
+        [-1.0, 0.0],  # normal
+        [-0.99, -0.141],  # normal
+        [1.0, 0.0],  # category 0
+        [0.99, 0.141],  # category 0
+        [0.2, 0.98],  # category 0 outlier: d to (0,1) is 0.02, to its own nearest sibling 0.66
+        [0.0, 1.0],  # category 1 (sibling at d=0.01, outlier at d=0.02: kept)
+        [-0.141, 0.99],  # category 1
+    )
+    categories = torch.tensor([-1, -1, 0, 0, 0, 1, 1])
+    keep = select_signs(text, categories)
+    assert keep.tolist() == [True, True, True, True, False, True, True]
+
+
+def test_select_signs_alone_in_category_and_strictness():
+    # prompt 0 (cat 0): nearest same (0,1) at d=1, nearest other (0,-1) at d=1 -> tie -> not kept (strict <)
+    # prompt 3 (cat 2) is alone: no same-category neighbour -> not kept.
+    text = t([1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [-1.0, 0.0])
+    categories = torch.tensor([0, 0, 1, 2])
+    keep = select_signs(text, categories)
+    assert keep.tolist()[0] is False
+    assert keep.tolist()[3] is False
+    assert keep.tolist()[2] is False  # alone in category 1 too
+
+
+def test_selection_fallback_restores_all_prompts_with_warning():
+    categories = torch.tensor([-1, 0, 0, 1, 1])
+    keep = torch.tensor([True, False, False, True, False])
+    with pytest.warns(UserWarning, match="Craniotomy"):
+        fixed = selection_with_fallback(keep, categories, 2, ["Craniotomy", "Lesion"])
+    assert fixed.tolist() == [True, True, True, True, False]
+
+
+def test_category_scores_require_a_kept_prompt_per_category():
+    with pytest.raises(ValueError, match="selection_with_fallback"):
+        category_scores(t([1.0, 0.0]), TEXT, CATS, torch.tensor([True, True, True, False]), 2)
+
+
+SCORE_TEXT = t([-0.6, 0.8], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [R2, R2])
+SCORE_CATS = torch.tensor([-1, 0, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "keep, expected",
+    [
+        ([True] * 5, [1.0, R2]),
+        ([True, False, True, True, True], [0.0, R2]),  # best prompt of category 0 discarded
+        ([True, True, True, True, False], [1.0, -1.0]),
+    ],
+)
+def test_category_scores_max_over_kept(keep, expected):
+    scores = category_scores(t([1.0, 0.0]), SCORE_TEXT, SCORE_CATS, torch.tensor(keep), 2)
+    assert scores[0].tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "keep, expected",
+    [
+        # anchor = normal prompt (-0.6, 0.8): cos(img, anchor) = -0.6.
+        # cat 0: min(1, 0) = 0 > -0.6 -> 1; cat 1: min(-1, 1/sqrt2) = -1 -> 0.
+        ([True] * 5, [1.0, 0.0]),
+        # without (-1, 0): cat 1 min is 1/sqrt2 > -0.6 -> 1
+        ([True, True, True, False, True], [1.0, 1.0]),
+    ],
+)
+def test_anchor_predictions_min_over_kept_vs_anchor(keep, expected):
+    anchor = anchor_feature_from_normal_prompts(SCORE_TEXT, SCORE_CATS)
+    predictions = anchor_predictions(t([1.0, 0.0]), SCORE_TEXT, SCORE_CATS, torch.tensor(keep), anchor, 2)
+    assert predictions[0].tolist() == expected
+
+
+def test_anchor_predictions_strictly_greater():
+    # category prompt equal to the anchor: similarity equal, not greater -> 0
+    text = t([1.0, 0.0], [1.0, 0.0])
+    categories = torch.tensor([-1, 0])
+    anchor = anchor_feature_from_normal_prompts(text, categories)
+    predictions = anchor_predictions(t([0.3, 0.7]), text, categories, torch.tensor([True, True]), anchor, 1)
+    assert predictions.tolist() == [[0.0]]
+
+
+def test_anchor_feature_is_normalised_mean_of_normal_prompts():
+    text = t([2.0, 0.0], [0.0, 5.0], [1.0, 1.0])
+    anchor = anchor_feature_from_normal_prompts(text, torch.tensor([-1, -1, 0]))
+    assert anchor.tolist() == pytest.approx([R2, R2])
+    with pytest.raises(ValueError, match="normal prompt"):
+        anchor_feature_from_normal_prompts(text, torch.tensor([0, 0, 1]))
+
+
+def test_image_anomaly_score_is_margin_over_anchor():
+    scores = t([0.2, 0.5], [0.1, 0.0])
+    assert image_anomaly_score(scores, torch.tensor([0.3, 0.4], dtype=torch.float64)).tolist() == pytest.approx(
+        [0.2, -0.3]
+    )
+
+
+def test_shape_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"prompt_categories must be \[P\] with P=4"):
+        image_text_loss(t([1.0, 0.0]), TEXT, torch.tensor([0, 1]), t([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"labels must be multi-hot \[B, K\]"):
+        image_text_loss(t([1.0, 0.0]), TEXT, CATS, torch.tensor([1.0, 0.0]))
+
+
+def test_losses_differentiable():
+    images = torch.tensor([[0.6, 0.8]], requires_grad=True)
+    loss = image_text_loss(images, TEXT.float(), CATS, torch.tensor([[0.0, 1.0]])) + anchor_loss(
+        images, TEXT.float(), CATS, ANCHOR.float(), torch.tensor([[0.0, 1.0]])
+    )
+    loss.backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
