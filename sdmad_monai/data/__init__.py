@@ -1,0 +1,41 @@
+"""Datalists for SD-MAD: fastMRI+ slices, BMAD folders, k-shot support sets and the deterministic demo dataset."""
+
+from sdmad_monai.data.bmad import BMAD_SECTIONS, build_bmad_datalist
+from sdmad_monai.data.demo import (
+    DEMO_SHAPE,
+    DEMO_SPACING,
+    DEMO_SUFFIX,
+    generate_demo_dataset,
+)
+from sdmad_monai.data.fastmri import (
+    FASTMRI_BRAIN_CATEGORIES,
+    FASTMRI_CSV_COLUMNS,
+    FASTMRI_NORMAL_LABELS,
+    FastMRIAnnotation,
+    FastMRIDatalist,
+    build_fastmri_datalist,
+    read_fastmri_annotations,
+    read_fastmri_file_list,
+)
+from sdmad_monai.data.kshot import KShotSplit, load_k_shot, save_k_shot, select_k_shot
+
+__all__ = [
+    "BMAD_SECTIONS",
+    "DEMO_SHAPE",
+    "DEMO_SPACING",
+    "DEMO_SUFFIX",
+    "FASTMRI_BRAIN_CATEGORIES",
+    "FASTMRI_CSV_COLUMNS",
+    "FASTMRI_NORMAL_LABELS",
+    "FastMRIAnnotation",
+    "FastMRIDatalist",
+    "KShotSplit",
+    "build_bmad_datalist",
+    "build_fastmri_datalist",
+    "generate_demo_dataset",
+    "load_k_shot",
+    "read_fastmri_annotations",
+    "read_fastmri_file_list",
+    "save_k_shot",
+    "select_k_shot",
+]
