@@ -9,9 +9,8 @@ the evaluation need.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -30,6 +29,7 @@ from ..functional import (
     selection_with_fallback,
 )
 from ..prompts import PromptBank, load_prompt_bank
+from ..utils import atomic_path
 from .adapter import DEFAULT_ADAPTER_LAMBDA, ShiftAdapter, attach_adapter
 from .backbone import TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
 from .text_cache import TextPath
@@ -72,6 +72,19 @@ _ARCHITECTURE_KEYS = (
 
 class DetectorStateError(RuntimeError):
     """A checkpoint does not fit this detector (other prompt bank, backbone or adapter settings)."""
+
+
+def _encode_state(description: Mapping[str, Any]) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(description, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode_state(state: Any) -> Any:
+    if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.ndim == 1:
+        try:
+            return json.loads(bytes(state.tolist()).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DetectorStateError(f"The checkpoint's detector description is corrupt: {error}.") from error
+    return state
 
 
 class TextState(NamedTuple):
@@ -244,8 +257,16 @@ class SignDrivenDetector(nn.Module):
             self.adapters_enabled = previous
 
     def train(self, mode: bool = True) -> "SignDrivenDetector":
+        """Set training mode; the backbone always stays in eval mode.
+
+        Switching to eval mode also computes the prompt features now, so that inference (and a TorchScript trace,
+        which then records them as constants) starts from the cache.
+        """
         super().train(mode)
         self.backbone.eval()  # frozen: no dropout or batch-statistics updates, ever
+        if not mode and not torch.jit.is_tracing():
+            with torch.no_grad():
+                self.text_state()
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -317,15 +338,25 @@ class SignDrivenDetector(nn.Module):
         Args:
             image: input batch.
             output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
-                ``"all"`` -> a dict with ``scores``, ``predictions``, ``image_score`` ``[B]`` (normal-vs-abnormal
-                score), ``similarities`` ``[B, P]``, ``anchor_similarity`` ``[B]``, ``image_features`` ``[B, D]``,
-                ``text_features`` ``[P, D]``, ``prompt_categories`` ``[P]``, ``anchor_feature`` ``[D]``, ``keep``
-                ``[P]`` (the inputs of the losses).
+                ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation).
+        """
+        return self.score(self.encode_image(image), self.text_state(), output)
+
+    def score(
+        self, image_features: torch.Tensor, text: TextState, output: str = "all"
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Scores of image features ``[B, D]`` against a text state (Eq. 7, Eq. 8).
+
+        Args:
+            image_features: from :meth:`encode_image`.
+            text: from :meth:`text_state`, possibly with another ``keep`` (e.g. all prompts for "no SS").
+            output: ``"scores"``, ``"predictions"`` or ``"all"``: a dict with ``scores`` ``[B, K]``, ``predictions``
+                ``[B, K]``, ``image_score`` ``[B]`` (normal-vs-abnormal score), ``similarities`` ``[B, P]``,
+                ``anchor_similarity`` ``[B]``, ``image_features`` ``[B, D]``, ``text_features`` ``[P, D]``,
+                ``prompt_categories`` ``[P]``, ``anchor_feature`` ``[D]`` and ``keep`` ``[P]``.
         """
         if output not in ("scores", "predictions", "all"):
             raise ValueError(f"output must be 'scores', 'predictions' or 'all', got {output!r}.")
-        image_features = self.encode_image(image)
-        text = self.text_state()
         k = self.num_categories
         if output == "scores":
             return category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
@@ -333,12 +364,13 @@ class SignDrivenDetector(nn.Module):
         if output == "predictions":
             return predictions
         scores = category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
-        anchor_similarity = F.normalize(image_features, dim=-1) @ text.anchor
+        normalised = F.normalize(image_features, dim=-1)
+        anchor_similarity = normalised @ text.anchor
         return {
             "scores": scores,
             "predictions": predictions,
             "image_score": image_anomaly_score(scores, anchor_similarity),
-            "similarities": F.normalize(image_features, dim=-1) @ F.normalize(text.features, dim=-1).T,
+            "similarities": normalised @ F.normalize(text.features, dim=-1).T,
             "anchor_similarity": anchor_similarity,
             "image_features": image_features,
             "text_features": text.features,
@@ -376,7 +408,13 @@ class SignDrivenDetector(nn.Module):
         self._text_cache = None
         return result
 
-    def get_extra_state(self) -> dict[str, Any]:
+    def get_extra_state(self) -> torch.Tensor:
+        """The detector's description as a uint8 tensor of UTF-8 JSON (a tensor, so that every state-dict consumer,
+        e.g. MONAI's ``copy_model_state`` in ``ckpt_export``, and ``torch.load(weights_only=True)`` handle it)."""
+        return _encode_state(self.description())
+
+    def description(self) -> dict[str, Any]:
+        """What a checkpoint records besides the adapter weights: format, version, config and prompt bank."""
         return {
             "format": _CHECKPOINT_FORMAT,
             "sdmad_monai_version": __version__,
@@ -386,9 +424,10 @@ class SignDrivenDetector(nn.Module):
         }
 
     def set_extra_state(self, state: Any) -> None:
+        state = _decode_state(state)
         if not isinstance(state, Mapping) or state.get("format") != _CHECKPOINT_FORMAT:
             raise DetectorStateError(f"Not an SD-MAD detector checkpoint (format {_CHECKPOINT_FORMAT} expected).")
-        mine = self.get_extra_state()
+        mine = self.description()
         if state["prompt_bank_fingerprint"] != mine["prompt_bank_fingerprint"]:
             theirs = PromptBank.from_dict(state["prompt_bank"])
             raise DetectorStateError(
@@ -407,17 +446,9 @@ class SignDrivenDetector(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write adapters + prompt bank + backbone spec + version to ``path`` atomically (megabytes, no backbone)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
+        with atomic_path(path) as temporary:
             torch.save(self.state_dict(), temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        return Path(path)
 
     @staticmethod
     def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -462,7 +493,7 @@ class SignDrivenDetector(nn.Module):
             overrides: runtime switches such as ``sign_selection`` or ``cache_dir``.
         """
         state = cls.read_checkpoint(path, map_location)
-        extra = state["_extra_state"]
+        extra = _decode_state(state["_extra_state"])
         config = dict(extra["config"])
         if pretrained is not None:
             config["pretrained"] = pretrained

@@ -1,0 +1,25 @@
+"""Output transforms that pick one detector output for the metric handlers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["detector_output"]
+
+
+def detector_output(key: str, variant: str | None = None, label_key: str = "label") -> Callable[[Any], tuple]:
+    """``output_transform`` giving ``(pred[key], label)`` from an evaluator's un-decollated output.
+
+    Args:
+        key: detector output name: ``"scores"``, ``"predictions"`` or ``"image_score"``.
+        variant: with :class:`~sdmad_monai.inferers.ProtocolInferer`, which variant's outputs.
+        label_key: output key of the labels.
+    """
+
+    def transform(output: Any) -> tuple:
+        if isinstance(output, list):
+            raise TypeError("detector_output needs the evaluator's batch output: create the evaluator with decollate=False.")
+        pred = output["pred"] if variant is None else output["pred"][variant]
+        return pred[key], output[label_key]
+
+    return transform

@@ -1,0 +1,75 @@
+"""MONAI inferers that ask the detector for what a workflow needs.
+
+- :class:`DetectorInferer` calls ``network(inputs, output=...)``; with ``output="all"`` the trainer's loss receives
+  the features Eq. 3-5 need. Works through ``DistributedDataParallel`` (it calls the wrapper's ``forward``).
+- :class:`ProtocolInferer` scores one batch as the columns of the paper's Tables 2-3 at once: the trained model
+  (``sdmad``), the same model without sign selection (``sdmad_no_ss``) and the zero-shot CLIP baseline (``clip``:
+  adapters off, no sign selection).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from monai.inferers import Inferer
+from torch import nn
+
+from .networks.detector import SignDrivenDetector
+
+__all__ = ["DetectorInferer", "ProtocolInferer", "VARIANTS"]
+
+#: Evaluation variants of :class:`ProtocolInferer`, in the order of the paper's table columns.
+VARIANTS = ("clip", "sdmad_no_ss", "sdmad")
+
+
+class DetectorInferer(Inferer):
+    """``network(inputs, output=output)``.
+
+    Args:
+        output: ``"scores"``, ``"predictions"`` or ``"all"`` (see :meth:`SignDrivenDetector.forward`).
+    """
+
+    def __init__(self, output: str = "all") -> None:
+        super().__init__()
+        self.output = output
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return network(inputs, *args, output=self.output, **kwargs)
+
+
+class ProtocolInferer(Inferer):
+    """Score a batch for several evaluation variants; returns ``{variant: detector outputs dict}``.
+
+    The trained variants share one image-encoder pass; ``clip`` needs a second pass with the adapters off.
+
+    Args:
+        variants: any of :data:`VARIANTS`.
+    """
+
+    def __init__(self, variants: Sequence[str] = VARIANTS) -> None:
+        super().__init__()
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            raise ValueError(f"Unknown evaluation variants {unknown or list(variants)}; choose from {list(VARIANTS)}.")
+        self.variants = tuple(variants)
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        detector = getattr(network, "module", network)
+        if not isinstance(detector, SignDrivenDetector):
+            raise TypeError(f"ProtocolInferer needs a SignDrivenDetector, got {type(detector).__name__}.")
+        results: dict[str, Any] = {}
+        if "sdmad" in self.variants or "sdmad_no_ss" in self.variants:
+            features = detector.encode_image(inputs)
+            text = detector.text_state()
+            if "sdmad" in self.variants:
+                results["sdmad"] = detector.score(features, text)
+            if "sdmad_no_ss" in self.variants:
+                results["sdmad_no_ss"] = detector.score(features, text._replace(keep=torch.ones_like(text.keep)))
+        if "clip" in self.variants:
+            with detector.adapters_disabled():
+                text = detector.text_state()
+                results["clip"] = detector.score(
+                    detector.encode_image(inputs), text._replace(keep=torch.ones_like(text.keep))
+                )
+        return {variant: results[variant] for variant in self.variants}
