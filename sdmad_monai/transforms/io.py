@@ -32,9 +32,8 @@ from monai.transforms import MapTransform, Transform
 
 from sdmad_monai.transforms.slices import (
     ExtractSlices,
+    SlicingMapTransform,
     VolumeSource,
-    _emit,
-    _item_indices,
     extract_slices_from_source,
 )
 
@@ -523,7 +522,7 @@ class LoadSlices(Transform):
         )
 
 
-class LoadSlicesd(MapTransform):
+class LoadSlicesd(SlicingMapTransform):
     """Dictionary version of :class:`LoadSlices` (same outputs as ``LoadVolumed`` + ``ExtractSlicesd``).
 
     Args:
@@ -539,33 +538,4 @@ class LoadSlicesd(MapTransform):
         allow_missing_keys: don't raise for missing keys.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        axis: str = "axial",
-        indices: Sequence[int] | None = None,
-        positions: Sequence[float] | None = None,
-        stride: int | None = None,
-        stack: bool = False,
-        meta_postfix: str = "slice_meta",
-        index_key: str | None = None,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        if index_key is not None and (indices is not None or positions is not None or stride is not None):
-            raise ValueError(
-                "index_key reads the slice indices from the data; do not also pass indices/positions/stride."
-            )
-        self.loader = LoadSlices(axis, indices, positions, stride)
-        self.stack = stack
-        self.meta_postfix = meta_postfix
-        self.index_key = index_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict] | dict:
-        d = dict(data)
-        loader, single = self.loader, False
-        if self.index_key is not None:
-            wanted, single = _item_indices(d, self.index_key)
-            loader = LoadSlices(self.loader.axis, indices=wanted)
-        per_key = {key: loader(d[key]) for key in self.key_iterator(d)}
-        return _emit(d, per_key, self.stack, self.meta_postfix, single)
+    slicer_type = LoadSlices

@@ -50,6 +50,7 @@ __all__ = [
     "stack_slices",
     "ExtractSlices",
     "ExtractSlicesd",
+    "SlicingMapTransform",
 ]
 
 #: name -> (stacking world axis, row world axis, column world axis); world axes 0=R, 1=A, 2=S.
@@ -443,7 +444,48 @@ def _emit(
     return items
 
 
-class ExtractSlicesd(MapTransform):
+class SlicingMapTransform(MapTransform):
+    """Shared body of the dictionary slicing transforms: apply ``slicer_type(axis, indices, positions, stride)`` to
+    each key, or, with ``index_key``, a slicer for the indices stored in the data item.
+
+    Subclasses set ``slicer_type`` (:class:`ExtractSlices` on volumes, ``LoadSlices`` on paths).
+    """
+
+    slicer_type: type
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        axis: str = "axial",
+        indices: Sequence[int] | None = None,
+        positions: Sequence[float] | None = None,
+        stride: int | None = None,
+        stack: bool = False,
+        meta_postfix: str = "slice_meta",
+        index_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if index_key is not None and (indices is not None or positions is not None or stride is not None):
+            raise ValueError(
+                "index_key reads the slice indices from the data; do not also pass indices/positions/stride."
+            )
+        self.slicer = self.slicer_type(axis, indices, positions, stride)
+        self.stack = stack
+        self.meta_postfix = meta_postfix
+        self.index_key = index_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict] | dict:
+        d = dict(data)
+        slicer, single = self.slicer, False
+        if self.index_key is not None:
+            wanted, single = _item_indices(d, self.index_key)
+            slicer = self.slicer_type(self.slicer.axis, indices=wanted)
+        per_key = {key: slicer(d[key]) for key in self.key_iterator(d)}
+        return _emit(d, per_key, self.stack, self.meta_postfix, single)
+
+
+class ExtractSlicesd(SlicingMapTransform):
     """Dictionary version of :class:`ExtractSlices`.
 
     With ``stack=False`` (dataset use) it returns a list of dicts, one per slice, like
@@ -464,33 +506,4 @@ class ExtractSlicesd(MapTransform):
         allow_missing_keys: don't raise for missing keys.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        axis: str = "axial",
-        indices: Sequence[int] | None = None,
-        positions: Sequence[float] | None = None,
-        stride: int | None = None,
-        stack: bool = False,
-        meta_postfix: str = "slice_meta",
-        index_key: str | None = None,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        if index_key is not None and (indices is not None or positions is not None or stride is not None):
-            raise ValueError(
-                "index_key reads the slice indices from the data; do not also pass indices/positions/stride."
-            )
-        self.extractor = ExtractSlices(axis, indices, positions, stride)
-        self.stack = stack
-        self.meta_postfix = meta_postfix
-        self.index_key = index_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict] | dict:
-        d = dict(data)
-        extractor, single = self.extractor, False
-        if self.index_key is not None:
-            wanted, single = _item_indices(d, self.index_key)
-            extractor = ExtractSlices(self.extractor.axis, indices=wanted)
-        per_key = {key: extractor(d[key]) for key in self.key_iterator(d)}
-        return _emit(d, per_key, self.stack, self.meta_postfix, single)
+    slicer_type = ExtractSlices
