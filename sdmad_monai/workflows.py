@@ -133,6 +133,10 @@ def prepare_splits(
         "validation_fraction": float(validation_fraction),
         "study_level": study_level,
         "demo_volumes": int(demo_volumes) if dataset_dir is None else None,
+        "annotations_csv": None if annotations_csv is None else str(Path(annotations_csv).resolve()),
+        "file_list_csv": None if file_list_csv is None else str(Path(file_list_csv).resolve()),
+        "image_suffix": image_suffix,
+        "missing": missing,
     }
     splits_path = work_dir / "splits.json"
     if splits_path.is_file():

@@ -52,6 +52,7 @@ class AnchorLossLogger:
         components = self.loss_function.components
         if not components:
             return
+        self.loss_function.components = {}  # an iteration that does not call the loss must not log these again
         step = engine.state.iteration
         self.logger.info(
             "iteration %d: image-text %.4f, anchor positive %.4f, anchor negative %.4f, Remark 3.1 violations %d",

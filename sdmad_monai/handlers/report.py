@@ -129,10 +129,9 @@ class ProtocolReport:
             )
         labels = torch.as_tensor(output.get("label", batch.get(self.label_key))).detach().cpu().to(torch.float64)
         self._labels.append(labels)
-        for key in self.meta_keys:
-            if key in batch:
-                values = batch[key]
-                self._meta[key].extend(values.tolist() if isinstance(values, torch.Tensor) else list(values))
+        for key in self.meta_keys:  # a key missing from a batch leaves empty cells, keeping the rows aligned
+            values = batch.get(key, [""] * labels.shape[0])
+            self._meta[key].extend(values.tolist() if isinstance(values, torch.Tensor) else list(values))
         # one column per category plus a "normal" column (images with no label)
         groups = torch.cat([labels, (~labels.bool().any(dim=1, keepdim=True)).to(labels.dtype)], dim=1)
         self._similarity_count += groups.sum(dim=0)
@@ -194,7 +193,8 @@ class ProtocolReport:
 
     def _write_csv(self) -> None:
         labels = torch.cat(self._labels)
-        header = [k for k in self.meta_keys if self._meta[k]] + [f"label:{n}" for n in self.category_names]
+        present = [k for k in self.meta_keys if any(v != "" for v in self._meta[k])]
+        header = present + [f"label:{n}" for n in self.category_names]
         columns: list[torch.Tensor] = [labels]
         for variant, store in self._variant.items():
             header += [f"{variant}:score:{n}" for n in self.category_names]
@@ -205,7 +205,7 @@ class ProtocolReport:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(header)
-        meta_columns = [self._meta[k] for k in self.meta_keys if self._meta[k]]
+        meta_columns = [self._meta[k] for k in present]
         for index, row in enumerate(numbers):
             writer.writerow([column[index] for column in meta_columns] + [f"{v:.6g}" for v in row])
         atomic_write_text(self.output_dir / "predictions.csv", buffer.getvalue())
@@ -236,7 +236,8 @@ class ProtocolReport:
             axis.set_title(name if y.min() != y.max() else f"{name}\n(one class only: no ROC)", fontsize=9)
             axis.set_xlabel("false positive rate")
             axis.set_ylabel("true positive rate")
-            axis.legend(fontsize=7, loc="lower right")
+            if y.min() != y.max():
+                axis.legend(fontsize=7, loc="lower right")
         for index in range(count, rows * columns):
             axes[index // columns][index % columns].axis("off")
         figure.tight_layout()

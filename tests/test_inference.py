@@ -1,0 +1,172 @@
+"""Volume-level inference: study_findings by hand, infer_volume against the same preprocessing + detector run by
+hand on a NIfTI volume written here, infer_volumes' files and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sdmad_monai.inference import infer_volume, infer_volumes, study_findings, write_volume_results
+from sdmad_monai.networks import SignDrivenDetector
+from sdmad_monai.transforms import LoadSlices, clip_slice_transforms
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
+
+SHAPE = (32, 32, 12)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return SignDrivenDetector.from_preset("tiny")
+
+
+def write_volume(path, seed: int):
+    data = np.random.default_rng(seed).uniform(0, 1000, SHAPE).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 4.0, 1.0])  # RAS, axial slices along the last array axis
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("volumes")
+    return [write_volume(folder / f"vol{i}.nii.gz", seed=i) for i in range(2)]
+
+
+# ---------------------------------------------------------------- study_findings
+def test_study_findings_by_hand():
+    indices = [0, 5, 10]
+    scores = torch.tensor([[0.10, 0.70], [0.40, 0.20], [0.30, 0.65]])
+    predictions = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    findings = study_findings(indices, scores, predictions, ["Lesion", "Ventricles"], ["lesion", "ventricles"])
+    assert findings == [
+        {
+            "label": "Lesion",
+            "display_name": "lesion",
+            "score": pytest.approx(0.40),
+            "finding": 0,
+            "positive_slices": [],
+            "max_score_slice": 5,
+        },
+        {
+            "label": "Ventricles",
+            "display_name": "ventricles",
+            "score": pytest.approx(0.70),
+            "finding": 1,
+            "positive_slices": [0, 10],
+            "max_score_slice": 0,
+        },
+    ]
+    # display names default to the labels; a positive slice need not be the highest-scoring one
+    findings = study_findings([3, 4, 8], scores, torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]), ["a", "b"])
+    assert [f["display_name"] for f in findings] == ["a", "b"]
+    assert findings[0]["positive_slices"] == [4] and findings[0]["max_score_slice"] == 4
+    assert findings[1]["finding"] == 0 and findings[1]["max_score_slice"] == 3
+
+
+@pytest.mark.parametrize(
+    "indices, scores, predictions",
+    [
+        ([0, 5], torch.zeros(3, 2), torch.zeros(3, 2)),  # N mismatch
+        ([0, 5, 10], torch.zeros(3, 2), torch.zeros(3, 3)),  # scores vs predictions
+        ([0, 5, 10], torch.zeros(3), torch.zeros(3)),  # not [N, K]
+    ],
+)
+def test_study_findings_shape_errors(indices, scores, predictions):
+    with pytest.raises(ValueError, match=r"must be \[N, K\]"):
+        study_findings(indices, scores, predictions, ["a", "b"])
+
+
+def test_study_findings_zero_slices():
+    with pytest.raises(ValueError, match="No slice was processed"):
+        study_findings([], torch.zeros(0, 2), torch.zeros(0, 2), ["a", "b"])
+
+
+# ---------------------------------------------------------------- infer_volume
+def test_infer_volume_matches_manual_pipeline(detector, volumes):
+    result = infer_volume(detector, volumes[0], indices=[0, 5, 10])
+    assert result.slice_indices == [0, 5, 10]
+    assert result.axis == "axial" and result.source == str(volumes[0])
+    assert result.scores.shape == (3, 6)
+    assert result.predictions.shape == (3, 6)
+    assert result.image_scores.shape == (3,)
+    assert result.category_labels == detector.category_labels
+
+    slices = LoadSlices("axial", indices=[0, 5, 10])(volumes[0])
+    preprocess = clip_slice_transforms("image", 64, detector.image_mean, detector.image_std)
+    images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices]).float()
+    assert images.shape == (3, 3, 64, 64)
+    with torch.no_grad():
+        expected = detector(images, output="all")
+    torch.testing.assert_close(result.scores, expected["scores"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(result.predictions, expected["predictions"])
+    torch.testing.assert_close(result.image_scores, expected["image_score"], atol=1e-5, rtol=1e-5)
+
+    expected_findings = study_findings(
+        [0, 5, 10], result.scores, result.predictions, detector.category_labels, detector.prompt_bank.display_names
+    )
+    assert result.findings == expected_findings
+    assert result.model["backbone"] == "sdmad-tiny"
+    assert result.model["sign_selection"] is True
+
+    as_dict = result.to_dict()
+    assert [s["slice"] for s in as_dict["slices"]] == [0, 5, 10]
+    assert list(as_dict["slices"][1]["scores"]) == detector.category_labels
+    json.dumps(as_dict)  # JSON-ready
+
+
+def test_infer_volume_every_slice_in_batches(detector, volumes):
+    every = infer_volume(detector, volumes[1], batch_size=5)  # no policy: every slice, 3 batches (5 + 5 + 2)
+    assert every.slice_indices == list(range(SHAPE[2]))
+    assert every.scores.shape == (SHAPE[2], 6)
+    chosen = infer_volume(detector, volumes[1], indices=[2, 11])
+    torch.testing.assert_close(chosen.scores, every.scores[[2, 11]], atol=1e-5, rtol=1e-5)
+    strided = infer_volume(detector, volumes[1], stride=4)
+    assert strided.slice_indices == [0, 4, 8]
+
+
+# ---------------------------------------------------------------- infer_volumes
+def test_infer_volumes_writes_files(detector, volumes, tmp_path):
+    output = tmp_path / "out"
+    results = infer_volumes(detector, [str(v) for v in volumes], output, indices=[0, 5, 10])
+    assert len(results) == 2
+    document = json.loads((output / "findings.json").read_text())
+    assert [v["source"] for v in document["volumes"]] == [str(v) for v in volumes]
+    assert all(len(v["findings"]) == 6 and len(v["slices"]) == 3 for v in document["volumes"])
+    with open(output / "slices.csv", newline="") as handle:
+        slice_rows = list(csv.reader(handle))
+    labels = detector.category_labels
+    assert slice_rows[0] == ["source", "axis", "slice", "image_score"] + [f"score:{l}" for l in labels] + [
+        f"prediction:{l}" for l in labels
+    ]
+    assert len(slice_rows) == 1 + 2 * 3
+    assert [int(r[2]) for r in slice_rows[1:]] == [0, 5, 10, 0, 5, 10]
+    with open(output / "findings.csv", newline="") as handle:
+        finding_rows = list(csv.reader(handle))
+    assert finding_rows[0][:4] == ["source", "label", "display_name", "finding"]
+    assert len(finding_rows) == 1 + 2 * 6
+    assert [r[1] for r in finding_rows[1:7]] == labels
+    assert not list(output.rglob("*.tmp"))
+
+
+def test_infer_volumes_missing_input(detector, volumes, tmp_path):
+    missing = tmp_path / "absent.nii.gz"
+    with pytest.raises(FileNotFoundError, match="absent.nii.gz"):
+        infer_volumes(detector, [volumes[0], missing], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_infer_volumes_empty_list(detector, tmp_path):
+    with pytest.raises(ValueError, match="No input volume"):
+        infer_volumes(detector, [], tmp_path / "out")
+
+
+def test_write_volume_results_empty(tmp_path):
+    paths = write_volume_results([], tmp_path)
+    assert json.loads(paths["json"].read_text()) == {"volumes": []}
+    assert paths["slices_csv"].read_text().splitlines() == ["source,axis,slice,image_score"]
