@@ -9,7 +9,9 @@ Three ways to name weights, all through open_clip:
 
 ``sdmad-tiny`` (``model_configs/sdmad-tiny.json``: 3.2 M parameters, 64 px, ViT with 6 blocks, 3 text blocks) is
 registered with open_clip on import, for tests and the offline demo; with ``pretrained=None`` it is randomly
-initialised from ``seed``, identically every time.
+initialised from ``seed``, identically every time. Its image tower average-pools the patch tokens
+(``pool_type: avg``): with random weights attention is near-uniform, so a class token carries only a global average,
+while averaged patch tokens let the per-token shift adapters pass local signs into the embedding.
 """
 
 from __future__ import annotations
