@@ -25,7 +25,7 @@ from .networks.detector import SignDrivenDetector
 from .transforms import LoadSlices, clip_slice_transforms
 from .utils import atomic_write_json, atomic_write_text
 
-__all__ = ["VolumeResult", "study_findings", "infer_volume", "infer_volumes", "write_volume_results"]
+__all__ = ["VolumeResult", "study_findings", "infer_volume", "infer_volumes", "write_volume_results", "find_volumes"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,26 @@ def write_volume_results(results: Sequence[VolumeResult], output_dir: str | Path
             )
     paths["findings_csv"] = atomic_write_text(output_dir / "findings.csv", finding_rows.getvalue())
     return paths
+
+
+#: File names :func:`find_volumes` takes as volumes.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".h5", ".hdf5")
+
+
+def find_volumes(input_dir: str | Path) -> list[Path]:
+    """The volumes in ``input_dir``: NIfTI and fastMRI ``.h5`` files, and sub-folders holding a DICOM series.
+
+    A sub-folder counts as a DICOM series when it contains at least one file; it is validated when read.
+
+    Raises:
+        FileNotFoundError: ``input_dir`` is not a folder.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Input folder {folder} does not exist (expected NIfTI/.h5 files or DICOM folders).")
+    files = [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    series = [p for p in folder.iterdir() if p.is_dir() and any(q.is_file() for q in p.iterdir())]
+    return sorted(files + series)
 
 
 def infer_volumes(

@@ -170,3 +170,18 @@ def test_write_volume_results_empty(tmp_path):
     paths = write_volume_results([], tmp_path)
     assert json.loads(paths["json"].read_text()) == {"volumes": []}
     assert paths["slices_csv"].read_text().splitlines() == ["source,axis,slice,image_score"]
+
+
+def test_find_volumes_takes_nifti_h5_and_dicom_folders(tmp_path):
+    from sdmad_monai.inference import find_volumes
+
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "b.nii").write_bytes(b"x")
+    (tmp_path / "c.h5").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not a volume")
+    (tmp_path / "series1").mkdir()
+    (tmp_path / "series1" / "IM0001").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    assert [p.name for p in find_volumes(tmp_path)] == ["a.nii.gz", "b.nii", "c.h5", "series1"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_volumes(tmp_path / "missing")
