@@ -1,4 +1,8 @@
-"""Small shared helpers: atomic file writes."""
+"""Small shared helpers: atomic file writes.
+
+Readers never see a half-written file: they see the old one or the complete new one. Files get the permissions the
+process's umask gives ordinary files (not ``mkstemp``'s private 0600).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,28 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
 
-    Readers never see a half-written file: they see the old one or the complete new one.
+    For writers that need a file name (``torch.save``, ``savefig``); :func:`atomic_write_bytes` for bytes in memory.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
+        os.chmod(temporary, 0o666 & ~current_umask())
         yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -30,13 +42,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, flushed to disk before the rename; its folder is created if needed."""
     with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
     return Path(path)
 
 
-def atomic_write_json(path: str | Path, data: Any) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")

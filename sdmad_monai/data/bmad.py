@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sdmad_monai.data._utils import atomic_write_json
+from sdmad_monai.utils import atomic_write_json
 
 __all__ = ["BMAD_SECTIONS", "build_bmad_datalist"]
 

@@ -46,7 +46,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from sdmad_monai.data._utils import _umask, atomic_write_bytes, atomic_write_json
+from sdmad_monai.utils import atomic_write_bytes, atomic_write_json, current_umask
 from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES, FASTMRI_CSV_COLUMNS
 
 __all__ = ["DEMO_SUFFIX", "DEMO_SHAPE", "DEMO_SPACING", "generate_demo_dataset"]
@@ -331,7 +331,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, num_volumes: int = 40, see
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         (tmp / "images").mkdir()
         rng = np.random.default_rng(seed)
         assignment = _assign_categories(int(num_volumes), rng)

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdmad_monai.data._utils import atomic_write_json
+from sdmad_monai.utils import atomic_write_json
 
 __all__ = [
     "FASTMRI_BRAIN_CATEGORIES",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdmad_monai.data._utils import atomic_write_json
+from sdmad_monai.utils import atomic_write_json
 
 __all__ = ["KShotSplit", "select_k_shot", "save_k_shot", "load_k_shot"]
 
