@@ -1,0 +1,82 @@
+"""Clinical deployment without the MONAI Deploy SDK: series selection rules, DICOM SR building (highdicom) and the
+folder-to-SR operator logic.
+
+- :mod:`.rules`: which series of a study are processed (an editable JSON file).
+- :mod:`.sr`: the SD-MAD findings as a DICOM Comprehensive SR (TID 1500) with deterministic UIDs, and a JSON copy.
+- :mod:`.process`: :func:`process_dicom_folder`, DICOM folder in, SR + JSON per selected series out.
+- :mod:`.demo`: a volume written as a synthetic DICOM series (demos, tests).
+
+The names below are imported on first use, so that ``sdmad`` answers bad input without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "process": [
+        "DEFAULT_SLICES",
+        "NoMatchingSeriesError",
+        "SeriesProcessingError",
+        "process_dicom_folder",
+        "read_dicom_headers",
+    ],
+    "rules": [
+        "DEFAULT_RULES_PATH",
+        "SeriesRules",
+        "SeriesRulesError",
+        "load_series_rules",
+        "explain_series",
+        "select_series",
+        "series_orientation",
+    ],
+    "sr": [
+        "ALGORITHM_NAME",
+        "SR_CODES",
+        "AlgorithmInfo",
+        "build_sr",
+        "detector_fingerprint",
+        "read_sr_findings",
+        "sr_identifiers",
+        "write_sr_report",
+    ],
+    "demo": ["write_dicom_series"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [
+    "ALGORITHM_NAME",
+    "DEFAULT_RULES_PATH",
+    "DEFAULT_SLICES",
+    "SR_CODES",
+    "AlgorithmInfo",
+    "NoMatchingSeriesError",
+    "SeriesProcessingError",
+    "SeriesRules",
+    "SeriesRulesError",
+    "build_sr",
+    "detector_fingerprint",
+    "explain_series",
+    "load_series_rules",
+    "process_dicom_folder",
+    "read_dicom_headers",
+    "read_sr_findings",
+    "select_series",
+    "series_orientation",
+    "sr_identifiers",
+    "write_dicom_series",
+    "write_sr_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

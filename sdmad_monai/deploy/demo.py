@@ -1,0 +1,112 @@
+"""Write a volume as a synthetic single-frame MR (or other modality) DICOM series, for demos and tests.
+
+Not for clinical use: the files carry only the attributes SD-MAD and the SR builder read (patient and study
+identification, geometry, pixel data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+__all__ = ["ORIENTATIONS", "write_dicom_series"]
+
+#: ImageOrientationPatient (row direction, column direction; DICOM LPS) of each plane.
+ORIENTATIONS: dict[str, tuple[float, ...]] = {
+    "axial": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "coronal": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+    "sagittal": (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+}
+
+_SOP_CLASS = {"MR": MRImageStorage, "CT": CTImageStorage}
+
+
+def write_dicom_series(
+    volume: np.ndarray,
+    folder: str | Path,
+    orientation: str = "axial",
+    study_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    modality: str = "MR",
+    pixel_spacing: float = 1.0,
+    slice_thickness: float = 3.0,
+    series_number: int = 1,
+    series_description: str = "",
+    attributes: Mapping[str, Any] | None = None,
+    prefix: str = "IM",
+) -> list[Path]:
+    """Write ``volume`` (``[columns, rows, slices]``) as one file per slice into ``folder``.
+
+    Slice ``k`` lies at ``k * slice_thickness`` mm along the plane's normal; pixel values are rounded to int16.
+
+    Args:
+        volume: the voxel values, ``[X=column, Y=row, Z=slice]``.
+        folder: output folder (created; several series may share it when their ``prefix`` differs).
+        orientation: ``"axial"``, ``"coronal"``, ``"sagittal"`` or a 6-value ImageOrientationPatient.
+        study_instance_uid: StudyInstanceUID (random when ``None``).
+        series_instance_uid: SeriesInstanceUID (random when ``None``).
+        modality: DICOM Modality (``MR`` and ``CT`` get their image storage SOP class).
+        pixel_spacing: in-plane spacing in mm.
+        slice_thickness: distance between slices in mm.
+        series_number: SeriesNumber.
+        series_description: SeriesDescription.
+        attributes: further attributes by keyword (``BodyPartExamined``, ``StudyDescription``, ``PatientID`` ...).
+        prefix: file name prefix (``<prefix><k>.dcm``).
+
+    Returns:
+        The written files, in slice order.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3D [columns, rows, slices], got shape {volume.shape}.")
+    iop = np.asarray(ORIENTATIONS[orientation] if isinstance(orientation, str) else orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study_instance_uid = study_instance_uid or generate_uid()
+    series_instance_uid = series_instance_uid or generate_uid()
+    frame_of_reference = generate_uid(entropy_srcs=[study_instance_uid, "frame-of-reference"])
+    sop_class = _SOP_CLASS.get(modality, MRImageStorage)
+    pixels = np.clip(np.rint(volume), -32768, 32767).astype("<i2")
+    paths = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_instance_uid, str(k)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{prefix}{k:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study_instance_uid
+        ds.SeriesInstanceUID = series_instance_uid
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.Modality = modality
+        ds.PatientName = "Demo^Patient"
+        ds.PatientID = "sdmad-demo"
+        ds.PatientBirthDate = ""
+        ds.PatientSex = "O"
+        ds.StudyDate, ds.StudyTime = "20260101", "120000"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = series_description
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.ImagePositionPatient = [float(v) for v in normal * k * slice_thickness]
+        ds.PixelSpacing = [float(pixel_spacing), float(pixel_spacing)]
+        ds.SliceThickness = float(slice_thickness)
+        ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        for keyword, value in (attributes or {}).items():
+            setattr(ds, keyword, value)
+        ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -1,0 +1,447 @@
+"""SD-MAD study findings as a DICOM Comprehensive SR (highdicom), plus a JSON copy.
+
+Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`highdicom.sr.MeasurementReport`)::
+
+    Imaging Measurement Report (DCM 126000)
+    ├─ Language, Observation context: device observer (TID 1004) "SD-MAD (sdmad_monai)", UID = device UID below
+    ├─ Procedure reported: Imaging procedure (SCT 363679005)
+    └─ Imaging Measurements (DCM 126010)
+       └─ one Measurement Group (DCM 125007, TID 1501) per category, in the detector's category order
+          ├─ Tracking Identifier "SD-MAD: <display name>" + Tracking Unique Identifier (deterministic)
+          ├─ Finding (DCM 121071) = category code (99SDMAD, <category label>, <display name>)
+          ├─ Finding Site (SCT 363698007) = Brain (SCT 12738006)
+          ├─ Algorithm Name (DCM 111001) "SD-MAD (sdmad_monai)", Algorithm Version (DCM 111003) = the
+          │  ``sdmad_monai_version`` of ``detector.description()``, Algorithm Parameters (DCM 111002): backbone,
+          │  weights, prompt bank, sign selection, checkpoint fingerprint
+          ├─ Score (SCT 246262008) = study score (Eq. 7, highest slice score), unit UCUM "1" (no units),
+          │  Derivation (DCM 121401) = Maximum (SCT 56851009)
+          ├─ Presence of property (DCM 121052) = Present (SCT 52101004) | Absent (SCT 272519000): the Eq. 8 study
+          │  finding (present when at least one processed slice is predicted positive)
+          └─ Source (IMAGE items): the instances of the processed slices, when known
+    Current Requested Procedure Evidence Sequence: every instance of the source series.
+
+``99SDMAD`` is a private coding scheme (DICOM reserves ``99`` prefixes for local schemes): its code values are the
+prompt bank's category labels (long labels go to LongCodeValue), its meanings the display names.
+
+UIDs are derived deterministically (``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)``, ``2.25.`` UIDs)
+from the source StudyInstanceUID and SeriesInstanceUID, the algorithm version and the checkpoint fingerprint:
+running the same model on the same series again gives the same SR SeriesInstanceUID and SOPInstanceUID (a PACS
+then replaces the earlier copy instead of storing a duplicate); another model or checkpoint gives other UIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import highdicom as hd
+import pydicom
+import torch
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..utils import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..inference import VolumeResult
+    from ..networks.detector import SignDrivenDetector
+
+__all__ = [
+    "ALGORITHM_NAME",
+    "CODING_SCHEME",
+    "SR_CODES",
+    "AlgorithmInfo",
+    "SRIdentifiers",
+    "build_sr",
+    "category_code",
+    "derive_uid",
+    "detector_fingerprint",
+    "findings_document",
+    "read_sr_findings",
+    "sr_identifiers",
+    "write_sr_report",
+]
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "SD-MAD (sdmad_monai)"
+#: Private coding scheme of the category codes.
+CODING_SCHEME = "99SDMAD"
+#: Default SeriesNumber of the SR series.
+DEFAULT_SERIES_NUMBER = 9901
+
+#: The codes used in the document (see the module docstring).
+SR_CODES: dict[str, Code] = {
+    "score": Code("246262008", "SCT", "Score"),
+    "unitless": Code("1", "UCUM", "no units"),
+    "maximum": Code("56851009", "SCT", "Maximum"),
+    "presence": Code("121052", "DCM", "Presence of property"),
+    "present": Code("52101004", "SCT", "Present"),
+    "absent": Code("272519000", "SCT", "Absent"),
+    "finding": Code("121071", "DCM", "Finding"),
+    "brain": Code("12738006", "SCT", "Brain"),
+    "procedure": Code("363679005", "SCT", "Imaging procedure"),
+    "title": Code("126000", "DCM", "Imaging Measurement Report"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- model identity
+def detector_fingerprint(detector: SignDrivenDetector) -> str:
+    """SHA-256 of the detector's checkpoint content (adapter weights + description: backbone spec, prompt bank,
+    version), i.e. of what :meth:`SignDrivenDetector.save` writes; equal for a detector and its reloaded checkpoint.
+    """
+    digest = hashlib.sha256()
+    state = detector.state_dict()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode("utf-8"))
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
+            digest.update((tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy().tobytes())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Identification of the model that produced the findings (TID 4019 in the SR).
+
+    Attributes:
+        version: algorithm version (the ``sdmad_monai_version`` recorded in the checkpoint).
+        fingerprint: checkpoint fingerprint (:func:`detector_fingerprint`).
+        parameters: ``key=value`` texts (backbone, weights, prompt bank, sign selection, checkpoint).
+        name: algorithm name.
+        backbone: backbone architecture name (the device observer's model name).
+    """
+
+    version: str
+    fingerprint: str
+    parameters: tuple[str, ...] = ()
+    name: str = ALGORITHM_NAME
+    backbone: str = ""
+
+    @classmethod
+    def from_detector(cls, detector: SignDrivenDetector) -> AlgorithmInfo:
+        """Version and parameters from ``detector.description()``, fingerprint from :func:`detector_fingerprint`."""
+        description = detector.description()
+        config = description["config"]
+        bank = description["prompt_bank"]
+        fingerprint = detector_fingerprint(detector)
+        return cls(
+            version=str(description["sdmad_monai_version"]),
+            fingerprint=fingerprint,
+            parameters=(
+                f"backbone={config['model_name']}",
+                f"weights={config.get('pretrained') or 'random-init'}",
+                (
+                    f"prompt_bank={bank.get('name')} {bank.get('version')} "
+                    f"(sha256:{description['prompt_bank_fingerprint'][:16]})"
+                ),
+                f"sign_selection={config.get('sign_selection', True)}",
+                f"checkpoint=sha256:{fingerprint}",
+            ),
+            backbone=str(config["model_name"]),
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ UIDs
+#: Namespace of the name-based UUIDs behind :func:`derive_uid`.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/sdmad_monai/dicom-sr")
+
+
+def derive_uid(*parts: Any) -> str:
+    """A ``2.25.`` UID (DICOM PS3.5 B.2, UUID-derived) that depends only on ``parts`` (their ``str``): the UUID is a
+    name-based (version 5) UUID of the parts. (``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)`` ignores
+    ``entropy_srcs`` and returns a random UID, so it cannot be used here.)"""
+    name = "\x1f".join(str(p) for p in parts)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+@dataclass(frozen=True)
+class SRIdentifiers:
+    """The UIDs of one SR document (all deterministic)."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    device_observer_uid: str
+    tracking_uids: dict[str, str]
+
+
+def sr_identifiers(
+    study_instance_uid: str, series_instance_uid: str, algorithm: AlgorithmInfo, category_labels: Sequence[str]
+) -> SRIdentifiers:
+    """UIDs of the SR for source series ``series_instance_uid`` of study ``study_instance_uid``.
+
+    Same study, series, algorithm version and checkpoint fingerprint -> same UIDs.
+    """
+    key = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
+    return SRIdentifiers(
+        series_instance_uid=derive_uid("sr-series", *key),
+        sop_instance_uid=derive_uid("sr-instance", *key),
+        device_observer_uid=derive_uid("device", algorithm.name, algorithm.version, algorithm.fingerprint),
+        tracking_uids={label: derive_uid("tracking", *key, label) for label in category_labels},
+    )
+
+
+def category_code(label: str, display_name: str | None = None) -> hd.sr.CodedConcept:
+    """The private (``99SDMAD``) code of a category: value = label, meaning = display name (at most 64 chars)."""
+    return hd.sr.CodedConcept(value=label, scheme_designator=CODING_SCHEME, meaning=(display_name or label)[:64])
+
+
+# --------------------------------------------------------------------------------------------------- building
+_TYPE2_PATIENT_STUDY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _check_source(source_datasets: Sequence[Dataset]) -> tuple[str, str]:
+    if not source_datasets:
+        raise ValueError("No source instance given: the SR must reference the series it reports on.")
+    studies = {str(ds.StudyInstanceUID) for ds in source_datasets}
+    series = {str(ds.SeriesInstanceUID) for ds in source_datasets}
+    if len(studies) != 1 or len(series) != 1:
+        raise ValueError(
+            f"The source instances must belong to one series of one study; got studies {sorted(studies)} and "
+            f"series {sorted(series)}."
+        )
+    return studies.pop(), series.pop()
+
+
+def _evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Evidence for highdicom: the first header completed with empty Type 2 patient/study attributes (highdicom
+    reads them unconditionally), the others as they are."""
+    first = Dataset()
+    first.update(source_datasets[0])
+    for keyword in _TYPE2_PATIENT_STUDY:
+        if keyword not in first:
+            setattr(first, keyword, None)
+    return [first] + list(source_datasets[1:])
+
+
+def build_sr(
+    result: VolumeResult,
+    source_datasets: Sequence[Dataset],
+    algorithm: AlgorithmInfo,
+    source_images: Sequence[Dataset] | None = None,
+    series_number: int = DEFAULT_SERIES_NUMBER,
+    institution_name: str | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR of one series' study-level findings (layout and codes in the module docstring).
+
+    Args:
+        result: :func:`~sdmad_monai.inference.infer_volume`'s result for the series.
+        source_datasets: headers of every instance of the series (become the evidence).
+        algorithm: the model's identification (:meth:`AlgorithmInfo.from_detector`).
+        source_images: headers of the instances the processed slices came from (referenced in each group as its
+            source); ``None`` when the slices do not map to instances (slicing across the acquisition planes).
+        series_number: SeriesNumber of the SR.
+        institution_name: optional InstitutionName.
+    """
+    study_uid, series_uid = _check_source(source_datasets)
+    ids = sr_identifiers(study_uid, series_uid, algorithm, [f["label"] for f in result.findings])
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version, parameters=list(algorithm.parameters)
+    )
+    groups = []
+    for finding in result.findings:
+        references = [
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=ds.SOPClassUID, referenced_sop_instance_uid=ds.SOPInstanceUID
+            )
+            for ds in (source_images or [])
+        ]
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=ids.tracking_uids[finding["label"]], identifier=f"SD-MAD: {finding['display_name']}"
+                ),
+                finding_type=category_code(finding["label"], finding["display_name"]),
+                finding_sites=[hd.sr.FindingSite(anatomic_location=SR_CODES["brain"])],
+                algorithm_id=algorithm_id,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=SR_CODES["score"],
+                        value=float(finding["score"]),
+                        unit=SR_CODES["unitless"],
+                        derivation=SR_CODES["maximum"],
+                    )
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=SR_CODES["presence"],
+                        value=SR_CODES["present"] if finding["finding"] else SR_CODES["absent"],
+                    )
+                ],
+                source_images=references or None,
+            )
+        )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=ids.device_observer_uid,
+            name=algorithm.name,
+            manufacturer_name="sdmad_monai",
+            model_name=algorithm.backbone or None,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=SR_CODES["procedure"],
+        imaging_measurements=groups,
+        title=SR_CODES["title"],
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=_evidence(source_datasets),
+        content=report[0],
+        series_instance_uid=ids.series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=ids.sop_instance_uid,
+        instance_number=1,
+        manufacturer="sdmad_monai",
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=algorithm.version,
+        series_description="SD-MAD anomaly findings (research use only)",
+        institution_name=institution_name,
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=CODING_SCHEME,
+                name="SD-MAD prompt-bank categories (code value = category label)",
+                responsible_organization="sdmad_monai",
+            )
+        ],
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )
+
+
+def findings_document(
+    result: VolumeResult, sr: Dataset, algorithm: AlgorithmInfo, source_datasets: Sequence[Dataset]
+) -> dict[str, Any]:
+    """The JSON copy of an SR: identifiers, model, per-category findings and per-slice results."""
+    first = source_datasets[0]
+    return {
+        "study_instance_uid": str(first.StudyInstanceUID),
+        "series_instance_uid": str(first.SeriesInstanceUID),
+        "series_description": str(getattr(first, "SeriesDescription", "") or ""),
+        "patient_id": str(getattr(first, "PatientID", "") or ""),
+        "sr": {
+            "sop_instance_uid": str(sr.SOPInstanceUID),
+            "series_instance_uid": str(sr.SeriesInstanceUID),
+            "sop_class_uid": str(sr.SOPClassUID),
+        },
+        "algorithm": asdict(algorithm) | {"parameters": list(algorithm.parameters)},
+        "codes": {name: {"value": c.value, "scheme": c.scheme_designator, "meaning": c.meaning}
+                  for name, c in SR_CODES.items()},
+        **result.to_dict(),
+    }
+
+
+def write_sr_report(
+    result: VolumeResult,
+    source_datasets: Sequence[Dataset],
+    algorithm: AlgorithmInfo,
+    output_dir: str | Path,
+    source_images: Sequence[Dataset] | None = None,
+    source_name: str | None = None,
+    **kwargs: Any,
+) -> list[Path]:
+    """Build the SR (:func:`build_sr`) and write it with its JSON copy, atomically.
+
+    Files: ``<output_dir>/sdmad_sr_<source SeriesInstanceUID>.dcm`` and ``.json`` (a re-run overwrites them).
+
+    Args:
+        source_name: what to record as the JSON's ``source`` (e.g. the input folder) instead of ``result.source``.
+        kwargs: passed to :func:`build_sr`.
+
+    Returns:
+        ``[sr_path, json_path]``.
+    """
+    sr = build_sr(result, source_datasets, algorithm, source_images=source_images, **kwargs)
+    stem = f"sdmad_sr_{source_datasets[0].SeriesInstanceUID}"
+    output_dir = Path(output_dir)
+    sr_path = output_dir / f"{stem}.dcm"
+    with atomic_path(sr_path) as temporary:
+        sr.save_as(temporary, enforce_file_format=True)
+    document = findings_document(result, sr, algorithm, source_datasets)
+    if source_name is not None:
+        document["source"] = source_name
+    document["sr"]["file"] = sr_path.name
+    json_path = atomic_write_json(output_dir / f"{stem}.json", document)
+    return [sr_path, json_path]
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def _code(item: Dataset, attribute: str) -> tuple[str, str]:
+    code = getattr(item, attribute)[0]
+    value = getattr(code, "CodeValue", None) or getattr(code, "LongCodeValue", None) or code.URNCodeValue
+    return str(value), str(code.CodingSchemeDesignator)
+
+
+def _items(container: Dataset) -> list[Dataset]:
+    return list(getattr(container, "ContentSequence", []))
+
+
+def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
+    """Read back an SR written by :func:`write_sr_report` by walking its content tree with pydicom.
+
+    Returns:
+        ``{"algorithm": {"name", "version", "parameters"}, "findings": [{"label", "display_name", "score",
+        "finding"}], "evidence": {series UID: [SOP instance UIDs]}, "study_instance_uid", "sop_instance_uid"}``.
+    """
+    ds = sr if isinstance(sr, Dataset) else pydicom.dcmread(sr)
+    score_code = (SR_CODES["score"].value, SR_CODES["score"].scheme_designator)
+    presence_code = (SR_CODES["presence"].value, SR_CODES["presence"].scheme_designator)
+    findings, algorithm = [], {"name": None, "version": None, "parameters": []}
+    for top in _items(ds):
+        if _code(top, "ConceptNameCodeSequence") != ("126010", "DCM"):  # Imaging Measurements
+            continue
+        for group in _items(top):
+            entry: dict[str, Any] = {}
+            for item in _items(group):
+                name = _code(item, "ConceptNameCodeSequence")
+                if name == ("121071", "DCM"):
+                    entry["label"] = _code(item, "ConceptCodeSequence")[0]
+                    entry["display_name"] = str(item.ConceptCodeSequence[0].CodeMeaning)
+                elif name == score_code:
+                    entry["score"] = float(item.MeasuredValueSequence[0].NumericValue)
+                elif name == presence_code:
+                    entry["finding"] = int(_code(item, "ConceptCodeSequence") == ("52101004", "SCT"))
+                elif name == ("111001", "DCM"):
+                    algorithm["name"] = str(item.TextValue)
+                elif name == ("111003", "DCM"):
+                    algorithm["version"] = str(item.TextValue)
+                elif name == ("111002", "DCM") and not findings:
+                    algorithm["parameters"].append(str(item.TextValue))
+            findings.append(entry)
+    evidence: dict[str, list[str]] = {}
+    for study in getattr(ds, "CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.ReferencedSeriesSequence:
+            evidence.setdefault(str(series.SeriesInstanceUID), []).extend(
+                str(i.ReferencedSOPInstanceUID) for i in series.ReferencedSOPSequence
+            )
+    return {
+        "study_instance_uid": str(ds.StudyInstanceUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "algorithm": algorithm,
+        "findings": findings,
+        "evidence": evidence,
+    }

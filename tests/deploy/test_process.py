@@ -1,0 +1,115 @@
+"""DICOM folder -> SR (sdmad_monai.deploy.process): series grouping and selection, one SR for the axial brain MR
+series of a mixed folder, no SR when nothing matches, a clear error for a series with a missing slice."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pydicom
+import pytest
+
+from sdmad_monai.deploy import (
+    NoMatchingSeriesError,
+    SeriesProcessingError,
+    process_dicom_folder,
+    read_dicom_headers,
+    read_sr_findings,
+)
+from sdmad_monai.deploy.demo import write_dicom_series
+from sdmad_monai.inference import infer_volume
+from sdmad_monai.networks import SignDrivenDetector
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
+
+STUDY = "1.2.826.0.1.3680043.8.498.20"
+AXIAL, CORONAL, CT = (f"1.2.826.0.1.3680043.8.498.2{i}" for i in (1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return SignDrivenDetector.from_preset("tiny")
+
+
+def volume(seed=0):
+    return np.random.default_rng(seed).uniform(0, 1000, (32, 32, 12))
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    """One folder holding an axial brain MR series, a coronal MR series (prefix COR) and a note that is not DICOM."""
+    folder = tmp_path_factory.mktemp("study")
+    write_dicom_series(volume(0), folder, "axial", STUDY, AXIAL, series_description="AX T2",
+                       attributes={"BodyPartExamined": "BRAIN"}, prefix="AX")
+    write_dicom_series(volume(1), folder, "coronal", STUDY, CORONAL, series_description="COR T2", prefix="COR",
+                       series_number=2)
+    (folder / "README.txt").write_text("not DICOM")
+    return folder
+
+
+def test_read_dicom_headers(mixed_folder):
+    series = read_dicom_headers(mixed_folder)
+    assert sorted(series) == sorted([AXIAL, CORONAL])
+    assert all(len(files) == 12 for files in series.values())
+
+
+def test_mixed_folder_gives_one_sr(tmp_path, mixed_folder, detector, caplog):
+    with caplog.at_level(logging.INFO, logger="sdmad_monai.deploy"):
+        written = process_dicom_folder(detector, mixed_folder, tmp_path / "out")
+    assert [p.name for p in written] == [f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json"]
+    assert f"Series {CORONAL} (COR T2) in {mixed_folder} skipped: orientation is coronal" in caplog.text
+    read = read_sr_findings(written[0])
+    assert list(read["evidence"]) == [AXIAL] and len(read["evidence"][AXIAL]) == 12
+    # the same findings as infer_volume on a folder holding only the axial series
+    alone = tmp_path / "axial_only"
+    write_dicom_series(volume(0), alone, "axial", STUDY, AXIAL, attributes={"BodyPartExamined": "BRAIN"})
+    expected = infer_volume(detector, alone, indices=[0, 5, 10]).findings
+    for got, want in zip(read["findings"], expected):
+        assert got["label"] == want["label"] and got["finding"] == want["finding"]
+        assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+    # the processed slices 0, 5, 10 are referenced as the source of each group (bottom-up: slice k = file AX000k)
+    sr = pydicom.dcmread(written[0])
+    groups = sr.ContentSequence[-1].ContentSequence
+    referenced = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in groups[0].ContentSequence
+                  if i.ValueType == "IMAGE"]
+    by_name = {f.path.name: f.header.SOPInstanceUID for f in read_dicom_headers(mixed_folder)[AXIAL]}
+    assert referenced == [by_name[f"AX{k:04d}.dcm"] for k in (0, 5, 10)]
+    # a re-run replaces the same files with the same UIDs
+    again = process_dicom_folder(detector, mixed_folder, tmp_path / "out")
+    assert again == written and pydicom.dcmread(again[0]).SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_no_matching_series(tmp_path, detector, caplog):
+    folder = tmp_path / "in"
+    write_dicom_series(volume(), folder / "cor", "coronal", STUDY, CORONAL)
+    write_dicom_series(volume(), folder / "ct", "axial", STUDY, CT, modality="CT")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="sdmad_monai.deploy"):
+        assert process_dicom_folder(lambda: pytest.fail("model loaded"), folder, out) == []
+    assert "No series in" in caplog.text and "orientation is coronal" in caplog.text and "modality CT" in caplog.text
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(NoMatchingSeriesError, match="matches the series rules"):
+        process_dicom_folder(detector, folder, out, strict=True)
+    with pytest.raises(NoMatchingSeriesError, match="No DICOM file"):
+        (tmp_path / "empty").mkdir()
+        process_dicom_folder(detector, tmp_path / "empty", out, strict=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        process_dicom_folder(detector, tmp_path / "missing", out)
+
+
+def test_missing_slice(tmp_path, detector):
+    folder = tmp_path / "in" / "ax"
+    write_dicom_series(volume(), folder, "axial", STUDY, AXIAL, series_description="AX T2")
+    (folder / "IM0006.dcm").unlink()
+    with pytest.raises(SeriesProcessingError, match="missing slice") as info:
+        process_dicom_folder(detector, tmp_path / "in", tmp_path / "out")
+    message = str(info.value)
+    assert AXIAL in message and "AX T2" in message and "IM0005.dcm and IM0007.dcm" in message
+    assert info.value.written == [] and not (tmp_path / "out").exists()
+
+
+def test_slice_out_of_range_names_series(tmp_path, detector):
+    folder = tmp_path / "in"
+    write_dicom_series(volume(), folder, "axial", STUDY, AXIAL)
+    with pytest.raises(SeriesProcessingError, match=rf"{AXIAL}.*slice index 20 is outside"):
+        process_dicom_folder(detector, folder, tmp_path / "out", slices="0,20")

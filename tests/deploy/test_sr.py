@@ -1,0 +1,159 @@
+"""DICOM SR of the study findings (sdmad_monai.deploy.sr): the written file read back with pydicom and its content
+tree walked by hand (scores, Present/Absent, algorithm identification, references to the source series),
+deterministic UIDs, and the JSON copy."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ComprehensiveSRStorage
+
+from sdmad_monai.deploy.demo import write_dicom_series
+from sdmad_monai.deploy.sr import (
+    ALGORITHM_NAME,
+    AlgorithmInfo,
+    build_sr,
+    detector_fingerprint,
+    read_sr_findings,
+    write_sr_report,
+)
+from sdmad_monai.inference import infer_volume
+from sdmad_monai.networks import SignDrivenDetector
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
+
+STUDY, SERIES = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11"
+SLICES = [0, 5, 10]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return SignDrivenDetector.from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sr") / "series"
+    volume = np.random.default_rng(0).uniform(0, 1000, (32, 32, 12))
+    paths = write_dicom_series(
+        volume, folder, study_instance_uid=STUDY, series_instance_uid=SERIES, attributes={"BodyPartExamined": "BRAIN"}
+    )
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    return folder, headers
+
+
+@pytest.fixture(scope="module")
+def result(detector, series):
+    return infer_volume(detector, series[0], indices=SLICES)
+
+
+@pytest.fixture(scope="module")
+def algorithm(detector):
+    return AlgorithmInfo.from_detector(detector)
+
+
+def code(item, attribute):
+    c = getattr(item, attribute)[0]
+    return (c.get("CodeValue") or c.get("LongCodeValue"), c.CodingSchemeDesignator)
+
+
+def walk(container, path=()):
+    """Every content item under ``container`` with the concept names of its ancestors."""
+    for item in getattr(container, "ContentSequence", []):
+        yield path, item
+        yield from walk(item, path + (code(item, "ConceptNameCodeSequence"),))
+
+
+def test_sr_round_trip(tmp_path, result, series, algorithm):
+    headers = series[1]
+    slice_headers = [headers[i] for i in SLICES]  # axial series written bottom-up: slice k = file k
+    sr_path, json_path = write_sr_report(result, headers, algorithm, tmp_path, source_images=slice_headers)
+    ds = pydicom.dcmread(sr_path)
+    assert ds.SOPClassUID == ComprehensiveSRStorage and ds.Modality == "SR"
+    assert ds.StudyInstanceUID == STUDY and ds.PatientID == headers[0].PatientID
+    assert ds.SeriesInstanceUID != SERIES
+    assert code(ds, "ConceptNameCodeSequence") == ("126000", "DCM")
+
+    groups = [item for path, item in walk(ds) if code(item, "ConceptNameCodeSequence") == ("125007", "DCM")]
+    assert len(groups) == len(result.findings) == len(result.category_labels)
+    for group, finding in zip(groups, result.findings):
+        items = {code(i, "ConceptNameCodeSequence"): i for i in group.ContentSequence}
+        assert code(items[("121071", "DCM")], "ConceptCodeSequence") == (finding["label"], "99SDMAD")
+        assert items[("121071", "DCM")].ConceptCodeSequence[0].CodeMeaning == finding["display_name"]
+        score = items[("246262008", "SCT")]
+        assert score.ValueType == "NUM"
+        assert float(score.MeasuredValueSequence[0].NumericValue) == pytest.approx(finding["score"], abs=1e-6)
+        assert code(score.MeasuredValueSequence[0], "MeasurementUnitsCodeSequence") == ("1", "UCUM")
+        presence = items[("121052", "DCM")]
+        expected = ("52101004", "SCT") if finding["finding"] else ("272519000", "SCT")
+        assert code(presence, "ConceptCodeSequence") == expected
+        assert items[("111001", "DCM")].TextValue == ALGORITHM_NAME
+        assert items[("111003", "DCM")].TextValue == result.model["sdmad_monai_version"]
+        parameters = [
+            i.TextValue for i in group.ContentSequence if code(i, "ConceptNameCodeSequence") == ("111002", "DCM")
+        ]
+        assert f"backbone={result.model['backbone']}" in parameters
+        assert f"checkpoint=sha256:{algorithm.fingerprint}" in parameters
+        images = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+        assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [
+            h.SOPInstanceUID for h in slice_headers
+        ]
+
+    # the whole source series is the evidence
+    (study,) = ds.CurrentRequestedProcedureEvidenceSequence
+    assert study.StudyInstanceUID == STUDY
+    (referenced,) = study.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == SERIES
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedSOPSequence} == {h.SOPInstanceUID for h in headers}
+
+    # the package's own reader agrees
+    read = read_sr_findings(sr_path)
+    assert read["algorithm"]["name"] == ALGORITHM_NAME and read["algorithm"]["version"] == algorithm.version
+    assert read["evidence"] == {SERIES: [h.SOPInstanceUID for h in headers]}
+    for got, finding in zip(read["findings"], result.findings):
+        assert got["label"] == finding["label"] and got["finding"] == finding["finding"]
+        assert got["score"] == pytest.approx(finding["score"], abs=1e-6)
+
+    document = json.loads(json_path.read_text())
+    assert document["findings"] == result.findings
+    assert document["sr"]["sop_instance_uid"] == ds.SOPInstanceUID and document["sr"]["file"] == sr_path.name
+    assert document["series_instance_uid"] == SERIES and document["algorithm"]["fingerprint"] == algorithm.fingerprint
+
+
+def test_deterministic_uids(result, series, algorithm):
+    headers = series[1]
+    first, again = build_sr(result, headers, algorithm), build_sr(result, headers, algorithm)
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert first.SOPInstanceUID != first.SeriesInstanceUID
+    for uid in (first.SOPInstanceUID, first.SeriesInstanceUID):
+        assert uid.startswith("2.25.") and len(uid) <= 64 and pydicom.uid.UID(uid).is_valid
+    for other in (
+        dataclasses.replace(algorithm, version=algorithm.version + ".post1"),
+        dataclasses.replace(algorithm, fingerprint="0" * 64),
+    ):
+        changed = build_sr(result, headers, other)
+        assert changed.SOPInstanceUID != first.SOPInstanceUID
+        assert changed.SeriesInstanceUID != first.SeriesInstanceUID
+
+
+def test_fingerprint_survives_checkpoint(tmp_path, detector):
+    path = detector.save(tmp_path / "model.pt")
+    reloaded = SignDrivenDetector.load(path)
+    assert detector_fingerprint(reloaded) == detector_fingerprint(detector)
+    other = SignDrivenDetector.from_preset("tiny", seed=1)
+    assert detector_fingerprint(other) != detector_fingerprint(detector)
+
+
+def test_source_must_be_one_series(result, series, algorithm):
+    headers = series[1]
+    stranger = copy.deepcopy(headers[0])
+    stranger.SeriesInstanceUID = "1.2.3.4"
+    with pytest.raises(ValueError, match="one series of one study"):
+        build_sr(result, [headers[0], stranger], algorithm)
+    with pytest.raises(ValueError, match="No source instance"):
+        build_sr(result, [], algorithm)
