@@ -142,3 +142,19 @@ def test_bad_variant_name(variants):
 def test_type_error_for_other_network(images):
     with pytest.raises(TypeError, match="SignDrivenDetector"):
         ProtocolInferer()(images, nn.Linear(3, 3))
+
+
+def test_protocol_inferer_does_not_recompute_text_states_per_batch(detector, images, monkeypatch):
+    """The sdmad and clip variants alternate adapters on/off every batch; both text states stay cached."""
+    calls = []
+    original = detector._compute_text_state
+    monkeypatch.setattr(detector, "_compute_text_state", lambda: calls.append(1) or original())
+    inferer = ProtocolInferer()
+    with torch.no_grad():
+        first = inferer(images, detector)
+        warm = len(calls)  # at most the two states not cached yet
+        for _ in range(3):
+            again = inferer(images, detector)
+    assert warm <= 2 and len(calls) == warm
+    assert_outputs_close(first["clip"], again["clip"])
+    assert_outputs_close(first["sdmad"], again["sdmad"])

@@ -70,6 +70,10 @@ _ARCHITECTURE_KEYS = (
 )
 
 
+#: Text states kept by :meth:`SignDrivenDetector.text_state` (adapters on/off x sign selection on/off).
+_TEXT_CACHE_SIZE = 4
+
+
 class DetectorStateError(RuntimeError):
     """A checkpoint does not fit this detector (other prompt bank, backbone or adapter settings)."""
 
@@ -193,7 +197,9 @@ class SignDrivenDetector(nn.Module):
         self.register_buffer(
             "prompt_categories", torch.tensor(prompt_categories, dtype=torch.long), persistent=False
         )
-        self._text_cache: tuple[tuple, TextState] | None = None
+        #: cached text states by :meth:`_text_cache_key`; several entries, so that alternating adapters on/off (the
+        #: evaluation's ``clip`` and ``sdmad`` variants on every batch) does not recompute them on each switch
+        self._text_cache: dict[tuple, TextState] = {}
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -314,10 +320,15 @@ class SignDrivenDetector(nn.Module):
         if grad_needed:
             return self._compute_text_state()
         key = self._text_cache_key()
-        if self._text_cache is None or self._text_cache[0] != key:
+        state = self._text_cache.get(key)
+        if state is None:
             with torch.no_grad():
-                self._text_cache = (key, self._compute_text_state())
-        return self._text_cache[1]
+                state = self._compute_text_state()
+            # keep the few newest entries: stale ones (adapter weights since changed) are never asked for again
+            while len(self._text_cache) >= _TEXT_CACHE_SIZE:
+                del self._text_cache[next(iter(self._text_cache))]
+            self._text_cache[key] = state
+        return state
 
     def _compute_text_state(self) -> TextState:
         features = self._text_path.encode(self.tokens)
@@ -405,7 +416,7 @@ class SignDrivenDetector(nn.Module):
             raise DetectorStateError(
                 f"Checkpoint does not match this detector's adapters: missing {missing}, unexpected {unexpected}."
             )
-        self._text_cache = None
+        self._text_cache.clear()
         return result
 
     def get_extra_state(self) -> torch.Tensor:

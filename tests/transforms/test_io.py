@@ -307,3 +307,13 @@ def test_unsupported_and_missing_paths(tmp_path):
     (tmp_path / "img.png").write_bytes(b"\x89PNG")
     with pytest.raises(ValueError, match=r"img\.png: unsupported image type"):
         LoadSlices()(str(tmp_path / "img.png"))
+
+
+def test_load_slices_closes_the_h5_file(tmp_path):
+    path = tmp_path / "closed.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("reconstruction_rss", data=np.random.default_rng(0).random((4, 8, 8), dtype=np.float32))
+    slices = LoadSlices("axial", stride=1)(path)
+    assert len(slices) == 4
+    with h5py.File(path, "w"):  # h5py refuses to truncate a file that is still open
+        pass
