@@ -1,0 +1,97 @@
+"""Smoke test of the benchmark scripts in benchmarks/: each CPU script's main() on the tiny model with tiny sizes
+(``--smoke``), checking the JSON result it writes; the GPU-only script must refuse clearly without CUDA."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _run(name: str, tmp_path: Path, *extra: str) -> dict:
+    result = _load(name).main(["--smoke", "--output", str(tmp_path), *extra])
+    written = json.loads((tmp_path / f"{name}_smoke.json").read_text())
+    assert written["benchmark"] == name == result["benchmark"]
+    for key in ("command", "machine", "settings", "summary"):
+        assert key in written, key
+    for key in ("cpu_count", "torch_threads", "versions", "date_utc"):
+        assert key in written["machine"], key
+    return written
+
+
+def test_bench_inference_smoke(tmp_path):
+    result = _run("bench_inference", tmp_path)
+    (model,) = result["models"]
+    assert model["model"] == "sdmad-tiny" and 0 < model["flops"]["adapter_flop_fraction"] < 1
+    for row in model["rows"]:
+        for key in ("detector_ms_per_batch", "ratio_vs_adapters_disabled", "ratio_vs_bare", "text_calls_during_timing"):
+            assert key in row, key
+        assert sum(row["text_calls_during_timing"].values()) == 0  # text features are not recomputed per batch
+
+
+def test_bench_volume_pipeline_smoke(tmp_path):
+    result = _run("bench_volume_pipeline", tmp_path, "--formats", "nii", "nii.gz", "h5")
+    assert {(r["format"], r["policy"]) for r in result["rows"]} == {
+        (f, p) for f in ("nii", "nii.gz", "h5") for p in ("indices", "all")
+    }
+    for row in result["rows"]:
+        for key in ("lazy_read_ms", "full_read_ms", "pipeline_ms", "model_ms", "pipeline_over_model"):
+            assert row[key] > 0, key
+    assert {r["num_slices"] for r in result["rows"]} == {3, 12}
+
+
+def test_bench_volume_pipeline_writes_a_readable_dicom_series(tmp_path):
+    bench = _load("bench_volume_pipeline")
+    from sdmad_monai.transforms import LoadSlices
+
+    args = bench.parse_args(["--smoke", "--formats", "dicom"])
+    paths = bench.write_volumes(tmp_path, args)
+    slices = LoadSlices("axial", indices=[0, 5, 10])(paths["dicom"])
+    assert [tuple(s.shape) for s in slices] == [(1, 32, 32)] * 3
+
+
+def test_bench_training_step_smoke(tmp_path):
+    result = _run("bench_training_step", tmp_path)
+    assert set(result["modes"]) == {"cached", "full"}
+    assert result["modes"]["cached"]["text_calls_per_step"] == {"last_block_only": 1.0, "full_encode_text": 0.0}
+    assert result["modes"]["full"]["text_calls_per_step"] == {"last_block_only": 0.0, "full_encode_text": 1.0}
+    for key in ("step_ms_cached", "step_ms_full", "speedup_full_over_cached", "peak_rss_mib_cached"):
+        assert key in result["summary"], key
+
+
+def test_bench_scale_smoke(tmp_path):
+    result = _run("bench_scale", tmp_path)
+    assert [r["size"] for r in result["rows"]] == [40, 80]
+    assert [r["num_slices_reported"] for r in result["rows"]] == [40, 80]
+    for key in ("time_ratio", "peak_rss_ratio", "size_ratio"):
+        assert key in result["summary"], key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_scripts_refuse_without_cuda(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refusal:
+        _load("bench_gpu_throughput").main(["--output", str(tmp_path)])
+    assert refusal.value.code == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refusal:
+        _load("bench_training_step").main(["--device", "cuda", "--output", str(tmp_path)])
+    assert "no CUDA GPU" in str(refusal.value.code)
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_throughput_refuses_cpu_device(tmp_path):
+    with pytest.raises(SystemExit) as refusal:
+        _load("bench_gpu_throughput").main(["--device", "cpu", "--output", str(tmp_path)])
+    assert refusal.value.code == 2
