@@ -73,6 +73,8 @@ def write_volumes(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
     import nibabel as nib
     import numpy as np
 
+    from sdmad_monai.deploy.demo import write_dicom_series
+
     folder.mkdir(parents=True, exist_ok=True)
     data = phantom(args.shape).astype(np.int16)
     affine = np.diag([0.9, 0.9, 5.0, 1.0])
@@ -86,51 +88,12 @@ def write_volumes(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
         nib.save(image, paths["nii.gz"])
     if "dicom" in args.formats:
         paths["dicom"] = folder / "dicom_series"
-        write_dicom_series(data, affine, paths["dicom"])
+        write_dicom_series(data, paths["dicom"], affine=affine)
     if "h5" in args.formats:
         paths["h5"] = folder / "volume.h5"
         with h5py.File(paths["h5"], "w") as handle:
             handle.create_dataset("reconstruction_rss", data=phantom(args.h5_shape, seed=1) / 1000.0)
     return paths
-
-
-def write_dicom_series(data, affine, folder: Path) -> None:
-    """One file per z index, LPS geometry from ``affine`` (as tests/transforms/test_io.py writes its series)."""
-    import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-
-    folder.mkdir(parents=True, exist_ok=True)
-    lps = np.diag([-1.0, -1.0, 1.0])
-    col_vec, row_vec = affine[:3, 0], affine[:3, 1]
-    iop = np.concatenate([lps @ col_vec / np.linalg.norm(col_vec), lps @ row_vec / np.linalg.norm(row_vec)])
-    series_uid = "1.2.826.0.1.3680043.8.498.11"
-    for k in range(data.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = f"{series_uid}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        name = folder / f"im{k:03d}.dcm"
-        ds = FileDataset(str(name), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.12"
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.13"
-        ds.Modality = "MR"
-        ds.PatientName = "Bench^Phantom"
-        ds.PatientID = "bench"
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(v) for v in lps @ (affine[:3, :3] @ [0, 0, k] + affine[:3, 3])]
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.PixelSpacing = [float(np.linalg.norm(row_vec)), float(np.linalg.norm(col_vec))]
-        ds.SliceThickness = float(np.linalg.norm(affine[:3, 2]))
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).astype("<i2").tobytes()
-        ds.save_as(name, enforce_file_format=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

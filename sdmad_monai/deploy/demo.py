@@ -25,6 +25,20 @@ ORIENTATIONS: dict[str, tuple[float, ...]] = {
 
 _SOP_CLASS = {"MR": MRImageStorage, "CT": CTImageStorage}
 
+#: RAS (NIfTI) to LPS (DICOM) world coordinates.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _geometry_from_affine(affine: np.ndarray, num_slices: int) -> tuple[np.ndarray, list, tuple, float]:
+    """ImageOrientationPatient, per-slice ImagePositionPatient, PixelSpacing (row, column) and slice thickness of
+    a ``[column, row, slice]`` volume with RAS ``affine``."""
+    column_step, row_step, slice_step = affine[:3, 0], affine[:3, 1], affine[:3, 2]
+    iop = np.concatenate([_RAS_TO_LPS @ column_step / np.linalg.norm(column_step),
+                          _RAS_TO_LPS @ row_step / np.linalg.norm(row_step)])
+    positions = [_RAS_TO_LPS @ (affine[:3, :3] @ [0, 0, k] + affine[:3, 3]) for k in range(num_slices)]
+    spacing = (float(np.linalg.norm(row_step)), float(np.linalg.norm(column_step)))
+    return iop, positions, spacing, float(np.linalg.norm(slice_step))
+
 
 def write_dicom_series(
     volume: np.ndarray,
@@ -33,12 +47,13 @@ def write_dicom_series(
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
     modality: str = "MR",
-    pixel_spacing: float = 1.0,
+    pixel_spacing: float | tuple[float, float] = 1.0,
     slice_thickness: float = 3.0,
     series_number: int = 1,
     series_description: str = "",
     attributes: Mapping[str, Any] | None = None,
     prefix: str = "IM",
+    affine: np.ndarray | None = None,
 ) -> list[Path]:
     """Write ``volume`` (``[columns, rows, slices]``) as one file per slice into ``folder``.
 
@@ -51,12 +66,15 @@ def write_dicom_series(
         study_instance_uid: StudyInstanceUID (random when ``None``).
         series_instance_uid: SeriesInstanceUID (random when ``None``).
         modality: DICOM Modality (``MR`` and ``CT`` get their image storage SOP class).
-        pixel_spacing: in-plane spacing in mm.
+        pixel_spacing: in-plane spacing in mm (one value, or row and column spacing).
         slice_thickness: distance between slices in mm.
         series_number: SeriesNumber.
         series_description: SeriesDescription.
         attributes: further attributes by keyword (``BodyPartExamined``, ``StudyDescription``, ``PatientID`` ...).
         prefix: file name prefix (``<prefix><k>.dcm``).
+        affine: a 4x4 RAS voxel-to-world matrix of ``volume`` (as in NIfTI); when given, the orientation, slice
+            positions, pixel spacing and slice thickness come from it (``orientation``, ``pixel_spacing`` and
+            ``slice_thickness`` are ignored), so the series has the NIfTI volume's exact geometry.
 
     Returns:
         The written files, in slice order.
@@ -64,8 +82,13 @@ def write_dicom_series(
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D [columns, rows, slices], got shape {volume.shape}.")
-    iop = np.asarray(ORIENTATIONS[orientation] if isinstance(orientation, str) else orientation, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
+    if affine is not None:
+        iop, positions, pixel_spacing, slice_thickness = _geometry_from_affine(np.asarray(affine, dtype=np.float64),
+                                                                                volume.shape[2])
+    else:
+        iop = np.asarray(ORIENTATIONS[orientation] if isinstance(orientation, str) else orientation, dtype=np.float64)
+        normal = np.cross(iop[:3], iop[3:])
+        positions = [normal * k * slice_thickness for k in range(volume.shape[2])]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     study_instance_uid = study_instance_uid or generate_uid()
@@ -97,8 +120,8 @@ def write_dicom_series(
         ds.SeriesDescription = series_description
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.ImagePositionPatient = [float(v) for v in normal * k * slice_thickness]
-        ds.PixelSpacing = [float(pixel_spacing), float(pixel_spacing)]
+        ds.ImagePositionPatient = [float(v) for v in positions[k]]
+        ds.PixelSpacing = [float(v) for v in np.broadcast_to(pixel_spacing, 2)]
         ds.SliceThickness = float(slice_thickness)
         ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
         ds.SamplesPerPixel = 1

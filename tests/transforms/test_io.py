@@ -13,9 +13,8 @@ import pydicom
 import pytest
 import torch
 from monai.transforms import LoadImaged
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
+from sdmad_monai.deploy.demo import write_dicom_series
 from sdmad_monai.transforms import (
     ExtractSlices,
     ExtractSlicesd,
@@ -29,49 +28,29 @@ from sdmad_monai.transforms import (
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 PYDICOM_MR2 = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892003" / "MR2"
-LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def write_dicom_series(img: nib.Nifti1Image, folder: Path) -> None:
-    """Write a NIfTI volume as an axial-stacked DICOM series (one file per array z index, shuffled file names)."""
-    folder.mkdir(parents=True)
-    data = np.asarray(img.dataobj).astype(np.int16)
-    aff = img.affine
-    col_vec, row_vec = aff[:3, 0], aff[:3, 1]  # array i -> DICOM column index, array j -> DICOM row index
-    iop = np.concatenate([LPS @ col_vec / np.linalg.norm(col_vec), LPS @ row_vec / np.linalg.norm(row_vec)])
-    series_uid = "1.2.826.0.1.3680043.8.498.1"
-    order = np.random.default_rng(0).permutation(data.shape[2])
-    for k in range(data.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = f"{series_uid}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"im{order[k]:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.2"
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.3"
-        ds.Modality = "MR"
-        ds.PatientName = "Test^Anatomical"
-        ds.PatientID = "nib-anatomical"
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(v) for v in LPS @ (aff[:3, :3] @ [0, 0, k] + aff[:3, 3])]
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.PixelSpacing = [float(np.linalg.norm(row_vec)), float(np.linalg.norm(col_vec))]
-        ds.SliceThickness = float(np.linalg.norm(aff[:3, 2]))
-        ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).astype("<i2").tobytes()
-        ds.save_as(folder / f"im{order[k]:03d}.dcm", enforce_file_format=True)
+def write_nifti_as_dicom(img: nib.Nifti1Image, folder: Path) -> None:
+    """Write a NIfTI volume as a DICOM series with its exact geometry, file names shuffled (readers must sort by
+    position, not by name)."""
+    paths = write_dicom_series(
+        np.asarray(img.dataobj).astype(np.int16),
+        folder,
+        affine=img.affine,
+        study_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        attributes={"PatientName": "Test^Anatomical", "PatientID": "nib-anatomical"},
+    )
+    order = np.random.default_rng(0).permutation(len(paths))
+    staged = [p.rename(p.with_suffix(".tmp")) for p in paths]
+    for k, path in enumerate(staged):
+        path.rename(folder / f"im{order[k]:03d}.dcm")
 
 
 @pytest.fixture(scope="module")
 def anatomical_dicom(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dicom") / "series"
-    write_dicom_series(nib.load(NIB_DATA / "anatomical.nii"), folder)
+    write_nifti_as_dicom(nib.load(NIB_DATA / "anatomical.nii"), folder)
     return folder
 
 
