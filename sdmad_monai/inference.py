@@ -21,8 +21,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from monai.data import MetaTensor
+
 from .networks.detector import SignDrivenDetector
-from .transforms import LoadSlices, clip_slice_transforms
+from .transforms import ExtractSlices, LoadSlices, clip_slice_transforms
 from .utils import atomic_write_json, atomic_write_text
 
 __all__ = ["VolumeResult", "study_findings", "infer_volume", "infer_volumes", "write_volume_results", "find_volumes"]
@@ -135,7 +137,7 @@ def _model_description(detector: SignDrivenDetector) -> dict[str, Any]:
 @torch.no_grad()
 def infer_volume(
     detector: SignDrivenDetector,
-    path: str | Path,
+    path: str | Path | MetaTensor,
     axis: str = "axial",
     indices: Sequence[int] | None = None,
     positions: Sequence[float] | None = None,
@@ -143,13 +145,16 @@ def infer_volume(
     batch_size: int = 16,
     device: str | torch.device | None = None,
 ) -> VolumeResult:
-    """Score the chosen slices of one volume (NIfTI file, DICOM series folder or fastMRI ``.h5``).
+    """Score the chosen slices of one volume (NIfTI file, DICOM series folder, fastMRI ``.h5``, or a volume in
+    memory).
 
     Only the requested slices are read. With no index policy given, every slice is scored.
 
     Args:
         detector: the trained detector (switched to eval mode here).
-        path: the volume.
+        path: the volume on disk, or a loaded ``MetaTensor`` ``[C, X, Y, Z]`` whose ``affine`` maps voxels to RAS
+            world coordinates (what ``LoadImage(ensure_channel_first=True)`` returns; the MONAI Deploy operator
+            passes the series it received this way). Its ``meta["filename_or_obj"]`` names the source when set.
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         indices: explicit canonical slice indices (fastMRI+: ``[0, 5, 10]``).
         positions: relative positions in ``[0, 1]``.
@@ -164,7 +169,12 @@ def infer_volume(
         stride = 1
     detector.eval()
     device = device or next(detector.parameters()).device
-    slices = LoadSlices(axis, indices, positions, stride)(path)
+    if isinstance(path, MetaTensor):
+        slices = ExtractSlices(axis, indices, positions, stride)(path)
+        source = str(path.meta.get("filename_or_obj", "") or "<in-memory volume>")
+    else:
+        slices = LoadSlices(axis, indices, positions, stride)(path)
+        source = str(path)
     preprocess = clip_slice_transforms("image", detector.image_size, detector.image_mean, detector.image_std)
     images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices])
     slice_indices = [int(s.meta["slice_index"]) for s in slices]
@@ -176,7 +186,7 @@ def infer_volume(
     scores = torch.cat([o["scores"] for o in outputs])
     predictions = torch.cat([o["predictions"] for o in outputs])
     return VolumeResult(
-        source=str(path),
+        source=source,
         axis=axis,
         slice_indices=slice_indices,
         scores=scores,

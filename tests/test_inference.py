@@ -131,6 +131,20 @@ def test_infer_volume_every_slice_in_batches(detector, volumes):
 
 
 # ---------------------------------------------------------------- infer_volumes
+def test_infer_volume_accepts_a_loaded_volume(detector, volumes):
+    """A MetaTensor volume (what LoadImage and the MONAI Deploy operator hand over) scores exactly like its file."""
+    from monai.transforms import LoadImage
+
+    volume = LoadImage(image_only=True, ensure_channel_first=True)(str(volumes[0]))
+    from_file = infer_volume(detector, volumes[0], indices=[0, 5, 10])
+    in_memory = infer_volume(detector, volume, indices=[0, 5, 10])
+    assert in_memory.slice_indices == from_file.slice_indices == [0, 5, 10]
+    torch.testing.assert_close(in_memory.scores, from_file.scores)
+    torch.testing.assert_close(in_memory.image_scores, from_file.image_scores)
+    assert in_memory.findings == from_file.findings
+    assert in_memory.source == str(volumes[0])
+
+
 def test_infer_volumes_writes_files(detector, volumes, tmp_path):
     output = tmp_path / "out"
     results = infer_volumes(detector, [str(v) for v in volumes], output, indices=[0, 5, 10])
