@@ -9,8 +9,23 @@ Commands:
         sdmad process_folder --input_dir study/ --output_dir out/ --model models/model.pt \\
             [--rules rules.json] [--slices 0,5,10 | --slices all] [--axis axial] [--device cpu]
 
-Errors (missing model or folder, bad rules file, no matching series, a broken series) end the command with one line
-on stderr, ``sdmad: error: ...``, and exit status 1.
+``process_study``
+    The same for one study on a PACS, over DICOMweb (QIDO-RS search, WADO-RS retrieval of the selected series only,
+    STOW-RS of the SRs; an SR already on the PACS is not stored again)::
+
+        sdmad process_study --url http://127.0.0.1:8042/dicom-web --study_uid 1.2.3... --model models/model.pt \\
+            [--rules rules.json] [--slices 0,5,10] [--output_dir local_copy/] [--retries 3] [--backoff 1.0] \\
+            [--timeout 30]
+
+``write_demo_study``
+    Write a NIfTI volume (e.g. one of the demo dataset) as a synthetic axial brain MR DICOM series, to try the
+    commands above::
+
+        sdmad write_demo_study --volume .sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz \\
+            --output_dir demo_study/
+
+Errors (missing model or folder, bad rules file, no matching series, a broken series, study not found, PACS not
+reachable after the retries) end the command with one line on stderr, ``sdmad: error: ...``, and exit status 1.
 """
 
 from __future__ import annotations
@@ -92,14 +107,148 @@ class SdmadCommands:
         )
         return [str(p) for p in written]
 
+    def process_study(
+        self,
+        url: str,
+        study_uid: Any,
+        model: str = "models/model.pt",
+        rules: str | None = None,
+        slices: Any = "0,5,10",
+        axis: str = "axial",
+        output_dir: str | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 30.0,
+        device: str = "cpu",
+        batch_size: int = 16,
+        pretrained: str | None = None,
+    ) -> list[str]:
+        """Run SD-MAD on one study of a PACS over DICOMweb and store one DICOM SR per matching series back into it.
+
+        Only searches, retrieves and stores: nothing on the PACS is changed or deleted. A series whose SR (same
+        model, same series: deterministic UIDs) is already on the PACS is neither retrieved nor stored again.
+
+        Args:
+            url: DICOMweb base URL, e.g. ``http://127.0.0.1:8042/dicom-web`` (Orthanc with its DICOMweb plugin).
+            study_uid: StudyInstanceUID of the study.
+            model: detector checkpoint (``SignDrivenDetector.save`` or a bundle checkpoint).
+            rules: series rules JSON (default: the shipped axial brain MR rules).
+            slices: canonical slice indices, e.g. ``0,5,10`` (the fastMRI+ policy), or ``all``.
+            axis: slicing axis: axial, coronal or sagittal.
+            output_dir: keep a local copy of each SR and its JSON here (default: none).
+            retries: how often a request that got no answer (connection error, timeout, HTTP 5xx/429) is sent
+                again before giving up.
+            backoff: seconds before the first retry, doubled for each further retry.
+            timeout: seconds to wait for the PACS per request.
+            device: torch device for inference.
+            batch_size: slices per forward pass.
+            pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
+
+        Returns:
+            One line per selected series (``stored: SR <uid> for series <uid>`` or ``already in PACS: ...``),
+            then the local copies written.
+        """
+        if isinstance(study_uid, (float, bool)) or study_uid is None or not str(study_uid).strip():
+            raise ValueError(
+                f"--study_uid {study_uid!r} is not a StudyInstanceUID; pass the UID as text (quote it if the shell "
+                "or fire reads it as a number, e.g. --study_uid='\"1.20\"')."
+            )
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"Model checkpoint {model} does not exist (pass --model path/to/model.pt).")
+        from .deploy.dicomweb import DicomWebConnection, process_study
+        from .deploy.rules import load_series_rules
+
+        def load_detector():  # called only once a series matches the rules
+            from .networks.detector import SignDrivenDetector
+
+            return SignDrivenDetector.load(model, map_location=device, pretrained=pretrained)
+
+        series_rules = load_series_rules(rules)  # a bad rules file fails before the PACS is contacted
+        connection = DicomWebConnection(url, retries=retries, backoff=float(backoff), timeout=float(timeout))
+        reports = process_study(
+            connection,
+            str(study_uid),
+            load_detector,
+            rules=series_rules,
+            slices=_parse_slices(slices),
+            axis=axis,
+            output_dir=output_dir,
+            strict=True,
+            batch_size=batch_size,
+        )
+        return [str(r) for r in reports] + [str(p) for r in reports for p in r.files]
+
+    def write_demo_study(
+        self,
+        volume: str,
+        output_dir: str,
+        study_uid: str | None = None,
+        series_description: str = "AX T1 (SD-MAD demo)",
+    ) -> dict[str, Any]:
+        """Write a NIfTI volume as a synthetic axial brain MR DICOM series (one file per slice), to try
+        ``process_folder`` / ``process_study`` (not for clinical use).
+
+        The UIDs derive from the volume file's content, so writing the same volume again gives the same study.
+
+        Args:
+            volume: a NIfTI file, e.g. ``.sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz`` (written by
+                the bundle's training workflow).
+            output_dir: a new or empty folder for the ``IM*.dcm`` files.
+            study_uid: StudyInstanceUID to use instead of the derived one.
+            series_description: SeriesDescription.
+
+        Returns:
+            ``study_instance_uid``, ``series_instance_uid``, ``files`` (count) and ``folder``.
+        """
+        source = Path(volume)
+        if not source.is_file():
+            raise FileNotFoundError(f"Volume {volume} does not exist (expected a NIfTI file such as "
+                                    ".sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz).")
+        folder = Path(output_dir)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise FileExistsError(f"Output folder {folder} exists and is not empty; choose a new folder.")
+        import hashlib
+
+        import nibabel as nib
+        import numpy as np
+        from pydicom.uid import generate_uid
+
+        from .deploy.demo import write_dicom_series
+
+        try:
+            image = nib.load(str(source))
+            data = np.asarray(image.dataobj, dtype=np.float32)
+        except Exception as error:  # nibabel raises several types for a file that is not NIfTI
+            raise ValueError(f"Volume {volume} could not be read as NIfTI: {error}") from error
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise ValueError(f"Volume {volume} must be 3D, got shape {data.shape}.")
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        study = str(study_uid) if study_uid is not None else generate_uid(entropy_srcs=["sdmad-demo-study", digest])
+        series = generate_uid(entropy_srcs=["sdmad-demo-series", study, digest])
+        paths = write_dicom_series(
+            data, folder, study_instance_uid=study, series_instance_uid=series, affine=image.affine,
+            series_description=series_description,
+            attributes={"BodyPartExamined": "BRAIN", "StudyDescription": "MR BRAIN (SD-MAD demo)",
+                        "PatientID": f"sdmad-demo-{digest[:8]}"},
+        )
+        logger.info("Wrote %d DICOM files of %s into %s.", len(paths), source, folder)
+        return {"study_instance_uid": study, "series_instance_uid": series, "files": len(paths),
+                "folder": str(folder)}
+
 
 def _is_user_error(error: BaseException) -> bool:
-    """Errors about the input (missing file, bad rules, bad checkpoint, no matching or broken series): the package
-    raises ``FileNotFoundError``, ``ValueError`` subclasses and ``DetectorStateError`` for those."""
-    if isinstance(error, (FileNotFoundError, ValueError)):
+    """Errors about the input (missing file, bad rules, bad checkpoint, no matching or broken series) and about the
+    PACS (not reachable, study not found, request refused): the package raises ``FileNotFoundError``, ``ValueError``
+    subclasses, ``DetectorStateError`` and ``DicomWebError`` for those."""
+    if isinstance(error, (FileNotFoundError, FileExistsError, ValueError)):
         return True
     detector_module = sys.modules.get("sdmad_monai.networks.detector")
-    return detector_module is not None and isinstance(error, detector_module.DetectorStateError)
+    if detector_module is not None and isinstance(error, detector_module.DetectorStateError):
+        return True
+    dicomweb_module = sys.modules.get("sdmad_monai.deploy.dicomweb")
+    return dicomweb_module is not None and isinstance(error, dicomweb_module.DicomWebError)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -107,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("dicomweb_client", "highdicom"):  # per-request / per-module lines; warnings still show
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         fire.Fire(SdmadCommands(), command=list(argv) if argv is not None else None, name="sdmad")
     except Exception as error:

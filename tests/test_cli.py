@@ -1,17 +1,20 @@
 """The ``sdmad`` command line run as ``python -m sdmad_monai`` in a subprocess: success writes the SR, bad input
-exits non-zero with a one-line error."""
+and an unreachable PACS exit non-zero with a one-line error, the demo study writer."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import warnings
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
 from sdmad_monai.deploy.demo import write_dicom_series
+from sdmad_monai.deploy.rules import explain_series
 from sdmad_monai.networks import SignDrivenDetector
 
 STUDY, AXIAL, CORONAL = "1.2.826.0.1.3680043.8.498.30", "1.2.826.0.1.3680043.8.498.31", "1.2.826.0.1.3680043.8.498.32"
@@ -81,7 +84,54 @@ def test_failures(tmp_path, model, study):
     assert str(bad_rules) in line and "unknown key" in line
 
 
-def test_no_pacs_command_yet():
+def test_help_lists_commands():
     run = sdmad("--help")
-    assert "process_folder" in run.stdout + run.stderr
-    assert "pacs" not in (run.stdout + run.stderr).lower()
+    text = run.stdout + run.stderr
+    assert all(command in text for command in ("process_folder", "process_study", "write_demo_study"))
+
+
+def test_process_study_failures(tmp_path, model):
+    """PACS faults that need no PACS: nothing listening (bounded retries, then one error line), bad arguments.
+    The round trip against a real Orthanc is in tests/deploy/test_dicomweb.py."""
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/dicom-web"
+    run = sdmad("process_study", "--url", url, "--study_uid", STUDY, "--model", str(model), "--retries", "2",
+                "--backoff", "0.01")
+    line = error_line(run)
+    assert f"DICOMweb server {url} is not reachable" in line and "after 3 attempt(s)" in line
+    assert run.stderr.count("retrying in") == 2
+    assert "Model checkpoint" in error_line(
+        sdmad("process_study", "--url", url, "--study_uid", STUDY, "--model", str(tmp_path / "missing.pt"))
+    )
+    assert "is not a StudyInstanceUID" in error_line(
+        sdmad("process_study", "--url", url, "--study_uid", "1.20", "--model", str(model))  # fire reads a float
+    )
+    assert "is not an http(s) URL" in error_line(
+        sdmad("process_study", "--url", "127.0.0.1:8042", "--study_uid", STUDY, "--model", str(model))
+    )
+
+
+def test_write_demo_study(tmp_path):
+    data = np.arange(24 * 20 * 6, dtype=np.float32).reshape(24, 20, 6)
+    affine = np.diag([-2.0, 2.0, 5.0, 1.0])  # 2 x 2 mm in-plane, 5 mm between axial slices
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "volume.nii.gz")
+    run = sdmad("write_demo_study", "--volume", str(tmp_path / "volume.nii.gz"), "--output_dir", str(tmp_path / "a"))
+    assert run.returncode == 0, run.stderr
+    printed = dict(line.split(":", 1) for line in run.stdout.splitlines())
+    files = sorted((tmp_path / "a").iterdir())
+    assert [f.name for f in files] == [f"IM{k:04d}.dcm" for k in range(6)] and printed["files"].strip() == "6"
+    headers = [pydicom.dcmread(f) for f in files]
+    assert {h.StudyInstanceUID for h in headers} == {printed["study_instance_uid"].strip()}
+    assert explain_series({"s": headers}) == {"s": None}  # an axial brain MR series for the shipped rules
+    assert [float(h.ImagePositionPatient[2]) for h in headers] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+    assert np.array_equal(headers[2].pixel_array.T, data[:, :, 2])
+    # the same volume again gives the same study; a non-empty folder is refused
+    again = sdmad("write_demo_study", "--volume", str(tmp_path / "volume.nii.gz"), "--output_dir", str(tmp_path / "b"))
+    assert again.stdout.splitlines()[0] == run.stdout.splitlines()[0]
+    assert "is not empty" in error_line(
+        sdmad("write_demo_study", "--volume", str(tmp_path / "volume.nii.gz"), "--output_dir", str(tmp_path / "a"))
+    )
+    assert "Volume" in error_line(
+        sdmad("write_demo_study", "--volume", str(tmp_path / "missing.nii.gz"), "--output_dir", str(tmp_path / "c"))
+    )

@@ -5,6 +5,8 @@ folder-to-SR operator logic.
 - :mod:`.sr`: the SD-MAD findings as a DICOM Comprehensive SR (TID 1500) with deterministic UIDs, and a JSON copy.
 - :mod:`.process`: :func:`process_dicom_folder`, DICOM folder in, SR + JSON per selected series out.
 - :mod:`.demo`: a volume written as a synthetic DICOM series (demos, tests).
+- :mod:`.dicomweb`: :func:`process_study`, one study of a PACS over DICOMweb in, the SRs stored back (no duplicates).
+- :mod:`.app_logic`: what the operators of the MONAI Deploy application (``bundle/deploy_app``) do, SDK-free.
 
 The names below are imported on first use, so that ``sdmad`` answers bad input without loading torch.
 """
@@ -42,6 +44,15 @@ _EXPORTS = {
         "write_sr_report",
     ],
     "demo": ["write_dicom_series"],
+    "app_logic": ["DeployAppOptions", "image_to_metatensor", "infer_series_volumes", "write_inference_outcome"],
+    "dicomweb": [
+        "DicomWebConnection",
+        "DicomWebError",
+        "PacsUnreachableError",
+        "StoredReport",
+        "StudyNotFoundError",
+        "process_study",
+    ],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -51,21 +62,31 @@ __all__ = [
     "DEFAULT_SLICES",
     "SR_CODES",
     "AlgorithmInfo",
+    "DeployAppOptions",
+    "DicomWebConnection",
+    "DicomWebError",
     "NoMatchingSeriesError",
+    "PacsUnreachableError",
     "SeriesProcessingError",
     "SeriesRules",
     "SeriesRulesError",
+    "StoredReport",
+    "StudyNotFoundError",
     "build_sr",
     "detector_fingerprint",
     "explain_series",
+    "image_to_metatensor",
+    "infer_series_volumes",
     "load_series_rules",
     "process_dicom_folder",
+    "process_study",
     "read_dicom_headers",
     "read_sr_findings",
     "select_series",
     "series_orientation",
     "sr_identifiers",
     "write_dicom_series",
+    "write_inference_outcome",
     "write_sr_report",
 ]
 

@@ -1,0 +1,487 @@
+"""One study from a DICOMweb server (a PACS) in, one SD-MAD Comprehensive SR per selected series stored back.
+
+:func:`process_study` is the PACS round trip behind ``sdmad process_study``. All traffic goes through the
+``dicomweb-client`` library (:class:`dicomweb_client.DICOMwebClient`):
+
+1. QIDO-RS: search the study's series (none: :class:`StudyNotFoundError`, naming the server and the UID);
+2. the series rules (:mod:`sdmad_monai.deploy.rules`, the same rules and functions as
+   :func:`~sdmad_monai.deploy.process.process_dicom_folder`): first the modality against the QIDO-RS answer (a CT
+   or SR series costs no further request), then the full rules against the WADO-RS series metadata of the others
+   (headers only, no pixel data); every skipped series is logged with its reason. No series left: nothing is
+   retrieved and nothing is stored (:class:`~sdmad_monai.deploy.process.NoMatchingSeriesError` when ``strict``);
+3. per selected series, the SR's SOPInstanceUID (deterministic: :func:`~sdmad_monai.deploy.sr.sr_identifiers` of
+   study, series, model version and checkpoint fingerprint) is searched on the server (QIDO-RS); when it is there,
+   the series was already processed by this model and is neither retrieved nor processed again;
+4. WADO-RS: the other selected series' instances are retrieved into a temporary folder, one sub-folder per series;
+5. :func:`~sdmad_monai.deploy.process.process_dicom_folder` runs on that folder (the one inference path: series
+   checks such as missing slices, :func:`~sdmad_monai.inference.infer_volume`, the SR and its JSON copy);
+6. STOW-RS: each SR is stored into the study, unless a QIDO-RS search finds its SOPInstanceUID already there
+   (then it is skipped and logged), and searched again afterwards to confirm the server has it.
+
+Nothing on the server is modified or deleted: :class:`DicomWebConnection` only searches, retrieves and stores.
+
+Faults: connection errors, timeouts and HTTP 5xx / 429 answers are retried (``retries`` times, waiting
+``backoff * 2**k`` seconds before retry ``k + 1``), then :class:`PacsUnreachableError` names the server, the request
+and the number of attempts; any other HTTP error (4xx) fails at once with :class:`DicomWebError`. A selected series
+that cannot be processed (e.g. a missing slice) gets no SR; the SRs of the other series are still stored, then
+:class:`~sdmad_monai.deploy.process.SeriesProcessingError` reports the broken series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from ..utils import atomic_write_json
+from .process import (
+    DEFAULT_SLICES,
+    NoMatchingSeriesError,
+    SeriesProcessingError,
+    process_dicom_folder,
+)
+from .rules import SeriesRules, explain_series, load_series_rules
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..networks.detector import SignDrivenDetector
+
+__all__ = [
+    "DicomWebConnection",
+    "DicomWebError",
+    "PacsUnreachableError",
+    "StoredReport",
+    "StudyNotFoundError",
+    "process_study",
+]
+
+logger = logging.getLogger(__name__)
+
+#: HTTP status codes worth retrying besides 5xx: 429 Too Many Requests.
+_RETRY_STATUS = (429,)
+#: requests' errors that mean "no usable answer" (refused or dropped connection, timeout, broken stream).
+_RETRY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class DicomWebError(RuntimeError):
+    """The DICOMweb server refused a request (HTTP 4xx) or answered something unusable; the message names the server
+    and the request."""
+
+
+class PacsUnreachableError(DicomWebError):
+    """The DICOMweb server gave no usable answer (connection error, timeout, HTTP 5xx / 429) after every attempt.
+
+    Attributes:
+        attempts: how many times the request was sent.
+    """
+
+    def __init__(self, message: str, attempts: int):
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class StudyNotFoundError(DicomWebError, LookupError):
+    """The server has no series of the requested StudyInstanceUID."""
+
+
+def _short_reason(error: BaseException) -> str:
+    """``Connection refused`` rather than requests' three-line ``HTTPConnectionPool(...)`` text."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"HTTP {error.response.status_code} {error.response.reason or ''}".strip()
+    if isinstance(error, requests.Timeout):
+        return f"no answer in time ({type(error).__name__})"
+    text = str(error)
+    match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if match:
+        return match.group(1).strip()
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _dataset(item: dict[str, Any]) -> Dataset:
+    """A DICOM JSON object as a pydicom dataset; bulk data (pixel data) is not fetched (left empty)."""
+    return Dataset.from_json(item, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+
+
+class DicomWebConnection:
+    """Search, retrieve and store on one DICOMweb server, with bounded retries; nothing else (no delete, no update).
+
+    Args:
+        url: the DICOMweb base URL, e.g. ``http://127.0.0.1:8042/dicom-web`` (Orthanc's DICOMweb plugin).
+        retries: how many times a failed request is sent again (connection errors, timeouts, HTTP 5xx / 429 only);
+            ``0`` sends each request once.
+        backoff: seconds before the first retry; retry ``k`` waits ``backoff * 2**(k - 1)`` seconds.
+        timeout: seconds to wait for the server to connect and to answer (per request).
+        session: a ``requests.Session`` (authentication, certificates); a new one when ``None``.
+        sleep: the waiting function (``time.sleep``; tests record the delays with it).
+
+    Raises:
+        ValueError: ``url`` is not an ``http(s)://`` URL, or ``retries`` / ``backoff`` / ``timeout`` are negative.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        retries: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        url = str(url).rstrip("/")
+        if not re.match(r"^https?://[^/:]+(:\d+)?(/.*)?$", url):
+            raise ValueError(
+                f"DICOMweb URL {url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8042/dicom-web."
+            )
+        if isinstance(retries, bool) or int(retries) != retries or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}.")
+        if backoff < 0 or timeout <= 0:
+            raise ValueError(f"backoff must be >= 0 and timeout > 0 seconds, got backoff={backoff!r}, "
+                             f"timeout={timeout!r}.")
+        self.url, self.retries, self.backoff, self.timeout = url, int(retries), float(backoff), float(timeout)
+        self._sleep = sleep or time.sleep
+        self.client = DICOMwebClient(url, session=session, timeout=self.timeout)
+        self.client.set_http_retry_params(retry=False)  # the retries are ours: bounded, logged, 5xx included
+
+    # ----------------------------------------------------------------------------------------- retrying
+    def call(self, what: str, request: Callable[[], Any]) -> Any:
+        """``request()``, sent again after a connection error, a timeout or an HTTP 5xx / 429 answer.
+
+        Args:
+            what: the request in words, for logs and errors (``"search the series of study 1.2.3"``).
+            request: sends the request and returns its result.
+
+        Raises:
+            PacsUnreachableError: every attempt failed that way.
+            DicomWebError: the server refused the request (another HTTP error status).
+        """
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return request()
+            except requests.HTTPError as error:
+                status = error.response.status_code if error.response is not None else None
+                if status is None or not (status >= 500 or status in _RETRY_STATUS):
+                    where = error.response.url if error.response is not None else self.url
+                    raise DicomWebError(
+                        f"DICOMweb server {self.url} refused to {what}: {_short_reason(error)} for {where}."
+                    ) from error
+                reason = _short_reason(error)
+            except _RETRY_ERRORS as error:
+                reason = _short_reason(error)
+            if attempt < attempts:
+                delay = self.backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "DICOMweb server %s: could not %s (attempt %d of %d: %s); retrying in %.3g s.",
+                    self.url, what, attempt, attempts, reason, delay,
+                )
+                self._sleep(delay)
+        raise PacsUnreachableError(
+            f"DICOMweb server {self.url} is not reachable: could not {what} after {attempts} attempt(s) "
+            f"(last: {reason}). Check that the PACS is running and that the URL is right.",
+            attempts,
+        )
+
+    # ------------------------------------------------------------------------------------- transactions
+    def search_series(self, study_instance_uid: str) -> list[Dataset]:
+        """QIDO-RS: the series of a study (series-level attributes: Modality, SeriesDescription, number of
+        instances ...)."""
+        found = self.call(
+            f"search the series of study {study_instance_uid}",
+            lambda: self.client.search_for_series(study_instance_uid=study_instance_uid, get_remaining=True),
+        )
+        return [_dataset(item) for item in found]
+
+    def series_metadata(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
+        """WADO-RS metadata: the headers of every instance of a series (no pixel data)."""
+        found = self.call(
+            f"retrieve the metadata of series {series_instance_uid}",
+            lambda: self.client.retrieve_series_metadata(study_instance_uid, series_instance_uid),
+        )
+        return [_dataset(item) for item in found]
+
+    def retrieve_series(self, study_instance_uid: str, series_instance_uid: str, folder: str | Path) -> list[Path]:
+        """WADO-RS: every instance of a series written to ``folder`` as ``<SOPInstanceUID>.dcm`` (a retry starts the
+        series over)."""
+        folder = Path(folder)
+
+        def retrieve() -> list[Path]:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            paths = []
+            for instance in self.client.iter_series(study_instance_uid, series_instance_uid):
+                path = folder / f"{instance.SOPInstanceUID}.dcm"
+                instance.save_as(path, enforce_file_format=True)
+                paths.append(path)
+            return paths
+
+        return self.call(f"retrieve the instances of series {series_instance_uid}", retrieve)
+
+    def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
+        """QIDO-RS: whether the study holds an instance with this SOPInstanceUID."""
+        found = self.call(
+            f"search instance {sop_instance_uid} in study {study_instance_uid}",
+            lambda: self.client.search_for_instances(
+                study_instance_uid=study_instance_uid, search_filters={"SOPInstanceUID": sop_instance_uid}
+            ),
+        )
+        return any(_dataset(item).get("SOPInstanceUID") == sop_instance_uid for item in found)
+
+    def store(self, dataset: Dataset) -> None:
+        """STOW-RS: store one instance into its study; checks the answer for a failure.
+
+        Raises:
+            DicomWebError: the server reports the instance as failed.
+        """
+        study_uid, sop_uid = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+        answer = self.call(
+            f"store instance {sop_uid} into study {study_uid}",
+            lambda: self.client.store_instances([dataset], study_instance_uid=study_uid),
+        )
+        failed = list(getattr(answer, "FailedSOPSequence", []) or [])
+        if failed:
+            reasons = ", ".join(str(getattr(item, "FailureReason", "?")) for item in failed)
+            raise DicomWebError(
+                f"DICOMweb server {self.url} did not store instance {sop_uid} (STOW-RS failure reason {reasons})."
+            )
+
+    def describe(self, series: Dataset) -> str:
+        """``<SeriesInstanceUID> (MR, 'AX T2', 12 instances)`` from a QIDO-RS series answer."""
+        parts = [str(series.get("Modality", "") or "?")]
+        description = str(series.get("SeriesDescription", "") or "")
+        if description:
+            parts.append(repr(description))
+        count = series.get("NumberOfSeriesRelatedInstances")
+        if count not in (None, ""):
+            parts.append(f"{count} instance{'' if int(count) == 1 else 's'}")
+        return f"{series.SeriesInstanceUID} ({', '.join(parts)})"
+
+
+@dataclass
+class StoredReport:
+    """What happened to the SR of one selected series.
+
+    Attributes:
+        series_instance_uid: the source series.
+        sop_instance_uid: the SR's SOPInstanceUID.
+        status: ``"stored"`` (sent now), or ``"already in PACS"`` (found there, nothing sent).
+        files: the local copies (SR, JSON) when an ``output_dir`` was given and the series was processed.
+    """
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    status: str
+    files: list[Path] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.status}: SR {self.sop_instance_uid} for series {self.series_instance_uid}"
+
+
+def _selection(
+    connection: DicomWebConnection, study_instance_uid: str, series: Sequence[Dataset], rules: SeriesRules
+) -> tuple[list[str], dict[str, str]]:
+    """The selected SeriesInstanceUIDs and the reason each other series is skipped (the rules' own functions: the
+    modality rule alone on the QIDO-RS answer, then every rule on the WADO-RS metadata)."""
+    modality_only = dataclasses.replace(rules, body_part_fields=(), orientations=(), min_instances=1)
+    metadata: dict[str, list[Dataset]] = {}
+    skipped: dict[str, str] = {}
+    for item in series:
+        uid = str(item.SeriesInstanceUID)
+        reason = modality_only.rejection_reason([item])
+        if reason is not None:
+            skipped[uid] = reason
+        else:
+            metadata[uid] = connection.series_metadata(study_instance_uid, uid)
+    reasons = explain_series(metadata, rules)
+    skipped.update({uid: reason for uid, reason in reasons.items() if reason is not None})
+    order = [str(item.SeriesInstanceUID) for item in series]
+    return (
+        [uid for uid in order if uid in reasons and reasons[uid] is None],
+        {uid: skipped[uid] for uid in order if uid in skipped},
+    )
+
+
+def _load(detector: Any) -> SignDrivenDetector:
+    from ..networks.detector import SignDrivenDetector
+
+    if isinstance(detector, SignDrivenDetector):
+        return detector
+    if isinstance(detector, (str, Path)):
+        return SignDrivenDetector.load(detector)
+    return detector()
+
+
+def process_study(
+    connection: DicomWebConnection | str,
+    study_instance_uid: str,
+    detector: SignDrivenDetector | str | Path | Callable[[], SignDrivenDetector],
+    rules: SeriesRules | str | Path | None = None,
+    slices: Sequence[int] | str | None = DEFAULT_SLICES,
+    axis: str = "axial",
+    output_dir: str | Path | None = None,
+    strict: bool = False,
+    retries: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    **infer_kwargs: Any,
+) -> list[StoredReport]:
+    """Run SD-MAD on the series of one study on a DICOMweb server that match the rules; store one SR per series.
+
+    The steps, logs and faults are described in the module docstring.
+
+    Args:
+        connection: a :class:`DicomWebConnection`, or the DICOMweb base URL (then ``retries``, ``backoff`` and
+            ``timeout`` configure the connection).
+        study_instance_uid: the study.
+        detector: the trained detector, its checkpoint path, or a function returning it; loaded only once a series
+            is selected.
+        rules: :class:`~sdmad_monai.deploy.rules.SeriesRules`, a rules JSON file, or ``None`` for the shipped rules.
+        slices: canonical slice indices (default ``(0, 5, 10)``), ``"0,5,10"``, or ``None``/``"all"``.
+        axis: slicing axis.
+        output_dir: where to keep a local copy of each SR and its JSON (``sdmad_sr_<SeriesInstanceUID>.dcm`` /
+            ``.json``); ``None`` keeps none.
+        strict: raise :class:`~sdmad_monai.deploy.process.NoMatchingSeriesError` when no series matches, instead of
+            returning ``[]``.
+        retries: see :class:`DicomWebConnection` (used when ``connection`` is a URL).
+        backoff: see :class:`DicomWebConnection`.
+        timeout: see :class:`DicomWebConnection`.
+        infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
+
+    Returns:
+        One :class:`StoredReport` per selected series that has an SR on the server now; ``[]`` when no series
+        matches (nothing is stored).
+
+    Raises:
+        PacsUnreachableError: the server does not answer (after the retries).
+        StudyNotFoundError: the server has no series of this study.
+        NoMatchingSeriesError: ``strict`` and no series matches the rules.
+        SeriesProcessingError: a selected series could not be processed (missing slice ...); it gets no SR, the
+            others' SRs are stored first and listed in ``error.written``.
+        DicomWebError: the server refused a request or a store.
+    """
+    if not isinstance(connection, DicomWebConnection):
+        connection = DicomWebConnection(connection, retries=retries, backoff=backoff, timeout=timeout)
+    url = connection.url
+    study_instance_uid = str(study_instance_uid).strip()
+    rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
+
+    series = connection.search_series(study_instance_uid)
+    if not series:
+        raise StudyNotFoundError(
+            f"Study {study_instance_uid} not found on DICOMweb server {url}: a QIDO-RS search for its series "
+            "returned nothing. Check the StudyInstanceUID and that the study was sent to this server."
+        )
+    logger.info(
+        "Study %s on %s: %d series found: %s.", study_instance_uid, url, len(series),
+        "; ".join(connection.describe(s) for s in series),
+    )
+    selected, skipped = _selection(connection, study_instance_uid, series, rules)
+    for uid, reason in skipped.items():
+        logger.info("Series %s skipped: %s (rules: %s).", uid, reason, rules.source)
+    if not selected:
+        detail = "; ".join(f"{uid}: {reason}" for uid, reason in skipped.items())
+        message = (
+            f"No series of study {study_instance_uid} on {url} matches the series rules ({rules.source}); nothing "
+            f"retrieved, nothing stored. Skipped {len(skipped)} series - {detail}."
+        )
+        if strict:
+            raise NoMatchingSeriesError(message)
+        logger.warning(message)
+        return []
+    logger.info("Selected %d series: %s.", len(selected), ", ".join(selected))
+
+    from .sr import AlgorithmInfo, sr_identifiers
+
+    detector = _load(detector)
+    algorithm = AlgorithmInfo.from_detector(detector)
+    reports: list[StoredReport] = []
+    to_process: dict[str, str] = {}  # source series -> expected SR SOPInstanceUID
+    for uid in selected:
+        sop_uid = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels).sop_instance_uid
+        if connection.has_instance(study_instance_uid, sop_uid):
+            logger.info(
+                "Series %s: SR %s of this model (version %s, checkpoint sha256:%s) is already in %s; series not "
+                "retrieved, nothing stored.", uid, sop_uid, algorithm.version, algorithm.fingerprint[:12], url,
+            )
+            reports.append(StoredReport(uid, sop_uid, "already in PACS"))
+        else:
+            to_process[uid] = sop_uid
+    if not to_process:
+        return reports
+
+    with tempfile.TemporaryDirectory(prefix="sdmad_dicomweb_") as temporary:
+        series_root = Path(temporary) / "series"
+        for number, uid in enumerate(to_process, start=1):
+            paths = connection.retrieve_series(study_instance_uid, uid, series_root / uid)
+            logger.info("[%d/%d] retrieved %d instances of series %s.", number, len(to_process), len(paths), uid)
+        out = Path(output_dir) if output_dir is not None else Path(temporary) / "sr"
+        failure: SeriesProcessingError | None = None
+        try:
+            written = process_dicom_folder(
+                detector, series_root, out, rules=rules, slices=slices, axis=axis, strict=True, **infer_kwargs
+            )
+        except SeriesProcessingError as error:
+            failure, written = error, error.written
+        for sr_path in [p for p in written if p.suffix == ".dcm"]:
+            reports.append(_store_report(connection, sr_path, study_instance_uid, to_process, keep=output_dir))
+    if failure is not None:
+        message = str(failure).replace(str(series_root), f"{url}/studies/{study_instance_uid}/series")
+        stored = [str(r) for r in reports]
+        raise SeriesProcessingError(
+            f"Study {study_instance_uid} on {url}: {message} No SR was stored for the failed series"
+            + (f"; for the others: {'; '.join(stored)}." if stored else "."),
+            [p for r in reports for p in r.files],
+        ) from failure
+    return reports
+
+
+def _store_report(
+    connection: DicomWebConnection, sr_path: Path, study_instance_uid: str, expected: dict[str, str],
+    keep: str | Path | None,
+) -> StoredReport:
+    """STOW-RS one written SR unless the server has it already; record the server in the local JSON copy."""
+    sr = pydicom.dcmread(sr_path)
+    sop_uid = str(sr.SOPInstanceUID)
+    source = str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID)
+    if expected.get(source) != sop_uid:  # sr_identifiers and build_sr disagree: a bug, never store then
+        raise DicomWebError(
+            f"The SR written for series {source} has SOPInstanceUID {sop_uid}, expected {expected.get(source)}; "
+            "nothing stored."
+        )
+    url = connection.url
+    if connection.has_instance(study_instance_uid, sop_uid):
+        status = "already in PACS"
+        logger.info("SR %s for series %s is already in %s; not stored again.", sop_uid, source, url)
+    else:
+        connection.store(sr)
+        if not connection.has_instance(study_instance_uid, sop_uid):
+            raise DicomWebError(
+                f"DICOMweb server {url} accepted SR {sop_uid} but a search does not find it in study "
+                f"{study_instance_uid}."
+            )
+        status = "stored"
+        logger.info("Stored SR %s (series %s) for series %s in %s.", sop_uid, sr.SeriesInstanceUID, source, url)
+    files: list[Path] = []
+    if keep is not None:
+        json_path = sr_path.with_suffix(".json")
+        if json_path.is_file():
+            document = json.loads(json_path.read_text(encoding="utf-8"))
+            document["source"] = f"{url}/studies/{study_instance_uid}/series/{source}"
+            document["pacs"] = {"url": url, "status": status}
+            atomic_write_json(json_path, document)
+            files = [sr_path, json_path]
+        else:
+            files = [sr_path]
+    return StoredReport(source, sop_uid, status, files)

@@ -1,0 +1,112 @@
+"""A real PACS for the DICOMweb tests: Orthanc with its DICOMweb plugin, started once per test session.
+
+The configuration is ``bundle/pacs/orthanc.json`` (the walk-through's file) with the test's own values: a free port
+on 127.0.0.1, remote access and authentication off, storage in a temporary folder, the DICOM network server off.
+Orthanc is stopped by its process id at the end (terminate, then kill if it has not stopped after 10 s).
+
+Without the Orthanc binary (or its DICOMweb plugin) the PACS tests are skipped - except when the environment variable
+``CI`` is ``true``: CI must never skip them silently, so there they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_CONFIG = REPO / "bundle" / "pacs" / "orthanc.json"
+#: Where Debian's ``orthanc`` package puts the binary (``/usr/sbin`` is not on every user's PATH).
+DEFAULT_BINARY = "/usr/sbin/Orthanc"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} CI=true: the PACS tests must run in CI (apt-get install orthanc orthanc-dicomweb).")
+    pytest.skip(reason)
+
+
+def orthanc_config(storage: Path, port: int) -> dict:
+    """``bundle/pacs/orthanc.json`` with the test values (see the module docstring)."""
+    config = json.loads(BUNDLE_CONFIG.read_text(encoding="utf-8"))
+    config.update(
+        {
+            "Name": "SDMAD-TEST-PACS",
+            "HttpPort": port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "DicomServerEnabled": False,
+            "OrthancExplorerEnabled": False,
+        }
+    )
+    config["DicomWeb"] = {**config.get("DicomWeb", {}), "Enable": True, "Root": "/dicom-web/"}
+    return config
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory) -> str:
+    """Start Orthanc (see the module docstring) and yield its DICOMweb base URL, ``http://127.0.0.1:<port>/dicom-web``."""
+    binary = os.environ.get("ORTHANC_BINARY") or shutil.which("Orthanc") or DEFAULT_BINARY
+    if not Path(binary).is_file():
+        _unavailable(f"Orthanc binary not found ({binary}); install the Debian packages orthanc and orthanc-dicomweb.")
+    folder = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = orthanc_config(folder / "storage", port)
+    missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
+    if missing:
+        _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    log_path = folder / "orthanc.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    base = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in ("NO_PROXY", "no_proxy")}
+    for name, value in saved.items():  # a proxy set for the CI machine must not see the test traffic
+        os.environ[name] = ",".join(v for v in (value, "127.0.0.1", "localhost") if v)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"Orthanc exited with status {process.returncode} at start-up; log:\n"
+                            f"{log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                if requests.get(f"{base}/dicom-web/studies", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s; log:\n"
+                            f"{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield f"{base}/dicom-web"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
