@@ -43,6 +43,7 @@ __all__ = [
     "fastmri_affine",
     "DicomSeriesReader",
     "validate_dicom_series",
+    "check_dicom_series_headers",
     "load_volume",
     "LoadVolume",
     "LoadVolumed",
@@ -223,6 +224,28 @@ def validate_dicom_series(folder: PathLike, gap_tolerance: float = 0.5) -> tuple
         if "SeriesInstanceUID" not in ds:
             continue
         headers.append((path, ds))
+    return check_dicom_series_headers(headers, folder, gap_tolerance)
+
+
+def check_dicom_series_headers(
+    headers: Sequence[tuple[str, Any]], folder: str, gap_tolerance: float = 0.5
+) -> tuple[list[str], np.ndarray]:
+    """The checks of :func:`validate_dicom_series` on headers already read (e.g. the instances a MONAI Deploy
+    loader holds in memory).
+
+    Args:
+        headers: ``(path or name, pydicom Dataset)`` of each instance; errors name the ``basename`` of the path.
+        folder: what error messages name as the series' location.
+        gap_tolerance: allowed relative deviation of a slice step from the median step.
+
+    Returns:
+        (the paths/names sorted by position along the slice normal, LPS affine 4x4 of that ordering with array
+        layout ``[column, row, slice]``).
+
+    Raises:
+        ValueError: no instance, several series, missing geometry tags, multi-frame files, duplicate positions or a
+            gap.
+    """
     if not headers:
         raise ValueError(f"{folder} contains no DICOM file.")
     series: dict[str, int] = {}
