@@ -28,7 +28,7 @@ def test_python_example_runs(tmp_path, monkeypatch):
 
 def test_ci_runs_the_readme_test_line():
     line = block_after("<!-- ci:test-line -->").strip()
-    assert line.startswith("pip install") and "pytest" in line and ".[test]" in line
+    assert line.startswith("pip install") and "pytest" in line and ".[test,deploy]" in line
     extracted = subprocess.run(
         ["awk", "/<!-- ci:test-line -->/{getline; getline; print; exit}", str(ROOT / "README.md")],
         capture_output=True,
@@ -40,6 +40,7 @@ def test_ci_runs_the_readme_test_line():
 
 
 def test_main_job_line_is_the_bundle_training():
-    lines = [l for l in README.splitlines() if l.startswith("pip install")]
+    two_lines = README.split("## Two lines", 1)[1].split("\n## ", 1)[0]
+    lines = [l for l in two_lines.splitlines() if l.startswith("pip install")]
     assert len(lines) == 2, "the README promises exactly two copy-paste lines"
     assert "monai.bundle run training --config_file configs/train.json" in lines[0]

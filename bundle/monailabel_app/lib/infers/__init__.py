@@ -1,0 +1,3 @@
+from .sdmad import SDMADInferTask
+
+__all__ = ["SDMADInferTask"]

@@ -1,0 +1,3 @@
+from .sdmad import SDMADTrainTask
+
+__all__ = ["SDMADTrainTask"]
