@@ -74,17 +74,25 @@ def summarise(times: Sequence[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 6) for t in times]}
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict]:
+#: Clocks of :func:`time_interleaved`: wall time, or the CPU time of the calling thread (with ``--threads 1`` all of
+#: torch's work runs on that thread, so the figure does not count time spent waiting for a core on a busy machine).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], warmup: int, repeats: int, clock: str = "wall"
+) -> dict[str, dict]:
     """Time several functions round-robin (one call of each per round), so that load drift hits all alike."""
+    now = CLOCKS[clock]
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = now()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(now() - start)
     return {name: summarise(values) for name, values in times.items()}
 
 
@@ -101,6 +109,29 @@ def current_rss_mib() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
         return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (``VmHWM``; Linux >= 4.0: write 5 to ``/proc/self/clear_refs``),
+    so that :func:`peak_rss_since_reset_mib` measures a phase on its own; ``False`` where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_mib() -> float:
+    """``VmHWM`` of this process in MiB: the peak resident set size since :func:`reset_peak_rss` (or since start)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return float("nan")
 
 
 def run_worker(script: Path, args: Sequence[str], timeout: float | None = None) -> dict:

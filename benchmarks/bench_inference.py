@@ -13,6 +13,9 @@ share of the FLOPs (analytic count), so ``ratio_vs_bare / (1 + adapter_flop_frac
 adapters' arithmetic. It also counts text-path calls during the timed loop (must be 0: text features and sign
 selection are computed once, when the detector is put in eval mode).
 
+On a machine shared with other jobs, ``--threads 1 --clock thread`` times the CPU time of the (only) compute thread
+instead of wall time, which waiting for a core does not inflate.
+
 Run: ``python benchmarks/bench_inference.py`` (about 2 minutes on 2 CPU cores: ViT-B-16 at batch 1 and 8, the tiny
 model at 1, 8, 32); ``--vit-batch-sizes 1 8 32`` adds ViT-B-16 batch 32 (about 5 minutes in all), ``--repeats 7`` for
 tighter figures.
@@ -47,6 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", default="wall", choices=sorted(bu.CLOCKS),
+                        help="wall time, or CPU time of the calling thread (use with --threads 1 on a busy machine)")
     parser.add_argument("--output", default=None, help="JSON file or folder (default benchmarks/results/)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, batches 1 and 2, one repeat")
     args = parser.parse_args(argv)
@@ -144,6 +149,7 @@ def bench_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
                 },
                 args.warmup,
                 args.repeats,
+                args.clock,
             )
         text_calls = {name: calls[name] - detector_calls_before[name] for name in calls}
         det, dis, bare_t = (timings[n]["median_s"] for n in ("detector", "disabled", "bare"))

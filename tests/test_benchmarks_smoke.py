@@ -63,8 +63,13 @@ def test_bench_volume_pipeline_writes_a_readable_dicom_series(tmp_path):
 
 
 def test_bench_training_step_smoke(tmp_path):
-    result = _run("bench_training_step", tmp_path)
+    result = _run("bench_training_step", tmp_path, "--activation-checkpointing", "off", "on")
     assert set(result["modes"]) == {"cached", "full"}
+    assert set(result["runs"]) == {"cached", "full", "cached+ckpt", "full+ckpt"}
+    assert result["runs"]["cached+ckpt"]["activation_checkpointing"] is True
+    checkpointing = result["summary"]["activation_checkpointing"]["cached"]
+    # the checkpointed frozen blocks keep only their inputs for backward
+    assert 0 < checkpointing["saved_for_backward_mib_on"] < checkpointing["saved_for_backward_mib_off"]
     assert result["modes"]["cached"]["text_calls_per_step"] == {"last_block_only": 1.0, "full_encode_text": 0.0}
     assert result["modes"]["full"]["text_calls_per_step"] == {"last_block_only": 0.0, "full_encode_text": 1.0}
     for key in ("step_ms_cached", "step_ms_full", "speedup_full_over_cached", "peak_rss_mib_cached"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -67,11 +68,33 @@ class ShiftAdapter(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Eq. 1: ``f_ada = alpha(W2 alpha(W1 f_in))`` on every token; ``[..., width] -> [..., width]``."""
-        return self.act2(self.fc2(self.act1(self.fc1(features))))
+        # The layers' own forward computations, called directly: the same ops as calling the four submodules, without
+        # four nn.Module.__call__ dispatches per adapter (a quarter of an adapter's time on the tiny model on CPU).
+        hidden = self.act1.forward(F.linear(features, self.fc1.weight, self.fc1.bias))
+        return self.act2.forward(F.linear(hidden, self.fc2.weight, self.fc2.bias))
 
     def shift(self, block_output: torch.Tensor) -> torch.Tensor:
         """The adapted block output, Eq. 1 then Eq. 2."""
         return shift_interpolate(block_output, self(block_output), self.lam)
+
+
+class _ShiftHook:
+    """The forward hook of :func:`attach_adapter`.
+
+    An object rather than a closure: ``copy.deepcopy`` copies an object's attributes, so a deep copy of a detector has
+    hooks that call the copy's adapters and switch (a closure would be shared and keep calling the original's).
+    """
+
+    def __init__(self, adapter: ShiftAdapter, enabled: Callable[[], bool]) -> None:
+        self.adapter = adapter
+        self.enabled = enabled
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self.enabled():
+            return None
+        if isinstance(output, tuple):
+            return (self.adapter.shift(output[0]),) + tuple(output[1:])
+        return self.adapter.shift(output)
 
 
 def attach_adapter(block: nn.Module, adapter: ShiftAdapter, enabled: Callable[[], bool]) -> RemovableHandle:
@@ -82,12 +105,4 @@ def attach_adapter(block: nn.Module, adapter: ShiftAdapter, enabled: Callable[[]
     Returns:
         The hook handle; ``handle.remove()`` detaches the adapter.
     """
-
-    def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        if not enabled():
-            return None
-        if isinstance(output, tuple):
-            return (adapter.shift(output[0]),) + tuple(output[1:])
-        return adapter.shift(output)
-
-    return block.register_forward_hook(hook)
+    return block.register_forward_hook(_ShiftHook(adapter, enabled))

@@ -11,13 +11,16 @@ same, only slower.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-__all__ = ["TextPath"]
+from ..functional import _check_prompt_args, kept_prompt_membership
+
+__all__ = ["PromptScoring", "ScoringCache", "TextPath"]
 
 
 class _StopBeforeLastBlock(Exception):
@@ -101,3 +104,82 @@ class TextPath:
         """Forget the cached prefix (e.g. after moving the model to another device)."""
         self._prefix = None
         self._prefix_key = None
+
+
+class PromptScoring(NamedTuple):
+    """The image-independent parts of Eq. 7 and Eq. 8 for one text state, computed once by :class:`ScoringCache`.
+
+    Attributes:
+        unit_features: ``[P, D]`` L2-normalised prompt features.
+        membership: ``[K, P]`` kept prompts of each category (:func:`~sdmad_monai.functional.kept_prompt_membership`).
+        unit_anchor: ``[D]`` L2-normalised anchor feature (Eq. 8 normalises the anchor it is given).
+    """
+
+    unit_features: torch.Tensor
+    membership: torch.Tensor
+    unit_anchor: torch.Tensor
+
+
+class ScoringCache:
+    """:class:`PromptScoring` of the last few text states scored, so that scoring a batch costs one image
+    normalisation, one matrix product and the per-category max/min -- not a re-normalisation of the prompt features
+    and a rebuild of the category masks on every call.
+
+    An entry is reused for the same ``features``, ``prompt_categories`` and ``anchor`` tensors (the same objects,
+    unmodified: their version counters are checked) and an equal ``keep`` mask, so the evaluation's
+    ``text._replace(keep=torch.ones_like(text.keep))`` variants hit the cache too. Prompt features that require grad
+    (training the text adapter: a new graph every step) are never cached, so no autograd graph is kept alive.
+
+    Args:
+        size: number of entries kept (oldest evicted).
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        #: ``(tensors, versions, settings, keep, scoring)``, most recently used first
+        self._entries: list[tuple[tuple, tuple, tuple, torch.Tensor, PromptScoring]] = []
+
+    @staticmethod
+    def _compute(
+        features: torch.Tensor, categories: torch.Tensor, keep: torch.Tensor, anchor: torch.Tensor, k: int
+    ) -> PromptScoring:
+        _check_prompt_args(features, categories)
+        return PromptScoring(
+            F.normalize(features, dim=-1), kept_prompt_membership(categories, keep, k), F.normalize(anchor, dim=-1)
+        )
+
+    def get(
+        self,
+        features: torch.Tensor,
+        prompt_categories: torch.Tensor,
+        keep: torch.Tensor,
+        anchor: torch.Tensor,
+        num_categories: int,
+    ) -> PromptScoring:
+        """The scoring parts of ``features`` ``[P, D]``, ``prompt_categories`` ``[P]``, ``keep`` ``[P]`` and
+        ``anchor`` ``[D]`` with ``num_categories`` categories, from the cache when possible."""
+        if features.requires_grad or anchor.requires_grad or torch.jit.is_tracing():
+            return self._compute(features, prompt_categories, keep, anchor, num_categories)
+        versions = (features._version, prompt_categories._version, anchor._version)
+        settings = (num_categories, keep.shape, keep.dtype, keep.device)
+        for index, (tensors, their_versions, their_settings, kept, scoring) in enumerate(self._entries):
+            if (
+                tensors[0] is features
+                and tensors[1] is prompt_categories
+                and tensors[2] is anchor
+                and their_versions == versions
+                and their_settings == settings
+                and torch.equal(kept, keep)
+            ):
+                if index:
+                    self._entries.insert(0, self._entries.pop(index))
+                return scoring
+        scoring = self._compute(features, prompt_categories, keep, anchor, num_categories)
+        entry = ((features, prompt_categories, anchor), versions, settings, keep.clone(), scoring)
+        self._entries.insert(0, entry)
+        del self._entries[self.size :]
+        return scoring
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
