@@ -29,7 +29,7 @@ from .data import (
 from .data.demo import DEMO_SUFFIX
 from .utils import atomic_write_json
 
-__all__ = ["prepare_splits", "check_categories", "report_training", "DatasetError"]
+__all__ = ["prepare_splits", "check_categories", "report_training", "DatasetError", "PrepareBatchWithMasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +239,46 @@ def report_training(checkpoint: str | Path, evaluator: Any, output_file: str | P
     logger.info(message)
     print(message, flush=True)
     return summary
+
+
+class PrepareBatchWithMasks:
+    """The trainer's ``prepare_batch`` for pixel-level training: ``(image, {"label", "mask", "mask_valid"})``.
+
+    With ``masks=False`` it is MONAI's ``default_prepare_batch`` (the image-level training of ``configs/train.json``,
+    whose loss takes the ``[B, K]`` label tensor). With ``masks=True`` the batch must hold ``mask`` ``[B, 1, S, S]``
+    (e.g. from :class:`sdmad_monai.transforms.planar.AnomalyMaskd`, which gives normal images an empty mask), and the
+    target becomes the mapping :class:`sdmad_monai.losses.SDMADLoss` takes when its ``pixel_loss_weight`` is above 0.
+    ``mask_valid`` ``[B]`` is 1 for a normal image (its empty mask is right) or an image whose mask marks something,
+    and 0 for an abnormal image with an empty mask -- a lesion nobody outlined -- which the segmentation terms skip.
+
+    Args:
+        masks: pass the masks on (pixel-level training) or not.
+        mask_key: key of the masks in the batch.
+    """
+
+    def __init__(self, masks: bool = True, mask_key: str = "mask") -> None:
+        self.masks = bool(masks)
+        self.mask_key = mask_key
+
+    def __call__(self, batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+        from monai.engines import default_prepare_batch
+
+        if not self.masks:
+            return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        if not isinstance(batchdata, dict) or self.mask_key not in batchdata:
+            keys = sorted(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
+            raise KeyError(
+                f"Pixel-level training needs a {self.mask_key!r} entry in every batch, got {keys}: add the mask "
+                "transform (sdmad_monai.transforms.planar.AnomalyMaskd) to the training preprocessing and put "
+                "'mask' paths in the datalist items that have one."
+            )
+
+        def move(value: Any) -> Any:
+            return value.to(device=device, non_blocking=non_blocking, **kwargs)
+
+        label = move(batchdata["label"])
+        mask = move(batchdata[self.mask_key]).float()
+        marked = mask.flatten(1).amax(dim=1) > 0.5
+        normal = label.flatten(1).amax(dim=1) <= 0
+        valid = (marked | normal).to(mask.dtype)
+        return move(batchdata["image"]), {"label": label, "mask": mask, "mask_valid": valid}

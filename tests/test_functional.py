@@ -196,3 +196,59 @@ def test_losses_differentiable():
     )
     loss.backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ patch-level anomaly maps (MVFA formulas)
+def test_zero_shot_patch_logits_hand_computed():
+    from sdmad_monai.functional import zero_shot_patch_logits
+
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # normal, category 0, category 1 (unit vectors)
+    categories = torch.tensor([-1, 0, 1])
+    patches = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])  # [1, 2, 2]
+    anchor = torch.tensor([1.0, 0.0])
+    logits = zero_shot_patch_logits(patches, text, categories, torch.tensor([True, True, True]), anchor, 0.5)
+    # patch 0: max(cos to cat prompts) = max(0, 0.6) = 0.6, cos(anchor) = 1 -> (0.6 - 1) / 0.5; patch 1: (1 - 0) / 0.5
+    torch.testing.assert_close(logits, torch.tensor([[-0.8, 2.0]]))
+    dropped = zero_shot_patch_logits(patches, text, categories, torch.tensor([True, True, False]), anchor, 0.5)
+    torch.testing.assert_close(dropped, torch.tensor([[-2.0, 2.0]]))  # only the kept prompt of category 0 counts
+
+
+def test_nearest_normal_patch_distance_hand_computed():
+    from sdmad_monai.functional import nearest_normal_patch_distance
+
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    patches = torch.tensor([[[3.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]])
+    expected = torch.tensor([[0.0, 1 - 2**-0.5, 1.0]])
+    torch.testing.assert_close(nearest_normal_patch_distance(patches, bank), expected)
+
+
+def test_patch_grid_and_layer_maps():
+    from sdmad_monai.functional import (
+        combine_anomaly_maps,
+        few_shot_anomaly_map,
+        patch_grid_to_image,
+        smooth_anomaly_map,
+        zero_shot_anomaly_map,
+    )
+
+    values = torch.arange(6.0).reshape(1, 1, 6)
+    assert torch.equal(patch_grid_to_image(values, (2, 3), (2, 3))[0, 0], torch.arange(6.0).reshape(2, 3))
+    up = patch_grid_to_image(values, (2, 3), (4, 6))
+    reference = torch.nn.functional.interpolate(values.reshape(1, 1, 2, 3), size=(4, 6), mode="bilinear")
+    torch.testing.assert_close(up, reference)
+    logits = torch.tensor([[[[0.0]], [[2.0]]]])  # [1, 2 layers, 1, 1]
+    expected = (0.5 + torch.sigmoid(torch.tensor(2.0)).item()) / 2  # sigmoid per layer, then the layer mean
+    torch.testing.assert_close(zero_shot_anomaly_map(logits, (3, 3)), torch.full((1, 3, 3), expected))
+    distances = torch.tensor([[[[0.2]], [[0.4]]]])
+    torch.testing.assert_close(few_shot_anomaly_map(distances, (2, 2)), torch.full((1, 2, 2), 0.3))
+    zero, few = torch.full((1, 2, 2), 0.8), torch.full((1, 2, 2), 0.2)
+    torch.testing.assert_close(combine_anomaly_maps(zero, few, 0.25), torch.full((1, 2, 2), 0.65))
+    assert combine_anomaly_maps(zero, None) is zero
+    constant = torch.full((2, 9, 9), 0.3)
+    torch.testing.assert_close(smooth_anomaly_map(constant, 1.0), constant)
+    spike = torch.zeros(1, 11, 11)
+    spike[0, 5, 5] = 1.0
+    smoothed = smooth_anomaly_map(spike, 1.0)
+    assert smoothed.argmax() == 5 * 11 + 5 and abs(smoothed.sum().item() - 1.0) < 1e-4 and smoothed.max() < 0.2
+    with pytest.raises(ValueError, match="do not fill"):
+        patch_grid_to_image(values, (2, 2), (4, 4))

@@ -44,3 +44,65 @@ def test_weights_and_bad_prediction_type():
         SDMADLoss()(torch.zeros(3, 3), LABELS)
     with pytest.raises(KeyError, match="anchor_feature"):
         SDMADLoss()({k: v for k, v in out.items() if k != "anchor_feature"}, LABELS)
+
+
+# ------------------------------------------------------------------ pixel-level segmentation terms (MVFA)
+def test_pixel_segmentation_loss_hand_computed():
+    from sdmad_monai.losses import PixelSegmentationLoss
+
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]]]])  # [B=1, L=1, 2, 2], maps at mask size
+    mask = torch.tensor([[[[0.0, 1.0], [0.0, 0.0]]]])
+    p = torch.sigmoid(logits)[0, 0]
+    y = mask[0, 0]
+    pt = torch.where(y > 0, p, 1 - p)
+    focal = (-(1 - pt) ** 2 * torch.log(pt)).mean()
+    dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+    loss = PixelSegmentationLoss()({"patch_logits": logits}, mask)
+    torch.testing.assert_close(loss, focal + dice)
+    # the same with MONAI's reference losses
+    from monai.losses import DiceLoss, FocalLoss
+
+    reference = FocalLoss(gamma=2.0)(logits, mask) + DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)(logits, mask)
+    torch.testing.assert_close(loss, reference)
+
+
+def test_pixel_loss_layers_upsampling_and_validity():
+    from sdmad_monai.losses import PixelSegmentationLoss
+
+    loss_function = PixelSegmentationLoss()
+    logits = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(3, 1, 4, 4)
+    masks[0, 0, :2, :2] = 1.0
+    full = loss_function({"patch_logits": logits}, masks)
+    per_layer = [
+        loss_function({"patch_logits": logits[:, i : i + 1]}, masks) for i in range(2)
+    ]
+    torch.testing.assert_close(full, (per_layer[0] + per_layer[1]) / 2)  # mean over layers
+    only_first = loss_function({"patch_logits": logits[:1]}, masks[:1])
+    masked = loss_function({"patch_logits": logits}, masks, torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(masked, only_first)
+    zero = loss_function({"patch_logits": logits.requires_grad_()}, masks, torch.zeros(3))
+    assert zero.item() == 0.0
+
+
+def test_sdmad_loss_with_pixel_terms():
+    from sdmad_monai.losses import PixelSegmentationLoss, SDMADLoss
+
+    generator = torch.Generator().manual_seed(1)
+    outputs = {
+        "image_features": torch.randn(2, 4, generator=generator),
+        "text_features": torch.randn(3, 4, generator=generator),
+        "prompt_categories": torch.tensor([-1, 0, 0]),
+        "anchor_feature": torch.nn.functional.normalize(torch.randn(4, generator=generator), dim=0),
+        "patch_logits": torch.randn(2, 2, 2, 2, generator=generator),
+    }
+    labels = torch.tensor([[1.0], [0.0]])
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, 0, 2:5, 2:5] = 1.0
+    target = {"label": labels, "mask": masks, "mask_valid": torch.ones(2)}
+    base = SDMADLoss()(outputs, labels)
+    combined = SDMADLoss(pixel_loss_weight=0.5)(outputs, target)
+    torch.testing.assert_close(combined, base + 0.5 * PixelSegmentationLoss()(outputs, masks))
+    torch.testing.assert_close(SDMADLoss()(outputs, target), base)  # weight 0 ignores the masks
+    with pytest.raises(KeyError, match="needs masks"):
+        SDMADLoss(pixel_loss_weight=1.0)(outputs, labels)

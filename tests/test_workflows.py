@@ -217,3 +217,21 @@ def test_report_training_summary(tmp_path, capsys):
     assert "Best checkpoint" in capsys.readouterr().out
     other = report_training(checkpoint, fake_evaluator(), output_file=tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text()) == other
+
+
+def test_prepare_batch_with_masks():
+    import torch
+
+    from sdmad_monai.workflows import PrepareBatchWithMasks
+
+    labels = torch.tensor([[0.0], [1.0], [1.0]])
+    batch = {"image": torch.zeros(3, 3, 4, 4), "label": labels, "mask": torch.zeros(3, 1, 4, 4)}
+    batch["mask"][1, 0, 1, 1] = 1.0
+    image, label = PrepareBatchWithMasks(masks=False)(batch)
+    assert torch.equal(label, batch["label"])
+    image, target = PrepareBatchWithMasks()(batch)
+    # normal (empty mask known), outlined lesion, abnormal with an empty mask (not outlined: skipped)
+    assert target["mask_valid"].tolist() == [1.0, 1.0, 0.0]
+    assert torch.equal(target["mask"], batch["mask"]) and torch.equal(target["label"], batch["label"])
+    with pytest.raises(KeyError, match="needs a 'mask'"):
+        PrepareBatchWithMasks()({"image": batch["image"], "label": batch["label"]})

@@ -22,8 +22,8 @@ from torch import nn
 from .. import __version__
 from ..functional import (
     anchor_feature_from_normal_prompts,
-    anchor_predictions,
-    category_scores,
+    anchor_predictions_from_similarities,
+    category_scores_from_similarities,
     image_anomaly_score,
     select_signs,
     selection_with_fallback,
@@ -31,8 +31,10 @@ from ..functional import (
 from ..prompts import PromptBank, load_prompt_bank
 from ..utils import atomic_path
 from .adapter import DEFAULT_ADAPTER_LAMBDA, ShiftAdapter, attach_adapter
+from .anomaly_map import DEFAULT_FEW_SHOT_WEIGHT, DEFAULT_MAP_TEMPERATURE, AnomalyMapHead
 from .backbone import TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
-from .text_cache import TextPath
+from .checkpointing import BlockCheckpointing, blocks_between_adapters
+from .text_cache import ScoringCache, TextPath
 
 __all__ = ["SignDrivenDetector", "TextState", "DetectorStateError", "PAPER_IMAGE_ADAPTER_LAYERS", "PRESETS"]
 
@@ -133,6 +135,14 @@ class SignDrivenDetector(nn.Module):
         sign_selection: apply Eq. 6 at inference (``False`` is the paper's "no SS" ablation).
         seed: seed of the adapters' and (for ``pretrained=None``) the backbone's initialisation.
         cache_dir: download cache for remote weights.
+        map_layers: 1-based image blocks whose (adapted) patch tokens give the anomaly maps of ``output="all"``
+            (see :mod:`sdmad_monai.networks.anomaly_map`); ``None``: the image adapter layers; ``[]``: no maps.
+        map_temperature: temperature of the zero-shot map's 2-way softmax (MVFA: 0.01).
+        map_few_shot_weight: weight of the memory-bank branch once :meth:`set_memory_bank` was called (MVFA: 0.5).
+        map_sigma: Gaussian smoothing of the maps at the input size, in pixels (0: none).
+        activation_checkpointing: in training mode, recompute the frozen image blocks after the first adapter during
+            backward instead of keeping their activations (:mod:`sdmad_monai.networks.checkpointing`): much less
+            memory for about a third more compute per step; same loss and gradients. Inference is unchanged.
     """
 
     def __init__(
@@ -150,6 +160,11 @@ class SignDrivenDetector(nn.Module):
         sign_selection: bool = True,
         seed: int = 0,
         cache_dir: str | None = None,
+        map_layers: Sequence[int] | None = None,
+        map_temperature: float = DEFAULT_MAP_TEMPERATURE,
+        map_few_shot_weight: float = DEFAULT_FEW_SHOT_WEIGHT,
+        map_sigma: float = 0.0,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.prompt_bank = load_prompt_bank(prompt_bank, categories)
@@ -163,6 +178,7 @@ class SignDrivenDetector(nn.Module):
             "adapter_bottleneck": adapter_bottleneck,
             "adapter_lambda": float(adapter_lambda),
             "adapter_activation": adapter_activation,
+            "activation_checkpointing": bool(activation_checkpointing),
         }
         self.sign_selection = bool(sign_selection)
         self.adapters_enabled = True
@@ -189,6 +205,14 @@ class SignDrivenDetector(nn.Module):
         if self.text_adapter is not None:
             attach_adapter(last_text_block, self.text_adapter, self._adapters_on)
         self._text_path = TextPath(backbone, last_text_block)
+        self._checkpointing = None
+        if activation_checkpointing:
+            blocks = image_blocks(backbone)
+            between = blocks_between_adapters(len(blocks), self.config["image_adapter_layers"])
+            self._checkpointing = BlockCheckpointing([blocks[i - 1] for i in between])
+            self._checkpointing.set_active(self.training)
+        # after attach_adapter: the map hooks run after the adapter hooks and so see the adapted tokens
+        self._init_anomaly_maps(map_layers, map_temperature, map_few_shot_weight, map_sigma)
 
         texts, prompt_categories = self.prompt_bank.flatten()
         self._check_context_length(tokenizer, texts)
@@ -200,6 +224,7 @@ class SignDrivenDetector(nn.Module):
         #: cached text states by :meth:`_text_cache_key`; several entries, so that alternating adapters on/off (the
         #: evaluation's ``clip`` and ``sdmad`` variants on every batch) does not recompute them on each switch
         self._text_cache: dict[tuple, TextState] = {}
+        self._scoring_cache = ScoringCache(_TEXT_CACHE_SIZE)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -270,6 +295,8 @@ class SignDrivenDetector(nn.Module):
         """
         super().train(mode)
         self.backbone.eval()  # frozen: no dropout or batch-statistics updates, ever
+        if self._checkpointing is not None:
+            self._checkpointing.set_active(mode)
         if not mode and not torch.jit.is_tracing():
             with torch.no_grad():
                 self.text_state()
@@ -351,6 +378,8 @@ class SignDrivenDetector(nn.Module):
             output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
                 ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation).
         """
+        if output == "all" and self.anomaly_head is not None:
+            return self._score_with_maps(image)
         return self.score(self.encode_image(image), self.text_state(), output)
 
     def score(
@@ -368,20 +397,25 @@ class SignDrivenDetector(nn.Module):
         """
         if output not in ("scores", "predictions", "all"):
             raise ValueError(f"output must be 'scores', 'predictions' or 'all', got {output!r}.")
+        # normalised prompt features and category masks: once per text state, not per batch
         k = self.num_categories
+        prompts = self._scoring_cache.get(text.features, text.prompt_categories, text.keep, text.anchor, k)
+        normalised = F.normalize(image_features, dim=-1)
+        similarities = normalised @ prompts.unit_features.T  # [B, P]
         if output == "scores":
-            return category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
-        predictions = anchor_predictions(image_features, text.features, text.prompt_categories, text.keep, text.anchor, k)
+            return category_scores_from_similarities(similarities, prompts.membership)
+        predictions = anchor_predictions_from_similarities(
+            similarities, prompts.membership, normalised @ prompts.unit_anchor
+        ).to(image_features.dtype)
         if output == "predictions":
             return predictions
-        scores = category_scores(image_features, text.features, text.prompt_categories, text.keep, k)
-        normalised = F.normalize(image_features, dim=-1)
+        scores = category_scores_from_similarities(similarities, prompts.membership)
         anchor_similarity = normalised @ text.anchor
         return {
             "scores": scores,
             "predictions": predictions,
             "image_score": image_anomaly_score(scores, anchor_similarity),
-            "similarities": normalised @ F.normalize(text.features, dim=-1).T,
+            "similarities": similarities,
             "anchor_similarity": anchor_similarity,
             "image_features": image_features,
             "text_features": text.features,
@@ -389,6 +423,88 @@ class SignDrivenDetector(nn.Module):
             "anchor_feature": text.anchor,
             "keep": text.keep,
         }
+
+    # ------------------------------------------------------------------ anomaly maps (pixel-level protocol)
+    def _init_anomaly_maps(
+        self, layers: Sequence[int] | None, temperature: float, few_shot_weight: float, sigma: float
+    ) -> None:
+        """Build the :class:`~sdmad_monai.networks.anomaly_map.AnomalyMapHead` and record its settings in the config
+        (so checkpoints rebuild it; they are not architecture keys: a checkpoint loads onto other map settings)."""
+        layers = list(self.config["image_adapter_layers"]) if layers is None else [int(i) for i in layers]
+        self.anomaly_head = (
+            AnomalyMapHead(self.backbone, layers, temperature, few_shot_weight, sigma) if layers else None
+        )
+        self.config.update(
+            map_layers=layers,
+            map_temperature=float(temperature),
+            map_few_shot_weight=float(few_shot_weight),
+            map_sigma=float(sigma),
+        )
+
+    def _require_maps(self) -> AnomalyMapHead:
+        if self.anomaly_head is None:
+            raise RuntimeError("This detector was built with map_layers=[]: anomaly maps are off.")
+        return self.anomaly_head
+
+    def _score_with_maps(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`score` ``"all"`` plus the anomaly maps, from one image-encoder pass (the hooks keep the tokens)."""
+        head = self._require_maps()
+        with head.capturing() as captured:
+            features = self.encode_image(image)
+        text = self.text_state()
+        result = self.score(features, text, "all")
+        result.update(self.maps_from_tokens(captured, image.shape[-2:], text))
+        return result
+
+    def maps_from_tokens(
+        self, captured: Mapping[int, torch.Tensor], image_size: Sequence[int], text: TextState
+    ) -> dict[str, torch.Tensor]:
+        """Anomaly maps (see :meth:`AnomalyMapHead.maps`) from tokens captured by ``anomaly_head.capturing()`` during
+        ``encode_image``, for callers that run the encoder themselves (e.g. :class:`~sdmad_monai.inferers.
+        ProtocolInferer`)."""
+        return self._require_maps().maps(
+            captured, image_size, text.features, text.prompt_categories, text.keep, text.anchor, self.adapters_enabled
+        )
+
+    def anomaly_maps(self, image: torch.Tensor) -> torch.Tensor:
+        """Anomaly maps ``[B, H, W]`` of CLIP-normalised images ``[B, 3, H, W]`` at the input size (higher = more
+        anomalous): the ``"anomaly_map"`` entry of ``forward(image, output="all")`` without the scores."""
+        head = self._require_maps()
+        with head.capturing() as captured:
+            self.encode_image(image)
+        return self.maps_from_tokens(captured, image.shape[-2:], self.text_state())["anomaly_map"]
+
+    @torch.no_grad()
+    def set_memory_bank(self, normal_images: torch.Tensor, batch_size: int = 16) -> int:
+        """Store the patch tokens of few-shot normal images for the few-shot map branch (MVFA).
+
+        Build it after training (the tokens depend on the adapters) and with the adapters in the state the maps will
+        be computed in; it is saved in the state dict, so checkpoints written afterwards carry it.
+
+        Args:
+            normal_images: ``[N, 3, H, W]`` CLIP-normalised normal images (e.g. the k-shot normal slices).
+            batch_size: images per encoder pass.
+
+        Returns:
+            The number of patches stored per map layer.
+        """
+        head = self._require_maps()
+        if normal_images.ndim != 4 or normal_images.shape[1] != 3 or normal_images.shape[0] == 0:
+            raise ValueError(f"normal_images must be a non-empty [N, 3, H, W] batch, got {tuple(normal_images.shape)}.")
+        device = next(self.parameters()).device
+        per_layer: list[list[torch.Tensor]] = [[] for _ in head.layers]
+        for start in range(0, normal_images.shape[0], batch_size):
+            chunk = normal_images[start : start + batch_size].to(device)
+            with head.capturing() as captured:
+                self.encode_image(chunk)
+            for i, features in enumerate(head.patch_features(captured, chunk.shape[-2:])):
+                per_layer[i].append(features.reshape(-1, features.shape[-1]))
+        head.set_memory_bank([torch.cat(f) for f in per_layer], adapted=self.adapters_enabled)
+        return int(head.memory_bank.shape[1])
+
+    def clear_memory_bank(self) -> None:
+        """Forget the memory bank: maps use the zero-shot branch only."""
+        self._require_maps().clear_memory_bank()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
