@@ -8,6 +8,12 @@ Study-level aggregation (:func:`study_findings`), per category over the processe
 - study score = the highest slice score (Eq. 7): a finding is as strong as its clearest slice;
 - study finding = 1 if at least one slice is predicted positive by the anchor rule (Eq. 8); the slices that are
   positive are listed, so a reader can go to them.
+
+With ``anomaly_maps=True`` the detector's per-slice anomaly maps are kept too, and :func:`write_volume_results` writes
+for each volume a 3D anomaly-map NIfTI on the scan's voxel grid with the scan's affine
+(:mod:`sdmad_monai.anomaly_volume`; slices not processed are 0, the processed ones are listed in the header and a
+JSON sidecar) and PNG overlays of the highest-scoring and a seeded random sample of slices
+(:mod:`sdmad_monai.visualize`).
 """
 
 from __future__ import annotations
@@ -15,19 +21,32 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
-
 from monai.data import MetaTensor
 
+from .anomaly_volume import anomaly_volume, write_anomaly_volume
 from .networks.detector import SignDrivenDetector
 from .transforms import ExtractSlices, LoadSlices, clip_slice_transforms
 from .utils import atomic_write_json, atomic_write_text
+from .visualize import OverlayItem, OverlaySelector, display_image, write_overlays
 
-__all__ = ["VolumeResult", "study_findings", "infer_volume", "infer_volumes", "write_volume_results", "find_volumes"]
+__all__ = [
+    "VolumeResult",
+    "find_volumes",
+    "infer_volume",
+    "infer_volumes",
+    "study_findings",
+    "volume_stem",
+    "write_volume_maps",
+    "write_volume_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +110,12 @@ class VolumeResult:
         findings: study-level findings (:func:`study_findings`).
         category_labels: ``K`` labels.
         model: description of the model (backbone, prompt bank, version).
+        anomaly_maps: ``[N, S, S]`` anomaly maps at the detector's input size, or ``None`` when not asked for.
+        display_images: ``[N, S, S, 3]`` uint8 slices as the detector saw them (for overlays), with the maps.
+        slice_shape: ``(rows, cols)`` of the slices before resizing (display orientation).
+        volume_affine: the scan's 4x4 RAS+ affine.
+        volume_shape: the scan's three spatial sizes.
+        map_files: where :func:`write_volume_maps` wrote the 3D map and overlays (relative paths), once written.
     """
 
     source: str
@@ -102,6 +127,25 @@ class VolumeResult:
     findings: list[dict[str, Any]]
     category_labels: list[str]
     model: dict[str, Any] = field(default_factory=dict)
+    anomaly_maps: torch.Tensor | None = None
+    display_images: np.ndarray | None = None
+    slice_shape: tuple[int, int] | None = None
+    volume_affine: np.ndarray | None = None
+    volume_shape: tuple[int, int, int] | None = None
+    map_files: dict[str, Any] | None = None
+
+    def anomaly_volume(self) -> np.ndarray:
+        """The anomaly maps stacked back onto the scan's voxel grid ``[X, Y, Z]`` (0 on unprocessed slices).
+
+        Raises:
+            ValueError: the result holds no anomaly maps.
+        """
+        if self.anomaly_maps is None or self.slice_shape is None or self.volume_shape is None:
+            raise ValueError(f"{self.source}: no anomaly maps were computed (infer_volume(..., anomaly_maps=True)).")
+        return anomaly_volume(
+            self.anomaly_maps, self.slice_indices, self.slice_shape, self.volume_affine, self.volume_shape,
+            axis=self.axis, source=self.source,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -144,6 +188,7 @@ def infer_volume(
     stride: int | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    anomaly_maps: bool = False,
 ) -> VolumeResult:
     """Score the chosen slices of one volume (NIfTI file, DICOM series folder, fastMRI ``.h5``, or a volume in
     memory).
@@ -161,9 +206,14 @@ def infer_volume(
         stride: every ``stride``-th slice.
         batch_size: slices per forward pass.
         device: where to run; defaults to the detector's device.
+        anomaly_maps: keep the detector's ``"anomaly_map"`` output per slice (same backbone pass as the scores) and
+            the slices as seen, for the 3D map and the overlays.
 
     Returns:
         :class:`VolumeResult`.
+
+    Raises:
+        ValueError: ``anomaly_maps`` is asked for but the detector gives no ``"anomaly_map"``.
     """
     if indices is None and positions is None and stride is None:
         stride = 1
@@ -178,13 +228,29 @@ def infer_volume(
     preprocess = clip_slice_transforms("image", detector.image_size, detector.image_mean, detector.image_std)
     images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices])
     slice_indices = [int(s.meta["slice_index"]) for s in slices]
+    keys = ("scores", "predictions", "image_score") + (("anomaly_map",) if anomaly_maps else ())
     outputs: list[dict[str, torch.Tensor]] = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
         result = detector(batch, output="all")
-        outputs.append({k: result[k].cpu() for k in ("scores", "predictions", "image_score")})
+        if anomaly_maps and "anomaly_map" not in result:
+            raise ValueError(
+                f"{source}: anomaly maps were asked for but the detector gives none; build it with map layers "
+                "(SignDrivenDetector(map_layers=None or a list), not map_layers=[])."
+            )
+        outputs.append({k: result[k].cpu() for k in keys})
     scores = torch.cat([o["scores"] for o in outputs])
     predictions = torch.cat([o["predictions"] for o in outputs])
+    maps: dict[str, Any] = {}
+    if anomaly_maps:
+        first = slices[0].meta
+        maps = {
+            "anomaly_maps": torch.cat([o["anomaly_map"] for o in outputs]).to(torch.float32),
+            "display_images": np.stack([display_image(x, detector.image_mean, detector.image_std) for x in images]),
+            "slice_shape": tuple(int(v) for v in first["spatial_shape"]),
+            "volume_affine": np.asarray(first["volume_affine"], dtype=np.float64),
+            "volume_shape": tuple(int(v) for v in first["volume_spatial_shape"]),
+        }
     return VolumeResult(
         source=source,
         axis=axis,
@@ -197,18 +263,102 @@ def infer_volume(
         ),
         category_labels=detector.category_labels,
         model=_model_description(detector),
+        **maps,
     )
 
 
-def write_volume_results(results: Sequence[VolumeResult], output_dir: str | Path) -> dict[str, Path]:
-    """Write ``findings.json`` (everything) and ``slices.csv`` / ``findings.csv`` (one row per slice / finding).
+def volume_stem(source: str) -> str:
+    """File-safe name of a volume for its output files: the file name without ``.nii.gz``/``.nii``/``.h5``, or the
+    DICOM folder's name."""
+    name = Path(source.rstrip("/\\")).name or "volume"
+    name = re.sub(r"\.(nii\.gz|nii|h5|hdf5)$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "volume"
+
+
+def _unique_stem(used: dict[str, int], source: str) -> str:
+    stem = volume_stem(source)
+    used[stem] = used.get(stem, 0) + 1
+    return stem if used[stem] == 1 else f"{stem}_{used[stem]}"  # same name from another folder: keep both
+
+
+def write_volume_maps(
+    result: VolumeResult,
+    output_dir: str | Path,
+    stem: str | None = None,
+    overlays_top: int = 5,
+    overlays_random: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write one volume's 3D anomaly map (``maps/<stem>_anomaly_map.nii.gz`` + ``.json``) and its overlays
+    (``overlays/<stem>/top|random/*.png`` + ``index.csv``).
+
+    Args:
+        result: an :func:`infer_volume` result with ``anomaly_maps``.
+        output_dir: the inference output folder.
+        stem: name of the volume's files (default :func:`volume_stem` of the source).
+        overlays_top: highest-scoring slices (image score) drawn.
+        overlays_random: seeded random sample of slices drawn.
+        seed: seed of the sample.
+
+    Returns:
+        ``{"nifti", "json", "overlays"}``: paths relative to ``output_dir`` (overlays: the folder, or ``None``).
+    """
+    output_dir = Path(output_dir)
+    stem = stem or volume_stem(result.source)
+    written = write_anomaly_volume(
+        output_dir / "maps" / f"{stem}_anomaly_map.nii.gz",
+        result.anomaly_volume(),
+        result.volume_affine,
+        result.slice_indices,
+        result.axis,
+        source=result.source,
+        info={"model": result.model},
+    )
+    paths: dict[str, Any] = {k: str(v.relative_to(output_dir)) for k, v in written.items()}
+    paths["overlays"] = None
+    if overlays_top or overlays_random:
+        selector = OverlaySelector(overlays_top, overlays_random, seed)
+        for row, index in enumerate(result.slice_indices):
+            selector.offer(
+                float(result.image_scores[row]),
+                lambda row=row, index=index: OverlayItem(
+                    score=float(result.image_scores[row]),
+                    name=f"{stem}_{result.axis}_slice{index:03d}",
+                    image=result.display_images[row],
+                    anomaly_map=result.anomaly_maps[row].numpy(),
+                ),
+            )
+        folder = output_dir / "overlays" / stem
+        write_overlays(selector, folder, score_name="image score")
+        paths["overlays"] = str(folder.relative_to(output_dir))
+    return paths
+
+
+def write_volume_results(
+    results: Sequence[VolumeResult],
+    output_dir: str | Path,
+    overlays_top: int = 5,
+    overlays_random: int = 5,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``findings.json`` (everything) and ``slices.csv`` / ``findings.csv`` (one row per slice / finding); for
+    results with anomaly maps also the 3D map and overlays of :func:`write_volume_maps` (listed per volume in
+    ``findings.json`` under ``"anomaly_map"``).
 
     Returns:
         The written paths by name.
     """
     output_dir = Path(output_dir)
+    documents = [r.to_dict() for r in results]
+    used: dict[str, int] = {}
+    for result, document in zip(results, documents):
+        if result.map_files is None and result.anomaly_maps is not None:
+            stem = _unique_stem(used, result.source)
+            result.map_files = write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
+        if result.map_files is not None:
+            document["anomaly_map"] = result.map_files
     paths = {
-        "json": atomic_write_json(output_dir / "findings.json", {"volumes": [r.to_dict() for r in results]}),
+        "json": atomic_write_json(output_dir / "findings.json", {"volumes": documents}),
     }
     slice_rows = io.StringIO()
     writer = csv.writer(slice_rows)
@@ -268,6 +418,9 @@ def infer_volumes(
     detector: SignDrivenDetector,
     inputs: Iterable[str | Path],
     output_dir: str | Path,
+    overlays_top: int = 5,
+    overlays_random: int = 5,
+    seed: int = 0,
     **kwargs: Any,
 ) -> list[VolumeResult]:
     """:func:`infer_volume` over several volumes, logging progress, then :func:`write_volume_results`.
@@ -275,8 +428,11 @@ def infer_volumes(
     Args:
         detector: the trained detector.
         inputs: volume paths (files or DICOM folders).
-        output_dir: where the JSON and CSV files go.
-        kwargs: slice policy and batching, passed to :func:`infer_volume`.
+        output_dir: where the JSON and CSV files (and, with ``anomaly_maps=True``, maps and overlays) go.
+        overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
+        overlays_random: with maps: seeded random slices per volume drawn.
+        seed: seed of the random overlay sample.
+        kwargs: slice policy, batching and ``anomaly_maps``, passed to :func:`infer_volume`.
     """
     inputs = [Path(p) for p in inputs]
     if not inputs:
@@ -285,12 +441,17 @@ def infer_volumes(
     if missing:
         raise FileNotFoundError(f"Input volumes not found: {missing}.")
     results = []
+    used: dict[str, int] = {}
     for number, path in enumerate(inputs, start=1):
         result = infer_volume(detector, path, **kwargs)
+        if result.anomaly_maps is not None:  # write now and let the arrays go: memory stays one volume's
+            stem = _unique_stem(used, result.source)
+            result.map_files = write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
+            result.anomaly_maps = result.display_images = None
         positives = [f["display_name"] for f in result.findings if f["finding"]]
         logger.info("[%d/%d] %s: %d slices, findings: %s", number, len(inputs), path, len(result.slice_indices),
                     ", ".join(positives) or "none")
         results.append(result)
-    paths = write_volume_results(results, output_dir)
+    paths = write_volume_results(results, output_dir, overlays_top, overlays_random, seed)
     logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
     return results

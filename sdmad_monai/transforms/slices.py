@@ -15,6 +15,9 @@ Conventions (identical for every reader: NIfTI, DICOM series, fastMRI HDF5):
   Coronal: rows superior -> inferior, columns right -> left. Sagittal: rows superior -> inferior, columns
   anterior -> posterior. A reoriented copy of a volume (flipped/transposed array with the matching affine), or the
   same volume stored as NIfTI or as a DICOM series, therefore yields the identical 2D arrays.
+* :func:`slices_to_volume` is the inverse: it puts 2D arrays in this display orientation (e.g. per-slice anomaly
+  maps) back onto the stored array's grid, so that voxel ``(i, j, k)`` of the result lies over voxel ``(i, j, k)`` of
+  the volume and the result can be saved with the volume's affine.
 * fastMRI ``.h5`` files carry no geometry. :class:`~sdmad_monai.transforms.io.FastMRIH5Reader` gives them a
   synthetic affine under which axial slice ``i`` is the ``i``-th stored slice and the 2D array is the stored
   ``H x W`` image unchanged (see that class).
@@ -22,7 +25,8 @@ Conventions (identical for every reader: NIfTI, DICOM series, fastMRI HDF5):
 Every output slice is a ``MetaTensor`` of shape ``[C, H, W]`` whose metadata holds the source file
 (``filename_or_obj``), ``slice_index`` (canonical index as defined above), ``slice_array_index`` (index in the stored
 array), ``slice_axis``, ``num_slices``, ``pixel_spacing`` (row spacing, column spacing in mm), ``spatial_shape``
-and a 4x4 ``affine`` mapping ``(row, column, 0)`` to world coordinates.
+``volume_affine`` / ``volume_spatial_shape`` (the whole volume's) and a 4x4 ``affine`` mapping ``(row, column, 0)`` to
+world coordinates.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "VolumeSource",
     "ArrayVolumeSource",
     "extract_slices_from_source",
+    "unorient_plane",
+    "slices_to_volume",
     "stack_slices",
     "ExtractSlices",
     "ExtractSlicesd",
@@ -280,6 +286,78 @@ def _orient_plane(plane: np.ndarray, geom: SliceGeometry) -> np.ndarray:
     return np.ascontiguousarray(plane)
 
 
+def unorient_plane(plane: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """Inverse of the display orientation of :func:`extract_slices_from_source`.
+
+    Args:
+        plane: ``[..., rows, cols]`` in the radiological display orientation of ``geom``.
+        geom: the volume's :class:`SliceGeometry` for the axis the plane was extracted along.
+
+    Returns:
+        ``[..., a, b]``: the plane on the stored array's grid, the two in-plane array dims in increasing order
+        (what ``np.take(volume, index, axis=geom.slice_dim)`` gives for a ``[X, Y, Z]`` volume).
+    """
+    plane = np.asarray(plane)
+    if geom.col_reversed:
+        plane = plane[..., :, ::-1]
+    if geom.row_reversed:
+        plane = plane[..., ::-1, :]
+    if geom.row_dim > geom.col_dim:
+        plane = np.swapaxes(plane, -1, -2)
+    return np.ascontiguousarray(plane)
+
+
+def slices_to_volume(
+    planes: Any,
+    slice_indices: Sequence[int],
+    affine: Any,
+    spatial_shape: Sequence[int],
+    axis: str = "axial",
+    fill: float = 0.0,
+    dtype: Any = np.float32,
+    source: str = "<volume>",
+) -> np.ndarray:
+    """Put 2D arrays in display orientation back into a volume on the stored array's grid.
+
+    The inverse of :func:`extract_slices_from_source` for the given slices: ``slices_to_volume(s, idx, ...)`` holds
+    ``s[n]`` on canonical slice ``idx[n]``, every other voxel is ``fill``.
+
+    Args:
+        planes: ``[N, rows, cols]`` arrays (numpy or tensor), ``rows x cols`` the slices' display size.
+        slice_indices: ``N`` canonical slice indices (module docstring), distinct.
+        affine: the volume's 4x4 RAS+ affine.
+        spatial_shape: the volume's three spatial sizes.
+        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``: the axis the planes were extracted along.
+        fill: value of the voxels of slices not given.
+        dtype: numpy dtype of the output.
+        source: name used in error messages.
+
+    Returns:
+        ``[X, Y, Z]`` array with ``spatial_shape``.
+
+    Raises:
+        ValueError: when the number, size or indices of the planes do not fit the volume.
+    """
+    geom = slice_geometry(affine, spatial_shape, axis, source=source)
+    shape = tuple(int(s) for s in spatial_shape)
+    data = planes.detach().cpu().numpy() if isinstance(planes, torch.Tensor) else np.asarray(planes)
+    expected = (shape[geom.row_dim], shape[geom.col_dim])
+    if data.ndim != 3 or data.shape[0] != len(slice_indices) or tuple(data.shape[1:]) != expected:
+        raise ValueError(
+            f"{source}: expected {len(slice_indices)} {axis} planes of display size {expected} (rows, columns) for "
+            f"a volume of shape {shape}, got an array of shape {tuple(data.shape)}."
+        )
+    indices = resolve_slice_indices(geom.num_slices, list(slice_indices), source=source, axis=axis)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{source}: slice indices {indices} repeat a slice; expected distinct indices.")
+    volume = np.full(shape, fill, dtype=dtype)
+    for plane, index in zip(data, indices):
+        target = [slice(None)] * 3
+        target[geom.slice_dim] = geom.array_index(index)
+        volume[tuple(target)] = unorient_plane(plane, geom)
+    return volume
+
+
 def extract_slices_from_source(
     source: VolumeSource,
     axis: str = "axial",
@@ -317,6 +395,7 @@ def extract_slices_from_source(
             "pixel_spacing": geom.pixel_spacing,
             "spatial_shape": (int(rows), int(cols)),
             "volume_affine": torch.as_tensor(source.affine, dtype=torch.float64),
+            "volume_spatial_shape": tuple(int(v) for v in source.spatial_shape),
             "space": "RAS",
         }
         aff = torch.as_tensor(_slice_affine(source.affine, geom, source.spatial_shape, ai), dtype=torch.float64)
