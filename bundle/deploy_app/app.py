@@ -1,19 +1,21 @@
 """SD-MAD MONAI Deploy application: a folder of DICOM files in, one DICOM Comprehensive SR (+ JSON copy) per selected
-series out. Research use only.
+series out, and with ``--anomaly-map`` the series' 3D anomaly map as a DICOM Parametric Map. Research use only.
 
 Run locally (CPU or GPU)::
 
     python bundle/deploy_app -i <dicom folder> -o <output folder> -m <SignDrivenDetector checkpoint>
         [--rules site_rules.json] [--slices 0,5,10|all] [--axis axial] [--device auto|cpu|cuda]
-        [--batch-size 16] [--allow-no-match]
+        [--batch-size 16] [--allow-no-match] [--anomaly-map]
 
 The SDK's ``-i/-o/-m`` may also come from ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` /
 ``HOLOSCAN_MODEL_PATH``, and the application's options from ``SDMAD_SERIES_RULES``, ``SDMAD_SLICES``, ``SDMAD_AXIS``,
-``SDMAD_DEVICE``, ``SDMAD_BATCH_SIZE``, ``SDMAD_ALLOW_NO_MATCH`` (how a MONAI Application Package is configured).
+``SDMAD_DEVICE``, ``SDMAD_BATCH_SIZE``, ``SDMAD_ALLOW_NO_MATCH``, ``SDMAD_ANOMALY_MAP`` (how a MONAI Application
+Package is configured).
 
 The operators below only move objects between ports; what they do is in ``sdmad_monai.deploy.app_logic`` (tested
 without the SDK), inference is ``sdmad_monai.inference.infer_volume`` and the SR is
-``sdmad_monai.deploy.sr.write_sr_report`` - the same functions as ``sdmad process_folder``.
+``sdmad_monai.deploy.sr.write_sr_report`` - the same functions as ``sdmad process_folder``; the anomaly map is
+``sdmad_monai.deploy.map_dicom.write_anomaly_map``.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ from sdmad_monai.deploy.app_logic import (
     select_study_series,
     series_volumes,
     write_inference_outcome,
+    write_outcome_anomaly_maps,
 )
 from sdmad_monai.deploy.rules import SeriesRules
 
 __all__ = [
+    "SDMADAnomalyMapWriterOperator",
     "SDMADApp",
     "SDMADInferenceOperator",
     "SDMADSRWriterOperator",
@@ -138,6 +142,7 @@ class SDMADInferenceOperator(Operator):
             slices=options.slices,
             batch_size=options.batch_size,
             device=options.torch_device(),
+            anomaly_maps=options.anomaly_map,
         )
         op_output.emit(outcome, "outcome")
 
@@ -160,8 +165,27 @@ class SDMADSRWriterOperator(Operator):
         write_inference_outcome(op_input.receive("outcome"), self._output_folder)
 
 
+class SDMADAnomalyMapWriterOperator(Operator):
+    """Writes ``sdmad_map_<SeriesInstanceUID>.dcm`` (highdicom Parametric Map of the 3D anomaly map on the source
+    series' geometry, referencing it) per processed series. Added only with ``--anomaly-map``.
+
+    Named input: ``outcome``.
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any):
+        self._output_folder = Path(output_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("outcome")
+
+    def compute(self, op_input, op_output, context):
+        write_outcome_anomaly_maps(op_input.receive("outcome"), self._output_folder)
+
+
 class SDMADApp(Application):
-    """DICOM loader -> SD-MAD series selector -> series to volume -> SD-MAD inference -> SR writer (+ JSON)."""
+    """DICOM loader -> SD-MAD series selector -> series to volume -> SD-MAD inference -> SR writer (+ JSON)
+    [+ anomaly-map writer with ``--anomaly-map``]."""
 
     def compose(self):
         options, sdk_argv = DeployAppOptions.parse(self.argv)
@@ -186,10 +210,14 @@ class SDMADApp(Application):
 
     def output_operators(self, output_path: Path, options: DeployAppOptions) -> list[Operator]:
         """The operators fed the inference ``outcome`` (``InferenceOutcome``: per series the result, the sorted
-        instances and the ``MetaTensor`` volume). An optional output (e.g. a DICOM anomaly map) is added here behind
-        an option that is off by default."""
-        del options  # no optional output operator yet
-        return [SDMADSRWriterOperator(self, output_folder=output_path, name="sr_writer_op")]
+        instances, the ``MetaTensor`` volume and, with ``--anomaly-map``, the 3D anomaly map). Optional outputs are
+        added here behind options that are off by default; they come before the SR writer, which fails the run
+        (after writing) when a selected series failed."""
+        operators: list[Operator] = []
+        if options.anomaly_map:
+            operators.append(SDMADAnomalyMapWriterOperator(self, output_folder=output_path, name="map_writer_op"))
+        operators.append(SDMADSRWriterOperator(self, output_folder=output_path, name="sr_writer_op"))
+        return operators
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ folder-to-SR operator logic.
 - :mod:`.demo`: a volume written as a synthetic DICOM series (demos, tests).
 - :mod:`.dicomweb`: :func:`process_study`, one study of a PACS over DICOMweb in, the SRs stored back (no duplicates).
 - :mod:`.app_logic`: what the operators of the MONAI Deploy application (``bundle/deploy_app``) do, SDK-free.
+- :mod:`.map_dicom`: a series' 3D anomaly map as a DICOM Parametric Map (highdicom) on the series' geometry.
 
 The names below are imported on first use, so that ``sdmad`` answers bad input without loading torch.
 """
@@ -44,7 +45,14 @@ _EXPORTS = {
         "write_sr_report",
     ],
     "demo": ["write_dicom_series"],
-    "app_logic": ["DeployAppOptions", "image_to_metatensor", "infer_series_volumes", "write_inference_outcome"],
+    "app_logic": [
+        "DeployAppOptions",
+        "image_to_metatensor",
+        "infer_series_volumes",
+        "write_inference_outcome",
+        "write_outcome_anomaly_maps",
+    ],
+    "map_dicom": ["anomaly_map_identifiers", "build_anomaly_map", "write_anomaly_map"],
     "dicomweb": [
         "DicomWebConnection",
         "DicomWebError",
@@ -72,6 +80,8 @@ __all__ = [
     "SeriesRulesError",
     "StoredReport",
     "StudyNotFoundError",
+    "anomaly_map_identifiers",
+    "build_anomaly_map",
     "build_sr",
     "detector_fingerprint",
     "explain_series",
@@ -85,8 +95,10 @@ __all__ = [
     "select_series",
     "series_orientation",
     "sr_identifiers",
+    "write_anomaly_map",
     "write_dicom_series",
     "write_inference_outcome",
+    "write_outcome_anomaly_maps",
     "write_sr_report",
 ]
 

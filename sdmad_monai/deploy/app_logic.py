@@ -10,7 +10,8 @@ The application (MONAI Deploy App SDK 4.0.0, on Holoscan) is a chain of thin ope
       -> SDMADInferenceOperator                  infer_series_volumes: SDK Image -> MetaTensor (image_to_metatensor),
                                                  sdmad_monai.inference.infer_volume, per-slice + study-level findings
       -> SDMADSRWriterOperator                   write_inference_outcome: write_sr_report (SR + JSON) per series
-      (-> further optional output operators on the same ``outcome`` port, e.g. a DICOM anomaly map; off by default)
+      -> SDMADAnomalyMapWriterOperator           write_outcome_anomaly_maps: the 3D anomaly map per series as a DICOM
+                                                 Parametric Map (map_dicom.py); only with --anomaly-map (off by default)
 
 Everything here works on plain pydicom Datasets, numpy arrays and duck-typed SDK domain objects (a study has
 ``get_all_series()``, a series ``get_sop_instances()``, an instance ``get_native_sop_instance()``), so it is tested
@@ -85,6 +86,7 @@ __all__ = [
     "series_datasets",
     "series_volumes",
     "write_inference_outcome",
+    "write_outcome_anomaly_maps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,7 +102,11 @@ ENVIRONMENT_VARIABLES = {
     "device": "SDMAD_DEVICE",
     "batch_size": "SDMAD_BATCH_SIZE",
     "allow_no_match": "SDMAD_ALLOW_NO_MATCH",
+    "anomaly_map": "SDMAD_ANOMALY_MAP",
 }
+
+#: The options that are switches (``1/true/yes/on`` or ``0/false/no/off``).
+_SWITCHES = ("allow_no_match", "anomaly_map")
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
@@ -118,6 +124,8 @@ class DeployAppOptions:
         batch_size: slices per forward pass.
         allow_no_match: a study without a matching series ends the run successfully (nothing written) instead of
             failing with the reasons.
+        anomaly_map: also write each series' 3D anomaly map as a DICOM Parametric Map
+            (:mod:`~sdmad_monai.deploy.map_dicom`); the checkpoint's detector must give anomaly maps.
     """
 
     rules: str | None = None
@@ -126,6 +134,7 @@ class DeployAppOptions:
     device: str = "auto"
     batch_size: int = 16
     allow_no_match: bool = False
+    anomaly_map: bool = False
 
     def __post_init__(self) -> None:
         from ..transforms.slices import ANATOMICAL_AXES
@@ -180,6 +189,7 @@ class DeployAppOptions:
         parser.add_argument("--device")
         parser.add_argument("--batch-size", dest="batch_size")
         parser.add_argument("--allow-no-match", dest="allow_no_match", action="store_const", const="1")
+        parser.add_argument("--anomaly-map", dest="anomaly_map", action="store_const", const="1")
         args = list(argv)
         known, rest = parser.parse_known_args(args[1:])
         values: dict[str, Any] = {}
@@ -195,7 +205,7 @@ class DeployAppOptions:
                     value = int(value)
                 except ValueError as error:
                     raise ValueError(f"{where} must be a positive integer, got {value!r}.") from error
-            elif name == "allow_no_match":
+            elif name in _SWITCHES:
                 text = str(value).strip().lower()
                 if text not in _TRUE | _FALSE:
                     raise ValueError(f"{where} must be 1/true/yes or 0/false/no, got {value!r}.")
@@ -435,6 +445,8 @@ class SeriesFindings:
         source_images: the instances of the processed slices (``None`` when slicing across the acquired planes).
         algorithm: the model's identification in the SR.
         volume: the volume that was sliced (``MetaTensor [1, X, Y, Z]``, for further output operators).
+        anomaly_volume: ``[X, Y, Z]`` float32 anomaly map on the volume's voxel grid (0 on unprocessed slices), when
+            inference was asked for anomaly maps; else ``None``.
     """
 
     name: str
@@ -443,6 +455,7 @@ class SeriesFindings:
     source_images: list[Dataset] | None
     algorithm: AlgorithmInfo
     volume: Any = None
+    anomaly_volume: np.ndarray | None = None
 
 
 @dataclass
@@ -470,6 +483,7 @@ def infer_series(
     slices: Sequence[int] | str | None = DEFAULT_SLICES,
     algorithm: AlgorithmInfo | None = None,
     source: str | None = None,
+    anomaly_maps: bool = False,
     **infer_kwargs: Any,
 ) -> SeriesFindings:
     """Run SD-MAD on one converted series.
@@ -477,7 +491,9 @@ def infer_series(
     1. the headers are checked and sorted as on the command line; the SDK's slice order must be the same;
     2. the SDK image becomes a MetaTensor (:func:`image_to_metatensor`) whose affine must equal the headers' one;
     3. :func:`~sdmad_monai.inference.infer_volume` (the one inference path);
-    4. the processed slices are mapped to their instances for the SR.
+    4. the processed slices are mapped to their instances for the SR;
+    5. with ``anomaly_maps``, the slice maps are stacked onto the series' voxel grid
+       (:meth:`~sdmad_monai.inference.VolumeResult.anomaly_volume`) for the DICOM map.
 
     Args:
         detector: the trained detector.
@@ -486,10 +502,12 @@ def infer_series(
         slices: canonical slice indices, ``"0,5,10"``, or ``None``/``"all"``.
         algorithm: the model identification (computed from ``detector`` when ``None``).
         source: recorded as the result's ``source`` (default: the series' folder).
+        anomaly_maps: also compute the anomaly maps and the series' 3D anomaly volume.
         infer_kwargs: ``batch_size``, ``device``.
 
     Raises:
-        ValueError: the series fails a check, or a slice index is outside the volume.
+        ValueError: the series fails a check, a slice index is outside the volume, or maps are asked for from a
+            detector without map layers.
     """
     from ..inference import infer_volume
     from .sr import AlgorithmInfo
@@ -520,7 +538,8 @@ def infer_series(
         )
     indices = _as_indices(slices)
     try:
-        result = infer_volume(detector, tensor, axis=axis, indices=indices, **infer_kwargs)
+        result = infer_volume(detector, tensor, axis=axis, indices=indices, anomaly_maps=anomaly_maps,
+                              **infer_kwargs)
     except ValueError as error:
         raise ValueError(str(error).replace(f"{source}: ", "").replace(source, "the series")) from error
     result.source = source
@@ -532,6 +551,7 @@ def infer_series(
         source_images=source_images,
         algorithm=algorithm or AlgorithmInfo.from_detector(detector),
         volume=tensor,
+        anomaly_volume=result.anomaly_volume() if anomaly_maps else None,
     )
 
 
@@ -540,6 +560,7 @@ def infer_series_volumes(
     volumes: Sequence[SeriesVolume],
     axis: str = "axial",
     slices: Sequence[int] | str | None = DEFAULT_SLICES,
+    anomaly_maps: bool = False,
     **infer_kwargs: Any,
 ) -> InferenceOutcome:
     """:func:`infer_series` on every series, collecting the failures instead of stopping at the first.
@@ -549,7 +570,12 @@ def infer_series_volumes(
         volumes: the converted series.
         axis: slicing axis.
         slices: canonical slice indices.
+        anomaly_maps: also compute each series' 3D anomaly volume (``SeriesFindings.anomaly_volume``).
         infer_kwargs: ``batch_size``, ``device``.
+
+    Raises:
+        ValueError: ``anomaly_maps`` is asked for but the detector gives no anomaly maps (checked once, before any
+            series is processed).
     """
     from ..networks.detector import SignDrivenDetector
     from .sr import AlgorithmInfo
@@ -562,9 +588,16 @@ def infer_series_volumes(
             continue
         if not isinstance(detector, SignDrivenDetector):
             detector = detector()
+        if anomaly_maps and algorithm is None and getattr(detector, "anomaly_head", None) is None:
+            raise ValueError(
+                "Anomaly maps were asked for (--anomaly-map / SDMAD_ANOMALY_MAP) but the checkpoint's detector gives "
+                "none: it was built with map_layers=[]. Use a checkpoint whose detector has map layers "
+                "(map_layers=None or a list), or leave the option off."
+            )
         algorithm = algorithm or AlgorithmInfo.from_detector(detector)
         try:
-            findings = infer_series(detector, volume, axis=axis, slices=slices, algorithm=algorithm, **infer_kwargs)
+            findings = infer_series(detector, volume, axis=axis, slices=slices, algorithm=algorithm,
+                                    anomaly_maps=anomaly_maps, **infer_kwargs)
         except (ValueError, IndexError) as error:
             logger.error("[%d/%d] series %s failed: %s", number, len(volumes), volume.name, error)
             outcome.failures.append(f"series {volume.name}: {error}")
@@ -603,6 +636,36 @@ def write_inference_outcome(outcome: InferenceOutcome, output_dir: str | Path) -
         )
     if not written:
         logger.warning("No series was processed; nothing written to %s.", output_dir)
+    return written
+
+
+def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path) -> list[Path]:
+    """Write the 3D anomaly map of every processed series as a DICOM Parametric Map
+    (:func:`~sdmad_monai.deploy.map_dicom.write_anomaly_map`): ``sdmad_map_<SeriesInstanceUID>.dcm``.
+
+    The series that failed inference are reported by :func:`write_inference_outcome` (the SR writer), not here.
+
+    Returns:
+        The written paths, one per series.
+
+    Raises:
+        ValueError: a series has no anomaly volume (inference ran without ``anomaly_maps``).
+    """
+    from .map_dicom import write_anomaly_map
+
+    missing = [f.name for f in outcome.findings if f.anomaly_volume is None]
+    if missing:
+        raise ValueError(
+            f"No anomaly volume for series {missing}: run the inference with anomaly_maps=True (--anomaly-map / "
+            "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
+        )
+    written: list[Path] = []
+    for findings in outcome.findings:
+        path = write_anomaly_map(findings.anomaly_volume, findings.datasets, findings.algorithm,
+                                 findings.result.slice_indices, output_dir, axis=findings.result.axis,
+                                 processed_images=findings.source_images)
+        logger.info("Series %s: wrote the anomaly map %s", findings.name, path)
+        written.append(path)
     return written
 
 

@@ -42,6 +42,9 @@ from sdmad_monai.deploy import (
 )
 from sdmad_monai.deploy.app_logic import image_to_metatensor
 from sdmad_monai.deploy.demo import write_dicom_series
+from sdmad_monai.deploy.map_dicom import anomaly_map_identifiers
+from sdmad_monai.deploy.sr import AlgorithmInfo
+from sdmad_monai.inference import infer_volume
 from sdmad_monai.networks import SignDrivenDetector
 from sdmad_monai.transforms import load_volume
 
@@ -161,6 +164,34 @@ def test_app_re_run_gives_the_same_sr(study, app_module, tmp_path):
     run_app(app_module, "-i", study["input"], "-o", tmp_path / "b", "-m", study["model"].parent, "--device", "cpu")
     first, second = (pydicom.dcmread(tmp_path / d / f"sdmad_sr_{AXIAL}.dcm") for d in "ab")
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (second.SOPInstanceUID, second.SeriesInstanceUID)
+    assert not list((tmp_path / "a").glob("sdmad_map_*"))  # the anomaly map is off by default
+
+
+def test_app_anomaly_map_option_writes_the_map_series(study, app_module, tmp_path, monkeypatch):
+    """SDMAD_ANOMALY_MAP=1: the app also writes the 3D anomaly map as a Parametric Map on the series' geometry,
+    equal to the command line path's map (infer_volume on the ITK-read folder) on slices 0, 5, 10 and 0 elsewhere."""
+    monkeypatch.setenv("SDMAD_ANOMALY_MAP", "1")
+    run_app(app_module, "-i", study["input"], "-o", tmp_path / "out", "-m", study["model"], "--device", "cpu")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"sdmad_map_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json"]
+    pmap = pydicom.dcmread(tmp_path / "out" / f"sdmad_map_{AXIAL}.dcm")
+    detector = study["detector"]
+    assert (pmap.SeriesInstanceUID, pmap.SOPInstanceUID) == anomaly_map_identifiers(
+        STUDY, AXIAL, AlgorithmInfo.from_detector(detector))
+    assert str(pmap.ReferencedSeriesSequence[0].SeriesInstanceUID) == AXIAL
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in (study["input"] / "ax").iterdir()),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    reference = infer_volume(detector, load_volume(study["input"] / "ax"), indices=[0, 5, 10], anomaly_maps=True)
+    expected = reference.anomaly_volume()  # [X, Y, Z] on the series' grid
+    frames = {str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID): (frame, item)
+              for frame, item in zip(pmap.pixel_array, pmap.PerFrameFunctionalGroupsSequence, strict=True)}
+    assert len(frames) == len(sources) == 16
+    for k, source in enumerate(sources):
+        frame, item = frames[str(source.SOPInstanceUID)]
+        assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [float(v) for v in source.ImagePositionPatient])
+        np.testing.assert_allclose(frame, expected[:, :, k].T, atol=1e-5)
+        assert np.any(frame != 0) == (k in (0, 5, 10))
 
 
 def test_app_missing_slice_fails_after_writing_the_good_series(study, app_module, tmp_path):
