@@ -200,13 +200,19 @@ def check_categories(splits: dict[str, Any], category_labels: Sequence[str]) -> 
         )
 
 
-def report_training(checkpoint: str | Path, evaluator: Any, output_file: str | Path | None = None) -> dict[str, Any]:
+def report_training(
+    checkpoint: str | Path,
+    evaluator: Any,
+    output_file: str | Path | None = None,
+    evaluate_configs: Sequence[str] = ("configs/train.json", "configs/evaluate.json"),
+) -> dict[str, Any]:
     """After training: record the best validation result and say where the checkpoint and metrics are.
 
     Args:
         checkpoint: the best-metric checkpoint the trainer wrote.
         evaluator: the validation ``SupervisedEvaluator`` (its ``state`` holds the best key metric).
         output_file: where to write the summary JSON (default: ``training_summary.json`` beside the checkpoint).
+        evaluate_configs: the config files of the matching evaluation, named in the closing message.
 
     Returns:
         The summary dict.
@@ -234,7 +240,7 @@ def report_training(checkpoint: str | Path, evaluator: Any, output_file: str | P
         f"Training done. Best checkpoint: {summary['checkpoint']} "
         f"({summary['best_validation_metric']} = {summary['best_validation_value']:.4f} at epoch "
         f"{summary['best_validation_epoch']}). Summary: {output_file.resolve()}. Evaluate on the held-out test "
-        "volumes with: python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json']\""
+        f"data with: python -m monai.bundle run evaluating --config_file \"{list(evaluate_configs)}\""
     )
     logger.info(message)
     print(message, flush=True)

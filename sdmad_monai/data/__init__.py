@@ -1,6 +1,8 @@
 """Datalists for SD-MAD: fastMRI+ slices, BMAD folders, k-shot support sets and the deterministic demo dataset."""
 
 from sdmad_monai.data.bmad import BMAD_SECTIONS, build_bmad_datalist
+from sdmad_monai.data.bmad_demo import generate_bmad_like_dataset
+from sdmad_monai.data.bmad_protocol import BMAD_PIXEL_LEVEL, prepare_bmad_protocol
 from sdmad_monai.data.demo import (
     DEMO_SHAPE,
     DEMO_SPACING,
@@ -20,6 +22,7 @@ from sdmad_monai.data.fastmri import (
 from sdmad_monai.data.kshot import KShotSplit, load_k_shot, save_k_shot, select_k_shot
 
 __all__ = [
+    "BMAD_PIXEL_LEVEL",
     "BMAD_SECTIONS",
     "DEMO_SHAPE",
     "DEMO_SPACING",
@@ -32,8 +35,10 @@ __all__ = [
     "KShotSplit",
     "build_bmad_datalist",
     "build_fastmri_datalist",
+    "generate_bmad_like_dataset",
     "generate_demo_dataset",
     "load_k_shot",
+    "prepare_bmad_protocol",
     "read_fastmri_annotations",
     "read_fastmri_file_list",
     "save_k_shot",
