@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,17 @@ def _parse_slices(slices: Any) -> list[int] | str:
     if isinstance(slices, int) and not isinstance(slices, bool):
         return [slices]
     return str(slices)
+
+
+def _detector_loader(model: str, device: str, pretrained: str | None) -> Callable[[], Any]:
+    """A function loading the checkpoint, called only once a series matches the rules (torch is imported then)."""
+
+    def load_detector():
+        from .networks.detector import SignDrivenDetector
+
+        return SignDrivenDetector.load(model, map_location=device, pretrained=pretrained)
+
+    return load_detector
 
 
 class SdmadCommands:
@@ -89,11 +100,7 @@ class SdmadCommands:
         from .deploy.process import process_dicom_folder
         from .deploy.rules import load_series_rules
 
-        def load_detector():  # called only once a series matches the rules
-            from .networks.detector import SignDrivenDetector
-
-            return SignDrivenDetector.load(model, map_location=device, pretrained=pretrained)
-
+        load_detector = _detector_loader(model, device, pretrained)
         series_rules = load_series_rules(rules)  # a bad rules file fails before anything is read
         written = process_dicom_folder(
             load_detector,
@@ -158,11 +165,7 @@ class SdmadCommands:
         from .deploy.dicomweb import DicomWebConnection, process_study
         from .deploy.rules import load_series_rules
 
-        def load_detector():  # called only once a series matches the rules
-            from .networks.detector import SignDrivenDetector
-
-            return SignDrivenDetector.load(model, map_location=device, pretrained=pretrained)
-
+        load_detector = _detector_loader(model, device, pretrained)
         series_rules = load_series_rules(rules)  # a bad rules file fails before the PACS is contacted
         connection = DicomWebConnection(url, retries=retries, backoff=float(backoff), timeout=float(timeout))
         reports = process_study(

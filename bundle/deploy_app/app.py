@@ -147,40 +147,38 @@ class SDMADInferenceOperator(Operator):
         op_output.emit(outcome, "outcome")
 
 
-class SDMADSRWriterOperator(Operator):
+class _OutcomeWriterOperator(Operator):
+    """Writes files for each processed series of the inference ``outcome`` with :attr:`write_outputs`.
+
+    Named input: ``outcome``.
+    """
+
+    #: ``write_outputs(outcome, output_folder)`` from :mod:`sdmad_monai.deploy.app_logic`
+    write_outputs: Any = None
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any):
+        self._output_folder = Path(output_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec):
+        spec.input("outcome")
+
+    def compute(self, op_input, op_output, context):
+        type(self).write_outputs(op_input.receive("outcome"), self._output_folder)
+
+
+class SDMADSRWriterOperator(_OutcomeWriterOperator):
     """Writes ``sdmad_sr_<SeriesInstanceUID>.dcm`` (highdicom Comprehensive SR referencing the source series) and
-    its ``.json`` copy per processed series; fails the run after writing when a selected series failed.
+    its ``.json`` copy per processed series; fails the run after writing when a selected series failed."""
 
-    Named input: ``outcome``.
-    """
-
-    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any):
-        self._output_folder = Path(output_folder)
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec):
-        spec.input("outcome")
-
-    def compute(self, op_input, op_output, context):
-        write_inference_outcome(op_input.receive("outcome"), self._output_folder)
+    write_outputs = staticmethod(write_inference_outcome)
 
 
-class SDMADAnomalyMapWriterOperator(Operator):
+class SDMADAnomalyMapWriterOperator(_OutcomeWriterOperator):
     """Writes ``sdmad_map_<SeriesInstanceUID>.dcm`` (highdicom Parametric Map of the 3D anomaly map on the source
-    series' geometry, referencing it) per processed series. Added only with ``--anomaly-map``.
+    series' geometry, referencing it) per processed series. Added only with ``--anomaly-map``."""
 
-    Named input: ``outcome``.
-    """
-
-    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any):
-        self._output_folder = Path(output_folder)
-        super().__init__(fragment, *args, **kwargs)
-
-    def setup(self, spec: OperatorSpec):
-        spec.input("outcome")
-
-    def compute(self, op_input, op_output, context):
-        write_outcome_anomaly_maps(op_input.receive("outcome"), self._output_folder)
+    write_outputs = staticmethod(write_outcome_anomaly_maps)
 
 
 class SDMADApp(Application):
