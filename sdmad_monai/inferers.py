@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Sequence
 
 import torch
@@ -61,14 +60,10 @@ class ProtocolInferer(Inferer):
             raise TypeError(f"ProtocolInferer needs a SignDrivenDetector, got {type(detector).__name__}.")
         results: dict[str, Any] = {}
         if "sdmad" in self.variants or "sdmad_no_ss" in self.variants:
-            head = detector.anomaly_head
-            with head.capturing() if head is not None else contextlib.nullcontext() as captured:
-                features = detector.encode_image(inputs)
+            features, captured = detector.encode_image_with_tokens(inputs)
             text = detector.text_state()
-            if "sdmad" in self.variants:
-                results["sdmad"] = detector.score(features, text)
-                if head is not None:  # the anomaly maps of the same pass, as detector(inputs, output="all")
-                    results["sdmad"].update(detector.maps_from_tokens(captured, inputs.shape[-2:], text))
+            if "sdmad" in self.variants:  # as detector(inputs, output="all"), maps included
+                results["sdmad"] = detector.score_with_maps(features, captured, inputs.shape[-2:], text)
             if "sdmad_no_ss" in self.variants:
                 results["sdmad_no_ss"] = detector.score(features, text._replace(keep=torch.ones_like(text.keep)))
         if "clip" in self.variants:

@@ -378,8 +378,9 @@ class SignDrivenDetector(nn.Module):
             output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
                 ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation).
         """
-        if output == "all" and self.anomaly_head is not None:
-            return self._score_with_maps(image)
+        if output == "all":
+            features, captured = self.encode_image_with_tokens(image)
+            return self.score_with_maps(features, captured, image.shape[-2:], self.text_state())
         return self.score(self.encode_image(image), self.text_state(), output)
 
     def score(
@@ -446,22 +447,33 @@ class SignDrivenDetector(nn.Module):
             raise RuntimeError("This detector was built with map_layers=[]: anomaly maps are off.")
         return self.anomaly_head
 
-    def _score_with_maps(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`score` ``"all"`` plus the anomaly maps, from one image-encoder pass (the hooks keep the tokens)."""
-        head = self._require_maps()
-        with head.capturing() as captured:
+    def encode_image_with_tokens(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """:meth:`encode_image` plus the map layers' (adapted) block outputs of the same pass, by layer (``{}`` when
+        maps are off): the inputs of :meth:`score_with_maps` and of the memory bank."""
+        if self.anomaly_head is None:
+            return self.encode_image(image), {}
+        with self.anomaly_head.capturing() as captured:
             features = self.encode_image(image)
-        text = self.text_state()
-        result = self.score(features, text, "all")
-        result.update(self.maps_from_tokens(captured, image.shape[-2:], text))
+        return features, captured
+
+    def score_with_maps(
+        self,
+        image_features: torch.Tensor,
+        captured: Mapping[int, torch.Tensor],
+        image_size: Sequence[int],
+        text: TextState,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`score` ``"all"`` plus, when maps are on, the anomaly maps of the same encoder pass (the outputs of
+        :meth:`encode_image_with_tokens`); what ``forward(image, output="all")`` returns."""
+        result = self.score(image_features, text, "all")
+        if self.anomaly_head is not None:
+            result.update(self.maps_from_tokens(captured, image_size, text))
         return result
 
     def maps_from_tokens(
         self, captured: Mapping[int, torch.Tensor], image_size: Sequence[int], text: TextState
     ) -> dict[str, torch.Tensor]:
-        """Anomaly maps (see :meth:`AnomalyMapHead.maps`) from tokens captured by ``anomaly_head.capturing()`` during
-        ``encode_image``, for callers that run the encoder themselves (e.g. :class:`~sdmad_monai.inferers.
-        ProtocolInferer`)."""
+        """Anomaly maps (see :meth:`AnomalyMapHead.maps`) from tokens captured by :meth:`encode_image_with_tokens`."""
         return self._require_maps().maps(
             captured, image_size, text.features, text.prompt_categories, text.keep, text.anchor, self.adapters_enabled
         )
@@ -469,9 +481,8 @@ class SignDrivenDetector(nn.Module):
     def anomaly_maps(self, image: torch.Tensor) -> torch.Tensor:
         """Anomaly maps ``[B, H, W]`` of CLIP-normalised images ``[B, 3, H, W]`` at the input size (higher = more
         anomalous): the ``"anomaly_map"`` entry of ``forward(image, output="all")`` without the scores."""
-        head = self._require_maps()
-        with head.capturing() as captured:
-            self.encode_image(image)
+        self._require_maps()
+        _, captured = self.encode_image_with_tokens(image)
         return self.maps_from_tokens(captured, image.shape[-2:], self.text_state())["anomaly_map"]
 
     @torch.no_grad()
@@ -495,8 +506,7 @@ class SignDrivenDetector(nn.Module):
         per_layer: list[list[torch.Tensor]] = [[] for _ in head.layers]
         for start in range(0, normal_images.shape[0], batch_size):
             chunk = normal_images[start : start + batch_size].to(device)
-            with head.capturing() as captured:
-                self.encode_image(chunk)
+            _, captured = self.encode_image_with_tokens(chunk)
             for i, features in enumerate(head.patch_features(captured, chunk.shape[-2:])):
                 per_layer[i].append(features.reshape(-1, features.shape[-1]))
         head.set_memory_bank([torch.cat(f) for f in per_layer], adapted=self.adapters_enabled)
