@@ -232,7 +232,7 @@ def infer_volume(
     outputs: list[dict[str, torch.Tensor]] = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
-        result = detector(batch, output="all")
+        result = detector(batch, output="all", maps=anomaly_maps)
         if anomaly_maps and "anomaly_map" not in result:
             raise ValueError(
                 f"{source}: anomaly maps were asked for but the detector gives none; build it with map layers "

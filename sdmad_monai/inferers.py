@@ -24,18 +24,20 @@ VARIANTS = ("clip", "sdmad_no_ss", "sdmad")
 
 
 class DetectorInferer(Inferer):
-    """``network(inputs, output=output)``.
+    """``network(inputs, output=output, maps=maps)``.
 
     Args:
         output: ``"scores"``, ``"predictions"`` or ``"all"`` (see :meth:`SignDrivenDetector.forward`).
+        maps: with ``output="all"``, compute the anomaly maps too (``False`` when nothing downstream uses them).
     """
 
-    def __init__(self, output: str = "all") -> None:
+    def __init__(self, output: str = "all", maps: bool = True) -> None:
         super().__init__()
         self.output = output
+        self.maps = bool(maps)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return network(inputs, *args, output=self.output, **kwargs)
+        return network(inputs, *args, output=self.output, maps=self.maps, **kwargs)
 
 
 class ProtocolInferer(Inferer):

@@ -370,15 +370,20 @@ class SignDrivenDetector(nn.Module):
         return TextState(features, categories, anchor, keep)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, image: torch.Tensor, output: str = "scores") -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, output: str = "scores", maps: bool = True
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Score CLIP-normalised images ``[B, 3, H, W]``.
 
         Args:
             image: input batch.
             output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
-                ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation).
+                ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation), plus the anomaly
+                maps of :meth:`score_with_maps` when the detector has them.
+            maps: with ``output="all"``, ``False`` skips the anomaly-map work (callers that do not use the maps:
+                training without the pixel loss, inference without map outputs); the other entries are the same.
         """
-        if output == "all":
+        if output == "all" and maps:
             features, captured = self.encode_image_with_tokens(image)
             return self.score_with_maps(features, captured, image.shape[-2:], self.text_state())
         return self.score(self.encode_image(image), self.text_state(), output)

@@ -37,6 +37,11 @@ def test_maps_have_input_size_and_scores_are_unchanged(detector):
         assert torch.equal(out[key], plain[key]), key
     assert torch.equal(detector.anomaly_maps(x), out["anomaly_map"])
     assert torch.all((out["anomaly_map"] >= 0) & (out["anomaly_map"] <= 1))
+    skipped = detector(x, output="all", maps=False)  # what training without the pixel loss and plain inference use
+    assert not {"anomaly_map", "anomaly_map_zero_shot", "patch_logits"} & set(skipped)
+    assert set(skipped) == set(plain)
+    for key in ("scores", "predictions", "image_score", "similarities", "image_features"):
+        assert torch.equal(skipped[key], out[key]), key
 
 
 def test_patch_tokens_are_projected_like_the_pooled_token(detector):
