@@ -45,11 +45,11 @@ def _resolve_dataset(
     file_list_csv: str | Path | None,
     image_suffix: str,
     demo_volumes: int,
-    seed: int,
+    demo_seed: int,
 ) -> tuple[Path, Path, Path, str]:
     if dataset_dir is None:
         logger.info("No dataset_dir given: using the generated demo dataset in %s", work_dir / "demo")
-        demo = generate_demo_dataset(work_dir / "demo", num_volumes=demo_volumes, seed=seed)
+        demo = generate_demo_dataset(work_dir / "demo", num_volumes=demo_volumes, seed=demo_seed)
         return demo["annotations_csv"], demo["file_list_csv"], demo["images_dir"], DEMO_SUFFIX
     root = Path(dataset_dir)
     if not root.is_dir():
@@ -90,6 +90,7 @@ def prepare_splits(
     missing: str = "error",
     demo_volumes: int = 60,
     require_dataset: bool = False,
+    demo_seed: int = 0,
 ) -> dict[str, Any]:
     """Build (or reuse) the training / validation / test slice datalists.
 
@@ -108,6 +109,8 @@ def prepare_splits(
         study_level: study-level label handling (see :func:`sdmad_monai.data.build_fastmri_datalist`).
         missing: what to do with listed volumes whose image file is absent (``"error"`` or ``"skip"``).
         demo_volumes: number of demo volumes when ``dataset_dir`` is ``None``.
+        demo_seed: seed of the generated demo dataset, kept apart from ``seed`` so that runs over several seeds draw
+            different k-shot sets from the same data.
         require_dataset: refuse to fall back on the demo (real-data settings such as ``configs/paper.json``).
 
     Returns:
@@ -133,6 +136,7 @@ def prepare_splits(
         "validation_fraction": float(validation_fraction),
         "study_level": study_level,
         "demo_volumes": int(demo_volumes) if dataset_dir is None else None,
+        "demo_seed": int(demo_seed) if dataset_dir is None else None,
         "annotations_csv": None if annotations_csv is None else str(Path(annotations_csv).resolve()),
         "file_list_csv": None if file_list_csv is None else str(Path(file_list_csv).resolve()),
         "image_suffix": image_suffix,
@@ -146,7 +150,7 @@ def prepare_splits(
             return previous
 
     annotations, file_list, images, suffix = _resolve_dataset(
-        dataset_dir, work_dir, annotations_csv, file_list_csv, image_suffix, demo_volumes, seed
+        dataset_dir, work_dir, annotations_csv, file_list_csv, image_suffix, demo_volumes, demo_seed
     )
     datalist = build_fastmri_datalist(
         annotations,

@@ -235,3 +235,12 @@ def test_prepare_batch_with_masks():
     assert torch.equal(target["mask"], batch["mask"]) and torch.equal(target["label"], batch["label"])
     with pytest.raises(KeyError, match="needs a 'mask'"):
         PrepareBatchWithMasks()({"image": batch["image"], "label": batch["label"]})
+
+
+def test_seed_changes_the_k_shot_draw_not_the_demo_data(tmp_path):
+    first = prepare_splits(tmp_path, demo_volumes=14, k_shot=1, seed=0)
+    demo_manifest = (tmp_path / "demo" / "manifest.json").read_text()
+    second = prepare_splits(tmp_path, demo_volumes=14, k_shot=1, seed=1)
+    assert (tmp_path / "demo" / "manifest.json").read_text() == demo_manifest
+    assert second["settings"]["demo_seed"] == first["settings"]["demo_seed"] == 0
+    assert {i["file"] for i in first["training"]} != {i["file"] for i in second["training"]}
