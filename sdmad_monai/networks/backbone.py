@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "MODEL_CONFIG_DIR",
     "TINY_MODEL_NAME",
+    "DEMO_PRETRAINED",
     "WeightsUnavailableError",
     "load_clip",
     "image_blocks",
@@ -35,6 +36,9 @@ __all__ = [
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 TINY_MODEL_NAME = "sdmad-tiny"
+#: ``pretrained`` tag of the demo weights: ``sdmad-tiny`` pretrained here on generated image-report pairs
+#: (:mod:`sdmad_monai.networks.demo_backbone`); figures made with it say "demo data".
+DEMO_PRETRAINED = "demo"
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
