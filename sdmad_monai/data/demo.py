@@ -40,6 +40,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -49,7 +51,19 @@ from scipy import ndimage
 from sdmad_monai.utils import atomic_write_bytes, atomic_write_json, current_umask
 from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES, FASTMRI_CSV_COLUMNS
 
-__all__ = ["DEMO_SUFFIX", "DEMO_SHAPE", "DEMO_SPACING", "generate_demo_dataset"]
+__all__ = [
+    "DEMO_SUFFIX",
+    "DEMO_SHAPE",
+    "DEMO_SPACING",
+    "DEMO_STYLE",
+    "SignStyle",
+    "assign_categories",
+    "demo_affine",
+    "generate_demo_dataset",
+    "load_template",
+    "render_volume",
+    "subject_fingerprint",
+]
 
 DEMO_SUFFIX = ".nii.gz"
 DEMO_SHAPE = (96, 96, 16)
@@ -61,7 +75,7 @@ _CENTRE = np.array([0.0, -18.0, 20.0])  # rotation centre in MNI space (mm)
 CRANIOTOMY, POSTTREATMENT, LESION, DURAL, VENTRICLES, SMALL_VESSEL = FASTMRI_BRAIN_CATEGORIES
 
 
-def _demo_affine() -> np.ndarray:
+def demo_affine() -> np.ndarray:
     nx, ny, _ = DEMO_SHAPE
     aff = np.diag([*DEMO_SPACING, 1.0])
     aff[:3, 3] = [-(nx - 1) / 2 * DEMO_SPACING[0], -18.0 - (ny - 1) / 2 * DEMO_SPACING[1], _Z0]
@@ -78,7 +92,7 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
 
 def _subject_volume(template: np.ndarray, t_aff: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Resample the template on the demo grid through a random similarity transform; returns float [X, Y, Z]."""
-    aff = _demo_affine()
+    aff = demo_affine()
     rot = _rotation(rng)
     scale = rng.uniform(0.92, 1.08) * rng.uniform(0.97, 1.03, size=3)
     shift = rng.uniform(-4, 4, size=3)
@@ -90,7 +104,17 @@ def _subject_volume(template: np.ndarray, t_aff: np.ndarray, rng: np.random.Gene
     return vol.astype(np.float64)
 
 
-def _load_template() -> tuple[np.ndarray, np.ndarray]:
+def subject_fingerprint(template: np.ndarray, t_aff: np.ndarray, key: Sequence[int]) -> str:
+    """sha256 of the anatomy drawn from the random stream ``default_rng(key)`` (the subject before any sign).
+
+    The demo dataset's volume ``i`` uses ``key = [seed, i]``; two volumes with equal fingerprints are the same
+    subject whatever signs or style were drawn on them.
+    """
+    volume = _subject_volume(template, t_aff, np.random.default_rng(list(key)))
+    return hashlib.sha256(np.ascontiguousarray(volume).tobytes()).hexdigest()
+
+
+def load_template() -> tuple[np.ndarray, np.ndarray]:
     """The MNI152 T1 1 mm template shipped inside the nilearn wheel, scaled to [0, 1] and lightly smoothed.
 
     This is the file behind ``nilearn.datasets.load_mni152_template`` (which rescales it the same way); it is read
@@ -147,12 +171,52 @@ def _box(sign: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)
 
 
-def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, str]]:
+@dataclass(frozen=True)
+class SignStyle:
+    """How the generator draws the signs: a number is used as is, a ``(low, high)`` pair is drawn per volume or sign.
+
+    :data:`DEMO_STYLE` is the demo dataset's; the demo backbone's pretraining corpus
+    (:mod:`sdmad_monai.data.report_corpus`) draws its volumes in a shifted style, so that the few-shot step has
+    something to adapt, as general CLIP has on radiology.
+
+    Attributes:
+        bright: sign brightness as a multiple of the brain's 95th intensity percentile (lesions, rims, dura, dots).
+        dark: cavity / ventricle intensity, same unit.
+        craniotomy_half_width: half angle (degrees) of the skull gap.
+        cavity_radius: resection cavity radius (voxels).
+        cavity_rim: rim width around the cavity (voxels).
+        lesion_radius: focal lesion radius (voxels).
+        dural_thickness: thickness of the dural band (voxels).
+        ventricle_growth: ventricle size factor.
+        vessel_dots: ``(low, high)`` number of small-vessel dots (upper bound exclusive).
+    """
+
+    bright: float | tuple[float, float] = 1.3
+    dark: float | tuple[float, float] = 0.1
+    craniotomy_half_width: float | tuple[float, float] = 28.0
+    cavity_radius: float | tuple[float, float] = (5.0, 7.0)
+    cavity_rim: float | tuple[float, float] = 2.0
+    lesion_radius: float | tuple[float, float] = (2.2, 3.2)
+    dural_thickness: float | tuple[float, float] = 2.5
+    ventricle_growth: float | tuple[float, float] = (1.0, 1.3)
+    vessel_dots: tuple[int, int] = (14, 22)
+
+
+#: The demo dataset's sign style.
+DEMO_STYLE = SignStyle()
+
+
+def _value(rng: np.random.Generator, spec: float | tuple[float, float]) -> float:
+    """A style value: fixed numbers draw nothing (so the demo's random stream does not depend on the style type)."""
+    return float(rng.uniform(*spec)) if isinstance(spec, tuple) else float(spec)
+
+
+def _draw_signs(vol, mask, d_out, cats, rng, style: SignStyle = DEMO_STYLE) -> list[tuple[int, tuple | None, str]]:
     """Draw the signs of ``cats``; returns fastMRI+ rows (slice, box or None for study-level, label)."""
     rows: list[tuple[int, tuple | None, str]] = []
     nz = vol.shape[2]
     wm = float(np.percentile(vol[mask], 95))
-    bright, dark = 1.3 * wm, 0.1 * wm
+    bright, dark = _value(rng, style.bright) * wm, _value(rng, style.dark) * wm
 
     def d_in(z):
         return ndimage.distance_transform_edt(mask[..., z])
@@ -161,11 +225,12 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
         if cat == CRANIOTOMY:
             c = int(rng.choice([5, 10]))
             theta0 = rng.uniform(-np.pi, np.pi)
+            half_width = np.deg2rad(_value(rng, style.craniotomy_half_width))
             for z in range(max(0, c - 3), min(nz, c + 4)):
                 if not mask[..., z].any():
                     continue
                 theta, _, _ = _polar(mask[..., z])
-                sign = (d_out[..., z] > 0) & (d_out[..., z] <= 5.0) & _in_sector(theta, theta0, np.deg2rad(28))
+                sign = (d_out[..., z] > 0) & (d_out[..., z] <= 5.0) & _in_sector(theta, theta0, half_width)
                 if sign.sum() < 4:
                     continue
                 vol[..., z][sign] = 0.0
@@ -174,7 +239,8 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
             c = int(rng.choice([5, 10]))
             inside = np.argwhere(d_in(c) >= 12)
             cx, cy = inside[rng.integers(len(inside))]
-            radius = rng.uniform(5.0, 7.0)
+            radius = _value(rng, style.cavity_radius)
+            rim_width = _value(rng, style.cavity_rim)
             dz = DEMO_SPACING[2] / DEMO_SPACING[0]
             x, y = np.meshgrid(np.arange(vol.shape[0]), np.arange(vol.shape[1]), indexing="ij")
             for z in range(nz):
@@ -183,7 +249,7 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
                     continue
                 r = np.sqrt(r2)
                 dist = np.hypot(x - cx, y - cy)
-                cavity, rim = dist <= r, (dist > r) & (dist <= r + 2.0)
+                cavity, rim = dist <= r, (dist > r) & (dist <= r + rim_width)
                 vol[..., z][rim & mask[..., z]] = bright
                 vol[..., z][cavity] = dark
                 rows.append((z, _box(cavity | (rim & mask[..., z])), cat))
@@ -196,25 +262,26 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
                 if len(inside) == 0:
                     continue
                 cx, cy = inside[rng.integers(len(inside))]
-                r = rng.uniform(2.2, 3.2)
+                r = _value(rng, style.lesion_radius)
                 blob = np.hypot(x - cx, y - cy) <= r
                 vol[..., z][blob] = bright
                 rows.append((z, _box(blob), cat))
         elif cat == DURAL:
             c = int(rng.choice([0, 5, 10]))
             theta0 = rng.uniform(-np.pi, np.pi)
+            thickness = _value(rng, style.dural_thickness)
             for z in range(max(0, c - 2), min(nz, c + 3)):
                 if not mask[..., z].any():
                     continue
                 theta, _, _ = _polar(mask[..., z])
                 di = d_in(z)
-                sign = (di > 0) & (di <= 2.5) & _in_sector(theta, theta0, np.deg2rad(40))
+                sign = (di > 0) & (di <= thickness) & _in_sector(theta, theta0, np.deg2rad(40))
                 if sign.sum() < 4:
                     continue
                 vol[..., z][sign] = bright
                 rows.append((z, _box(sign), cat))
         elif cat == VENTRICLES:
-            grow = rng.uniform(1.0, 1.3)
+            grow = _value(rng, style.ventricle_growth)
             off = rng.uniform(-1.5, 1.5, size=2)
             for z in range(3, min(nz, 12)):
                 _, _, centre = _polar(mask[..., z])
@@ -232,7 +299,7 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
             z = 0
             _, rad, _ = _polar(mask[..., z])
             cand = np.argwhere((rad >= 6) & (rad <= 16) & (d_in(z) >= 3))
-            picks = cand[rng.choice(len(cand), size=min(len(cand), int(rng.integers(14, 22))), replace=False)]
+            picks = cand[rng.choice(len(cand), size=min(len(cand), int(rng.integers(*style.vessel_dots))), replace=False)]
             for px, py in picks:
                 vol[max(px - 1, 0) : px + 1, max(py - 1, 0) : py + 1, z] = bright
             rows.append((0, None, cat))
@@ -241,7 +308,40 @@ def _draw_signs(vol, mask, d_out, cats, rng) -> list[tuple[int, tuple | None, st
     return rows
 
 
-def _assign_categories(num_volumes: int, rng: np.random.Generator) -> list[list[str]]:
+def render_volume(
+    template: np.ndarray,
+    t_aff: np.ndarray,
+    categories: Sequence[str],
+    rng: np.random.Generator,
+    style: SignStyle = DEMO_STYLE,
+) -> tuple[np.ndarray, list[tuple[int, tuple | None, str]]]:
+    """One demo subject: resampled anatomy, head rim, the signs of ``categories``, bias field and noise.
+
+    Args:
+        template: the MNI152 template from :func:`load_template`.
+        t_aff: its affine.
+        categories: the volume's categories (empty for a normal volume).
+        rng: the volume's random generator (the demo uses ``default_rng([seed, index])``).
+        style: how the signs are drawn.
+
+    Returns:
+        ``(data, rows)``: int16 ``[X, Y, Z]`` on :func:`demo_affine`'s grid, and fastMRI+ rows ``(slice, box or None,
+        label)`` (a normal volume sometimes carries a study-level ``Normal for age`` row, as in fastMRI+).
+    """
+    vol = _subject_volume(template, t_aff, rng)
+    vol, mask, d_out = _head(vol)
+    rows = _draw_signs(vol, mask, d_out, list(categories), rng, style)
+    if not categories and rng.uniform() < 0.5:
+        rows.append((0, None, "Normal for age"))
+    x, y = np.meshgrid(np.linspace(-1, 1, DEMO_SHAPE[0]), np.linspace(-1, 1, DEMO_SHAPE[1]), indexing="ij")
+    bias = 1.0 + rng.uniform(-0.08, 0.08) * x[..., None] + rng.uniform(-0.08, 0.08) * y[..., None]
+    vol = vol * rng.uniform(0.85, 1.15) * bias
+    vol = np.abs(vol + rng.normal(0.0, 0.015, size=vol.shape))
+    return np.clip(np.round(vol * 1000.0), 0, 32767).astype(np.int16), rows
+
+
+def assign_categories(num_volumes: int, rng: np.random.Generator) -> list[list[str]]:
+    """Categories per volume: about 30 % normal, each abnormal volume one category and sometimes (40 %) a second."""
     n_normal = max(1, int(round(0.3 * num_volumes)))
     cats = list(FASTMRI_BRAIN_CATEGORIES)
     order = [cats[i] for i in rng.permutation(len(cats))]
@@ -259,10 +359,10 @@ def _assign_categories(num_volumes: int, rng: np.random.Generator) -> list[list[
 
 
 def _nifti_bytes(data: np.ndarray) -> bytes:
-    img = nib.Nifti1Image(data, _demo_affine())
+    img = nib.Nifti1Image(data, demo_affine())
     img.header.set_xyzt_units("mm", "sec")
-    img.set_sform(_demo_affine(), code=1)
-    img.set_qform(_demo_affine(), code=1)
+    img.set_sform(demo_affine(), code=1)
+    img.set_qform(demo_affine(), code=1)
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
@@ -326,7 +426,7 @@ def generate_demo_dataset(out_dir: str | os.PathLike, num_volumes: int = 40, see
             f"{root} exists and is not a demo dataset folder (no manifest.json); refusing to overwrite it."
         )
 
-    template, t_aff = _load_template()
+    template, t_aff = load_template()
 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -334,23 +434,14 @@ def generate_demo_dataset(out_dir: str | os.PathLike, num_volumes: int = 40, see
         os.chmod(tmp, 0o777 & ~current_umask())
         (tmp / "images").mkdir()
         rng = np.random.default_rng(seed)
-        assignment = _assign_categories(int(num_volumes), rng)
+        assignment = assign_categories(int(num_volumes), rng)
         csv_lines = [",".join(FASTMRI_CSV_COLUMNS)]
         stems = []
         for i, cats in enumerate(assignment):
             vrng = np.random.default_rng([int(seed), i])
             stem = f"file_brain_AXT1_DEMO_{i:04d}"
             stems.append(stem)
-            vol = _subject_volume(template, t_aff, vrng)
-            vol, mask, d_out = _head(vol)
-            rows = _draw_signs(vol, mask, d_out, cats, vrng)
-            if not cats and vrng.uniform() < 0.5:
-                rows.append((0, None, "Normal for age"))
-            x, y = np.meshgrid(np.linspace(-1, 1, DEMO_SHAPE[0]), np.linspace(-1, 1, DEMO_SHAPE[1]), indexing="ij")
-            bias = 1.0 + vrng.uniform(-0.08, 0.08) * x[..., None] + vrng.uniform(-0.08, 0.08) * y[..., None]
-            vol = vol * vrng.uniform(0.85, 1.15) * bias
-            vol = np.abs(vol + vrng.normal(0.0, 0.015, size=vol.shape))
-            data = np.clip(np.round(vol * 1000.0), 0, 32767).astype(np.int16)
+            data, rows = render_volume(template, t_aff, cats, vrng)
             atomic_write_bytes(tmp / "images" / f"{stem}{DEMO_SUFFIX}", _nifti_bytes(data))
             for z, box, label in sorted(rows, key=lambda r: (r[2] not in (SMALL_VESSEL, "Normal for age"), r[0])):
                 if box is None:

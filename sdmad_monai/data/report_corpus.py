@@ -1,0 +1,268 @@
+"""Generated image-report pairs: the corpus the demo backbone is pretrained on.
+
+Real CLIP learned radiology from web image-caption pairs, never from our prompt bank, and what it learned transfers
+only in part to a given hospital's scans. This corpus gives the tiny demo CLIP (``sdmad-tiny``) a prior of that kind:
+
+* **Images**: every axial slice (16 per volume) of volumes drawn by the demo generator
+  (:func:`sdmad_monai.data.demo.render_volume`), with random streams disjoint from the demo dataset's
+  (``default_rng([CORPUS_STREAM, seed, i])`` here, ``default_rng([seed, i])`` there;
+  :func:`~sdmad_monai.data.demo.subject_fingerprint` lets a test check that no subject is shared) and in a *shifted domain*: signs drawn with other sizes and intensities
+  (:data:`CORPUS_STYLE`) and a per-volume contrast curve (gamma in :data:`CORPUS_GAMMA`). Slices go through the same
+  slice extraction and CLIP preprocessing as the demo's training data.
+* **Reports**: one short report per slice, written from a radiology phrase vocabulary (:data:`REPORT_PHRASES`) that
+  shares no four-word run with the prompt bank (a test checks it), with the noise of real reports: a finding is left
+  out with probability ``omit_probability`` (a slice whose findings are all left out reads as normal), hedged
+  ("possible", "cannot exclude"), the findings come in random order, normal slices get varied normal phrasing, and
+  some reports carry a technique or location remark that says nothing about the finding.
+
+Everything is deterministic from ``seed``. The slice labels (what is really drawn) are kept beside the reports, so
+the corpus can also score a zero-shot model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from tqdm import tqdm
+
+from sdmad_monai.data.demo import (
+    CRANIOTOMY,
+    DURAL,
+    LESION,
+    POSTTREATMENT,
+    SMALL_VESSEL,
+    VENTRICLES,
+    SignStyle,
+    assign_categories,
+    demo_affine,
+    load_template,
+    render_volume,
+    subject_fingerprint,
+)
+from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES
+
+__all__ = [
+    "CORPUS_GAMMA",
+    "CORPUS_STREAM",
+    "CORPUS_STYLE",
+    "NORMAL_PHRASES",
+    "REPORT_PHRASES",
+    "ReportCorpus",
+    "build_report_corpus",
+    "write_report",
+]
+
+#: First entry of every corpus volume's seed sequence; the demo dataset's sequences are ``[seed, i]`` (two entries),
+#: so the two never share a random stream.
+CORPUS_STREAM = 0x5D_4D_C0
+
+#: The corpus's shifted sign style (the demo's is :data:`sdmad_monai.data.demo.DEMO_STYLE`): wider ranges of size and
+#: intensity, so that the prior is right about what a sign is but not about how it looks in the demo's scans.
+CORPUS_STYLE = SignStyle(
+    bright=(1.12, 1.7),
+    dark=(0.0, 0.35),
+    craniotomy_half_width=(12.0, 45.0),
+    cavity_radius=(3.5, 8.5),
+    cavity_rim=(0.8, 3.0),
+    lesion_radius=(1.4, 4.6),
+    dural_thickness=(1.2, 4.2),
+    ventricle_growth=(1.05, 1.6),
+    vessel_dots=(6, 32),
+)
+
+#: Range of the per-volume contrast curve ``x ** gamma`` applied to the corpus volumes (the demo's volumes: 1).
+CORPUS_GAMMA = (0.55, 1.7)
+
+#: Report phrases per fastMRI+ category: radiology wording, deliberately not the prompt bank's sentences.
+REPORT_PHRASES: dict[str, tuple[str, ...]] = {
+    CRANIOTOMY: (
+        "status post craniotomy",
+        "postsurgical changes of prior craniotomy",
+        "craniotomy defect of the calvarium",
+        "prior cranial surgery with bone flap",
+        "skull defect from previous surgery",
+        "calvarial gap at the operative site",
+    ),
+    POSTTREATMENT: (
+        "postoperative resection cavity",
+        "treatment related changes",
+        "surgical bed with surrounding gliosis",
+        "post radiation parenchymal changes",
+        "postsurgical encephalomalacia",
+        "evolving posttreatment changes at the operative bed",
+    ),
+    LESION: (
+        "nonspecific focus of hyperintensity",
+        "small indeterminate lesion",
+        "punctate bright focus, likely nonspecific",
+        "tiny nonspecific parenchymal lesion",
+        "focal abnormal signal of unclear significance",
+    ),
+    DURAL: (
+        "pachymeningeal thickening",
+        "smooth dural thickening",
+        "thickened dura over the convexity",
+        "dural enhancement and thickening",
+        "meningeal thickening along the calvarium",
+    ),
+    VENTRICLES: (
+        "ventriculomegaly",
+        "prominent lateral ventricles",
+        "dilated ventricular system",
+        "hydrocephalus",
+        "ventricles are enlarged",
+        "enlargement of the lateral ventricles",
+    ),
+    SMALL_VESSEL: (
+        "chronic microvascular ischemic changes",
+        "scattered white matter hyperintensities",
+        "periventricular white matter disease",
+        "mild small vessel disease",
+        "leukoaraiosis",
+        "age related white matter changes",
+    ),
+}
+
+#: Ways a report says "no finding".
+NORMAL_PHRASES: tuple[str, ...] = (
+    "no acute intracranial abnormality",
+    "unremarkable brain MRI",
+    "normal MRI of the brain",
+    "brain parenchyma within normal limits",
+    "no mass, hemorrhage or infarct",
+    "ventricles and sulci are normal in size",
+    "no intracranial findings",
+    "normal study for age",
+)
+
+_HEDGES = ("possible", "probable", "suspected", "likely", "cannot exclude", "questionable")
+_LOCATIONS = ("left frontal", "right frontal", "left parietal", "right parietal", "bifrontal", "occipital")
+_REMARKS = ("axial image", "mild motion artifact", "limited evaluation", "comparison with prior", "single slice")
+
+
+def write_report(findings: Sequence[str], rng: np.random.Generator, omit_probability: float = 0.15) -> str:
+    """One report for a slice showing ``findings`` (fastMRI+ category strings), with real reports' noise.
+
+    Args:
+        findings: categories drawn on the slice (empty for a normal slice).
+        rng: random generator.
+        omit_probability: chance that a finding is left out of the report.
+
+    Returns:
+        The report, lower case, phrases joined with ``"; "``.
+    """
+    unknown = [f for f in findings if f not in REPORT_PHRASES]
+    if unknown:
+        raise ValueError(f"no report phrases for categories {unknown}; expected some of {list(REPORT_PHRASES)}.")
+    parts = []
+    for finding in findings:
+        if rng.uniform() < omit_probability:
+            continue
+        phrase = REPORT_PHRASES[finding][int(rng.integers(len(REPORT_PHRASES[finding])))]
+        if rng.uniform() < 0.2:
+            phrase = f"{_LOCATIONS[int(rng.integers(len(_LOCATIONS)))]} {phrase}"
+        if rng.uniform() < 0.2:
+            phrase = f"{_HEDGES[int(rng.integers(len(_HEDGES)))]} {phrase}"
+        parts.append(phrase)
+    if not parts:
+        parts.append(NORMAL_PHRASES[int(rng.integers(len(NORMAL_PHRASES)))])
+    order = rng.permutation(len(parts))
+    parts = [parts[i] for i in order]
+    if rng.uniform() < 0.15:
+        parts.append(_REMARKS[int(rng.integers(len(_REMARKS)))])
+    return "; ".join(parts).lower()
+
+
+@dataclass
+class ReportCorpus:
+    """Slices and their reports.
+
+    Attributes:
+        images: ``[N, 3, S, S]`` float16 CLIP-normalised slices.
+        reports: ``N`` report strings.
+        labels: ``[N, K]`` multi-hot of what is drawn on each slice (:data:`FASTMRI_BRAIN_CATEGORIES` order).
+        volumes: ``[N]`` index of the volume each slice comes from.
+        fingerprints: one :func:`sdmad_monai.data.demo.subject_fingerprint` per volume (its anatomy).
+    """
+
+    images: torch.Tensor
+    reports: list[str]
+    labels: torch.Tensor
+    volumes: torch.Tensor
+    fingerprints: list[str]
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+
+def _slice_labels(rows: Sequence[tuple[int, tuple | None, str]], num_slices: int) -> np.ndarray:
+    """``[Z, K]`` labels: a box row marks its slice; a study-level row (small vessel change) marks slice 0."""
+    labels = np.zeros((num_slices, len(FASTMRI_BRAIN_CATEGORIES)), dtype=np.float32)
+    for z, _box, label in rows:
+        if label in FASTMRI_BRAIN_CATEGORIES:
+            labels[z, FASTMRI_BRAIN_CATEGORIES.index(label)] = 1.0
+    return labels
+
+
+def _preprocess(data: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """All axial slices of a volume through the demo's slice extraction and CLIP chain: ``[Z, 3, S, S]``."""
+    from sdmad_monai.transforms import ExtractSlices, clip_slice_transforms
+
+    volume = MetaTensor(torch.as_tensor(data, dtype=torch.float32)[None], affine=torch.as_tensor(demo_affine()))
+    slices = torch.stack([s.as_tensor() for s in ExtractSlices("axial")(volume)])  # [Z, 1, H, W]
+    out = clip_slice_transforms("image", image_size, mean, std)({"image": slices})["image"]
+    return out.as_tensor() if isinstance(out, MetaTensor) else out
+
+
+def build_report_corpus(
+    num_volumes: int,
+    seed: int = 0,
+    image_size: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    omit_probability: float = 0.15,
+    progress: bool = True,
+) -> ReportCorpus:
+    """Generate the corpus described in the module docstring.
+
+    Args:
+        num_volumes: number of generated volumes (16 slices each); at least 7 (six categories and normals).
+        seed: corpus seed; the same seed gives the same corpus.
+        image_size: slice side after preprocessing (the demo backbone's input size).
+        mean: CLIP normalisation mean (default OpenAI CLIP's, which ``sdmad-tiny`` uses).
+        std: CLIP normalisation std.
+        omit_probability: chance that a report leaves out a drawn finding.
+        progress: show a progress bar.
+
+    Returns:
+        :class:`ReportCorpus`.
+    """
+    from sdmad_monai.transforms.intensity import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    if isinstance(num_volumes, bool) or int(num_volumes) != num_volumes or num_volumes < 7:
+        raise ValueError(f"num_volumes must be an integer >= 7, got {num_volumes!r}.")
+    mean = OPENAI_CLIP_MEAN if mean is None else mean
+    std = OPENAI_CLIP_STD if std is None else std
+    template, t_aff = load_template()
+    assignment = assign_categories(int(num_volumes), np.random.default_rng([CORPUS_STREAM, int(seed)]))
+    images, reports, labels, volumes, fingerprints = [], [], [], [], []
+    for index, categories in enumerate(tqdm(assignment, desc="report corpus", unit="volume", disable=not progress)):
+        key = [CORPUS_STREAM, int(seed), index]
+        fingerprints.append(subject_fingerprint(template, t_aff, key))
+        rng = np.random.default_rng(key)
+        data, rows = render_volume(template, t_aff, categories, rng, CORPUS_STYLE)
+        gamma = rng.uniform(*CORPUS_GAMMA)
+        data = data.astype(np.float32)
+        data = (data / max(float(data.max()), 1.0)) ** gamma
+        slice_labels = _slice_labels(rows, data.shape[2])
+        images.append(_preprocess(data, image_size, mean, std).to(torch.float16))
+        for z in range(data.shape[2]):
+            present = [FASTMRI_BRAIN_CATEGORIES[k] for k in np.flatnonzero(slice_labels[z])]
+            reports.append(write_report(present, rng, omit_probability))
+        labels.append(torch.from_numpy(slice_labels))
+        volumes.append(torch.full((data.shape[2],), index, dtype=torch.long))
+    return ReportCorpus(torch.cat(images), reports, torch.cat(labels), torch.cat(volumes), fingerprints)
