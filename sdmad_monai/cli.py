@@ -24,12 +24,22 @@ Commands:
         sdmad write_demo_study --volume .sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz \\
             --output_dir demo_study/
 
+``sweep``
+    Train and evaluate the bundle once per seed (each step is ``python -m monai.bundle run ...`` in its own process),
+    then write the mean ± sample std over the seeds (``summary.json``, ``.csv``, ``.md``, ``.png``); see
+    :mod:`sdmad_monai.sweep`::
+
+        sdmad sweep --seeds 0,1,2,3,4 [--config_file configs/train.json] [--evaluate_config configs/evaluate.json] \\
+            [--output_dir sweep] [--override max_epochs=10 --override k_shot=1 ...] [--force] [--quiet]
+
 Errors (missing model or folder, bad rules file, no matching series, a broken series, study not found, PACS not
-reachable after the retries) end the command with one line on stderr, ``sdmad: error: ...``, and exit status 1.
+reachable after the retries, bad sweep arguments, a failed seed of a sweep) end the command with one line on stderr,
+``sdmad: error: ...``, and exit status 1.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -240,6 +250,56 @@ class SdmadCommands:
         return {"study_instance_uid": study, "series_instance_uid": series, "files": len(paths),
                 "folder": str(folder)}
 
+    def sweep(
+        self,
+        seeds: Any,
+        config_file: Any = "configs/train.json",
+        evaluate_config: Any = "configs/evaluate.json",
+        output_dir: str = "sweep",
+        override: Any = None,
+        force: bool = False,
+        quiet: bool = False,
+    ) -> None:
+        """Train and evaluate once per seed, then summarise: mean ± sample std (ddof=1) over the seeds.
+
+        Each seed runs ``python -m monai.bundle run training`` then ``... run evaluating`` in their own processes (run
+        this from the bundle folder, like those commands), into ``<output_dir>/seed<s>/`` (``models``, ``eval``,
+        ``runs``, ``cache``, copies of the k-shot list and the training summary, ``train.log``, ``evaluate.log``,
+        ``sweep_seed.json``). A failed seed does not stop the others; the command then exits with status 1. A seed
+        already complete with the same settings is skipped. Writes ``summary.json``, ``summary.csv``, ``summary.md``
+        and ``summary.png`` into ``output_dir`` and prints the Markdown table.
+
+        Args:
+            seeds: the seeds, e.g. ``0,1,2,3,4``.
+            config_file: the training config; several (``configs/train.json,configs/paper.json``) are merged in order.
+            evaluate_config: the evaluation config(s), merged after ``config_file`` for the evaluation.
+            output_dir: the sweep's folder.
+            override: a bundle override ``key=value`` for both steps, as on the ``python -m monai.bundle run``
+                command line (``max_epochs=10``, ``slices=[0,5,10]``, ``dataset_dir=/data/brain``,
+                ``train#dataloader#batch_size=4``); repeat ``--override`` for several. ``seed``, ``ckpt_dir``,
+                ``output_dir``, ``eval_dir`` and ``work_dir`` are set by the sweep for each seed.
+            force: redo seeds that are already complete.
+            quiet: do not show the bundle's output (it still goes to each seed's log files).
+        """
+        from .sweep import SweepFailed, run_sweep
+
+        result = run_sweep(
+            seeds,
+            config_file=config_file,
+            evaluate_config=evaluate_config,
+            output_dir=output_dir,
+            overrides=override,
+            force=bool(force),
+            echo=not quiet,
+        )
+        print(result.markdown, end="", flush=True)
+        if result.failed:
+            reasons = "; ".join(f"seed {o.seed}: {o.error}" for o in result.failed)
+            complete = len(result.seeds) - len(result.failed)
+            rest = f"The {complete} complete seed(s) are summarised in {result.files['json']}." if complete else \
+                "No seed is complete."
+            raise SweepFailed(f"{len(result.failed)} of {len(result.seeds)} seed(s) failed: {reasons}. {rest}", result)
+
 
 def _is_user_error(error: BaseException) -> bool:
     """Errors about the input (missing file, bad rules, bad checkpoint, no matching or broken series) and about the
@@ -250,8 +310,35 @@ def _is_user_error(error: BaseException) -> bool:
     detector_module = sys.modules.get("sdmad_monai.networks.detector")
     if detector_module is not None and isinstance(error, detector_module.DetectorStateError):
         return True
+    sweep_module = sys.modules.get("sdmad_monai.sweep")
+    if sweep_module is not None and isinstance(error, sweep_module.SweepFailed):
+        return True
     dicomweb_module = sys.modules.get("sdmad_monai.deploy.dicomweb")
     return dicomweb_module is not None and isinstance(error, dicomweb_module.DicomWebError)
+
+
+def _gather_overrides(argv: list[str]) -> list[str]:
+    """``fire`` keeps only the last of a repeated flag: give ``sweep`` every ``--override`` (as one list)."""
+    if not argv or argv[0] != "sweep":
+        return argv
+    end = argv.index("--") if "--" in argv else len(argv)  # after "--" come fire's own flags
+    values, rest, index = [], [], 0
+    while index < end:
+        arg = argv[index]
+        if arg == "--override" and index + 1 < end:
+            values.append(argv[index + 1])
+            index += 2
+            continue
+        if arg.startswith("--override="):
+            values.append(arg[len("--override="):])
+        else:
+            rest.append(arg)
+        index += 1
+    if len(values) > 1:
+        rest += ["--override", json.dumps(values)]
+    elif values:
+        rest += ["--override", values[0]]
+    return rest + argv[end:]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -262,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for chatty in ("dicomweb_client", "highdicom"):  # per-request / per-module lines; warnings still show
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
-        fire.Fire(SdmadCommands(), command=list(argv) if argv is not None else None, name="sdmad")
+        command = _gather_overrides(list(argv) if argv is not None else sys.argv[1:])
+        fire.Fire(SdmadCommands(), command=command, name="sdmad")
     except Exception as error:
         if not _is_user_error(error):
             raise
