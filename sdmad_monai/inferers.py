@@ -45,6 +45,13 @@ class ProtocolInferer(Inferer):
 
     The trained variants share one image-encoder pass; ``clip`` needs a second pass with the adapters off.
 
+    Each variant's dict is :meth:`SignDrivenDetector.score` ``"all"`` (``sdmad``: plus the anomaly maps, exactly what
+    ``detector(inputs, output="all")`` returns). ``keep`` is the prompt mask the variant was scored with: sign
+    selection's for ``sdmad``, all ``True`` for ``sdmad_no_ss`` and ``clip``. Those two also carry
+    ``sign_selection_keep`` ``[P]``: what sign selection (Eq. 6, with its fallback) keeps for their prompt features
+    (adapters on for ``sdmad_no_ss``, off for ``clip``), taken from the detector's cached text state, so reports can
+    show which prompts the selection would drop (it is the same tensor every batch; nothing is recomputed).
+
     Args:
         variants: any of :data:`VARIANTS`.
     """
@@ -68,10 +75,12 @@ class ProtocolInferer(Inferer):
                 results["sdmad"] = detector.score_with_maps(features, captured, inputs.shape[-2:], text)
             if "sdmad_no_ss" in self.variants:
                 results["sdmad_no_ss"] = detector.score(features, text._replace(keep=torch.ones_like(text.keep)))
+                results["sdmad_no_ss"]["sign_selection_keep"] = text.keep
         if "clip" in self.variants:
             with detector.adapters_disabled():
                 text = detector.text_state()
                 results["clip"] = detector.score(
                     detector.encode_image(inputs), text._replace(keep=torch.ones_like(text.keep))
                 )
+                results["clip"]["sign_selection_keep"] = text.keep
         return {variant: results[variant] for variant in self.variants}

@@ -3,15 +3,20 @@
 One PNG per slice, two panels side by side:
 
 - left: the slice as the detector saw it (CLIP normalisation undone), with the anomaly-mask contour (green) when a
-  mask is known;
+  mask is known and the annotated boxes (cyan, with their label) when the datalist item has them;
 - right: the same slice with the anomaly map as a heat overlay (``inferno``; opacity grows with the map value, so
-  low values leave the anatomy visible), the mask contour again, and a colour bar. All overlays of one run share
-  one colour scale (``value_range``), so colours compare across files.
+  low values leave the anatomy visible), the mask contour and the boxes again, and a colour bar. All overlays of one
+  run share one colour scale (``value_range``), so colours compare across files.
 
 The title names the file, slice, label (when known) and image score. Which slices get a PNG is chosen by
-:class:`OverlaySelector`: the ``top_n`` highest-scoring and a seeded random sample of ``random_n`` (reservoir
-sampling, so it is streamed: only the kept slices' arrays are held, never the whole evaluation set). Files are named
-``top_<rank>_<score>_<name>.png`` and ``random_<n>_<name>.png`` and listed with their scores in ``index.csv``.
+:class:`OverlaySelector`: the ``top_n`` highest-scoring and a seeded random sample of ``random_n`` of the *other*
+slices (reservoir sampling, so it is streamed: only the kept slices' arrays are held, never the whole evaluation
+set). Files are named ``top_<rank>_<score>_<name>.png`` and ``random_<n>_<name>.png`` and listed with their scores
+in ``index.csv``.
+
+Boxes are given in the pixel frame of the drawn image (the model input); :func:`box_to_input_frame` maps a box from
+the original slice (the display orientation of :class:`~sdmad_monai.transforms.ExtractSlices`) through the
+aspect-preserving resize and centred padding of :class:`~sdmad_monai.transforms.intensity.ResizeToSquare`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import heapq
 import io
 import random
 import re
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,25 @@ import torch
 
 from .utils import atomic_path, atomic_write_text
 
-__all__ = ["OverlayItem", "OverlaySelector", "display_image", "overlay_file_name", "save_overlay", "write_overlays"]
+__all__ = [
+    "BOX_COLOUR",
+    "Box",
+    "OverlayItem",
+    "OverlaySelector",
+    "box_to_input_frame",
+    "display_image",
+    "overlay_file_name",
+    "save_overlay",
+    "write_overlays",
+]
+
+#: A box in an image's pixel frame: ``(x, y, width, height, label)``; ``x`` is the column and ``y`` the row of the
+#: top-left corner, in pixel-edge coordinates (pixel ``i`` spans ``[i, i + 1)``), so ``(3, 4, 2, 2, "a")`` covers
+#: columns 3-4 and rows 4-5.
+Box = tuple[float, float, float, float, str]
+
+#: Colour of the annotated boxes on overlays (cyan: absent from the grey slices and the ``inferno`` heat map).
+BOX_COLOUR = "#00e5ff"
 
 
 def display_image(image: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -54,6 +78,58 @@ def overlay_file_name(kind: str, number: int, name: str, score: float | None = N
     return f"{kind}_{number:0{width}d}{score_part}_{safe[:80]}.png"
 
 
+def box_to_input_frame(
+    box: Sequence[Any],
+    original_size: Sequence[int],
+    input_size: int | Sequence[int],
+    flipped_rows: bool = False,
+) -> Box:
+    """Map a box of an original slice onto the model input made by ``ResizeToSquare``.
+
+    ``ResizeToSquare(size)`` scales the slice by ``size / max(H, W)`` (sides rounded) and pads it centred; the same
+    arithmetic is applied to the box edges here.
+
+    Args:
+        box: ``(x, y, width, height[, label])`` in pixels of the original ``H x W`` slice.
+        original_size: ``(H, W)`` of the original slice.
+        input_size: side of the square model input (or its ``(S, S)`` shape).
+        flipped_rows: the box was drawn on the up/down-flipped slice (fastMRI+ annotations of ``.h5`` files): its
+            rows are counted from the bottom, so row ``y`` becomes ``H - y - height`` first.
+
+    Returns:
+        ``(x, y, width, height, label)`` in pixel-edge coordinates of the model input (floats; ``label`` is ``""``
+        when the box had none).
+    """
+    height, width = (int(v) for v in original_size)
+    size = int(input_size) if isinstance(input_size, (int, np.integer)) else int(max(input_size))
+    if height < 1 or width < 1 or size < 1:
+        raise ValueError(f"sizes must be positive, got original {tuple(original_size)} and input {input_size}.")
+    x, y, w, h = (float(v) for v in box[:4])
+    label = str(box[4]) if len(box) > 4 else ""
+    if flipped_rows:
+        y = height - y - h
+    scale = size / max(height, width)  # ResizeToSquare's arithmetic
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    sy, sx = new_h / height, new_w / width
+    return (left + x * sx, top + y * sy, w * sx, h * sy, label)
+
+
+def _draw_boxes(axis: Any, boxes: Sequence[Box], with_labels: bool) -> None:
+    from matplotlib import patches
+
+    for x, y, w, h, label in boxes:
+        # pixel-edge coordinates -> imshow's pixel-centre coordinates
+        axis.add_patch(
+            patches.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=BOX_COLOUR, linewidth=1.3)
+        )
+        if with_labels and label:
+            axis.text(
+                x - 0.5, y - 0.5, label[:28], color="black", fontsize=6.5, va="bottom", ha="left",
+                bbox={"facecolor": BOX_COLOUR, "edgecolor": "none", "pad": 1.0, "alpha": 0.85}, clip_on=True,
+            )
+
+
 def save_overlay(
     path: str | Path,
     image: np.ndarray,
@@ -61,6 +137,7 @@ def save_overlay(
     mask: Any | None = None,
     title: str = "",
     value_range: tuple[float, float] | None = None,
+    boxes: Sequence[Box] | None = None,
 ) -> Path:
     """Write one two-panel overlay PNG (module docstring) atomically.
 
@@ -69,8 +146,10 @@ def save_overlay(
         image: ``[H, W, 3]`` uint8 (:func:`display_image`).
         anomaly_map: ``[H, W]`` map, higher = more anomalous.
         mask: optional ``[H, W]`` (or ``[1, H, W]``) binary anomaly mask.
-        title: figure title.
+        title: figure title (wrapped to the figure width).
         value_range: ``(vmin, vmax)`` of the colour scale; the map's own range when ``None``.
+        boxes: annotated boxes in the pixel frame of ``image`` (:data:`Box`, e.g. from :func:`box_to_input_frame`),
+            drawn on both panels, labelled on the left one.
 
     Returns:
         ``path``.
@@ -102,13 +181,19 @@ def save_overlay(
         if binary.any():
             for axis in axes:
                 axis.contour(binary.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.2)
-        axes[0].set_title("image + mask contour" if binary.any() else "image (mask: empty)", fontsize=9)
+        left_title = "image + mask contour" if binary.any() else "image (mask: empty)"
     else:
-        axes[0].set_title("image", fontsize=9)
+        left_title = "image"
+    if boxes:
+        for index, axis in enumerate(axes):
+            _draw_boxes(axis, boxes, with_labels=index == 0)
+        left_title += f" + {len(boxes)} annotated box{'es' if len(boxes) > 1 else ''}"
+    axes[0].set_title(left_title, fontsize=9)
     axes[1].set_title("anomaly map", fontsize=9)
     mappable = cm.ScalarMappable(norm=norm, cmap="inferno")
     figure.colorbar(mappable, ax=axes[1], fraction=0.046, pad=0.03, label="anomaly score")
-    figure.suptitle(title, fontsize=9)
+    lines = [wrapped for line in title.split("\n") for wrapped in (textwrap.wrap(line, 100) or [""])]
+    figure.suptitle("\n".join(lines), fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
@@ -127,6 +212,9 @@ class OverlayItem:
         anomaly_map: ``[H, W]`` float32.
         mask: ``[H, W]`` bool or ``None``.
         label: 0/1 image label or ``None`` when unknown.
+        boxes: annotated boxes in the pixel frame of ``image`` (:data:`Box`) or ``None``.
+        caption: extra title line (e.g. the labelled and predicted categories).
+        order: position in the stream of offers (set by :class:`OverlaySelector`).
     """
 
     score: float
@@ -135,15 +223,21 @@ class OverlayItem:
     anomaly_map: np.ndarray
     mask: np.ndarray | None = None
     label: int | None = None
+    boxes: list[Box] | None = None
+    caption: str = ""
     order: int = field(default=0)
 
 
 class OverlaySelector:
-    """Streamed choice of the ``top_n`` highest-scoring slices and a seeded random sample of ``random_n`` slices.
+    """Streamed choice of the ``top_n`` highest-scoring slices and a seeded random sample of ``random_n`` other slices.
 
-    :meth:`offer` builds a slice's arrays (through the callable it is given) only when the slice is kept, so memory
-    holds at most ``top_n + random_n`` slices whatever the number offered. The random sample is reservoir sampling
-    (Algorithm R) with ``random.Random(seed)``: the same slices for the same order of offers. A slice can be in both.
+    The two groups are disjoint: the random sample is drawn from the slices that are not in the final top group, so
+    ``top`` and ``random`` PNGs never show the same slice. :meth:`offer` builds a slice's arrays (through the callable
+    it is given) only when the slice is kept, so memory holds at most ``2 * top_n + random_n`` slices whatever the
+    number offered: the top group, and a reservoir (Algorithm R with ``random.Random(seed)``) of ``random_n + top_n``
+    slices, enough to still hold ``random_n`` slices once those that end up in the top group are removed. The final
+    sample is a seeded uniform draw of ``random_n`` of the reservoir's non-top slices, i.e. a uniform sample of the
+    non-top slices; the same slices for the same order of offers.
 
     Args:
         top_n: number of highest-scoring slices.
@@ -159,9 +253,13 @@ class OverlaySelector:
 
     def reset(self) -> None:
         self._top: list[tuple[float, int, OverlayItem]] = []
-        self._sample: list[OverlayItem] = []
+        self._reservoir: list[OverlayItem] = []
         self._seen = 0
         self._rng = random.Random(self.seed)
+
+    @property
+    def _reservoir_size(self) -> int:
+        return self.random_n + self.top_n if self.random_n else 0
 
     def offer(self, score: float, build: Callable[[], OverlayItem]) -> None:
         """Consider one slice with ranking ``score``; ``build()`` makes its :class:`OverlayItem` if it is kept."""
@@ -177,16 +275,17 @@ class OverlaySelector:
                 heapq.heappush(self._top, entry)
             else:
                 heapq.heapreplace(self._top, entry)
-        if self.random_n:
-            slot = index if index < self.random_n else self._rng.randint(0, index)
-            if slot < self.random_n:
+        size = self._reservoir_size
+        if size:
+            slot = index if index < size else self._rng.randint(0, index)
+            if slot < size:
                 if item is None:
                     item = build()
                     item.order = index
-                if slot == len(self._sample):
-                    self._sample.append(item)
+                if slot == len(self._reservoir):
+                    self._reservoir.append(item)
                 else:
-                    self._sample[slot] = item
+                    self._reservoir[slot] = item
 
     @property
     def num_seen(self) -> int:
@@ -197,8 +296,14 @@ class OverlaySelector:
         return [entry[2] for entry in sorted(self._top, key=lambda e: (-e[0], -e[1]))]
 
     def sample(self) -> list[OverlayItem]:
-        """Kept random slices, in the order they were offered."""
-        return sorted(self._sample, key=lambda item: item.order)
+        """The random slices (none of them in :meth:`top`), in the order they were offered."""
+        in_top = {entry[2].order for entry in self._top}
+        candidates = sorted((item for item in self._reservoir if item.order not in in_top), key=lambda i: i.order)
+        if len(candidates) > self.random_n:
+            rng = random.Random()
+            rng.setstate(self._rng.getstate())  # the stream's continuation: the same draw on every call
+            candidates = rng.sample(candidates, self.random_n)
+        return sorted(candidates, key=lambda item: item.order)
 
 
 def write_overlays(
@@ -238,7 +343,11 @@ def write_overlays(
             file_name = overlay_file_name(kind, rank, item.name, item.score if kind == "top" else None, width)
             label = "" if item.label is None else ("abnormal" if item.label else "normal")
             title = f"{item.name} | {score_name} {item.score:.4f}" + (f" | label: {label}" if label else "")
-            save_overlay(output_dir / kind / file_name, item.image, item.anomaly_map, item.mask, title, value_range)
+            if item.caption:
+                title += f"\n{item.caption}"
+            save_overlay(
+                output_dir / kind / file_name, item.image, item.anomaly_map, item.mask, title, value_range, item.boxes
+            )
             rows.append(
                 {"kind": kind, "rank": rank, "name": item.name, "score": item.score, "label": label,
                  "png": f"{kind}/{file_name}"}

@@ -19,13 +19,18 @@ Rules (documented choices):
 * Images are ``data_dir / f"{file}{suffix}"`` (``.h5`` for fastMRI, ``.nii.gz`` for the demo). ``missing="error"``
   raises for a file that is not on disk, ``"skip"`` drops its items with a warning, ``"ignore"`` keeps the items
   without checking (to build label tables without the images).
-* Items hold only fixed-size fields (``image``, ``label``, ``slice``, ``file``) so a plain MONAI/PyTorch
-  ``DataLoader`` collates them. Boxes are kept apart in :attr:`FastMRIDatalist.boxes` (and the JSON's ``"boxes"``),
-  one ``{"file", "slice", "x", "y", "width", "height", "label"}`` per slice-level box of a kept item and a category
-  in the list. They are copied verbatim from the CSV. fastMRI+ drew them on
-  vertically flipped images, so on a stored ``reconstruction_rss`` slice of height ``H`` (which is what
-  :class:`~sdmad_monai.transforms.ExtractSlices` returns for ``.h5``) the box rows are ``H - y - height`` to
-  ``H - y``. Demo boxes are already in the ``ExtractSlices`` display frame.
+* Boxes: every item carries ``"boxes"``, the slice-level boxes of its categories as a JSON *string*
+  ``'[[x, y, width, height, "label"], ...]'`` (``"[]"`` for none; study-level rows give none; values copied
+  verbatim from the CSV), and ``"box_frame"``, how to read them. A string, not a list, so that a plain MONAI/PyTorch
+  ``DataLoader`` still collates the items (it cannot collate lists of different lengths); read it back with
+  :func:`decode_boxes`. ``box_frame`` is ``"display"`` when the boxes are pixel coordinates (x = column, y = row of
+  the top-left corner) of the slice in the display orientation of :class:`~sdmad_monai.transforms.ExtractSlices`
+  (the demo dataset), or ``"flipped_rows"`` for fastMRI+ ``.h5`` data: fastMRI+ drew its boxes on vertically flipped
+  images, so on a stored ``reconstruction_rss`` slice of height ``H`` (which is what ``ExtractSlices`` returns for
+  ``.h5``) the box rows are ``H - y - height`` to ``H - y`` (see :func:`sdmad_monai.visualize.box_to_input_frame`).
+  The builder's ``box_frame="auto"`` picks ``"flipped_rows"`` for ``.h5``/``.hdf5`` and ``"display"`` otherwise.
+  All boxes of the kept items are also listed in :attr:`FastMRIDatalist.boxes` (and the JSON's top-level
+  ``"boxes"``), one ``{"file", "slice", "x", "y", "width", "height", "label"}`` per box.
 * Slice indices are not checked against the volume (that needs the image); the loader raises for an index outside
   the volume, naming the file.
 """
@@ -33,6 +38,7 @@ Rules (documented choices):
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import warnings
@@ -49,6 +55,8 @@ __all__ = [
     "FASTMRI_CSV_COLUMNS",
     "FastMRIAnnotation",
     "FastMRIDatalist",
+    "BOX_FRAMES",
+    "decode_boxes",
     "read_fastmri_annotations",
     "read_fastmri_file_list",
     "build_fastmri_datalist",
@@ -66,6 +74,33 @@ FASTMRI_BRAIN_CATEGORIES: tuple[str, ...] = (
 )
 FASTMRI_NORMAL_LABELS: tuple[str, ...] = ("Normal for age", "Normal variant")
 FASTMRI_CSV_COLUMNS: tuple[str, ...] = ("file", "slice", "study_level", "x", "y", "width", "height", "label")
+#: Values of an item's ``"box_frame"`` (module docstring).
+BOX_FRAMES: tuple[str, ...] = ("display", "flipped_rows")
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def decode_boxes(value: object) -> list[tuple[int, int, int, int, str]]:
+    """The boxes of one datalist item: ``[(x, y, width, height, label), ...]``.
+
+    Args:
+        value: an item's ``"boxes"``: the JSON string the builder writes, an already decoded list of
+            ``[x, y, width, height, label]``, or ``None``/``""`` (no box).
+
+    Raises:
+        ValueError: a value that is not such a list.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    boxes = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(boxes, (list, tuple)):
+        raise ValueError(f"boxes must be a list of [x, y, width, height, label], got {value!r}.")
+    result = []
+    for box in boxes:
+        if not isinstance(box, (list, tuple)) or len(box) != 5:
+            raise ValueError(f"each box must be [x, y, width, height, label], got {box!r} in {value!r}.")
+        x, y, w, h, label = box
+        result.append((int(x), int(y), int(w), int(h), str(label)))
+    return result
 
 
 @dataclass(frozen=True)
@@ -184,7 +219,8 @@ class FastMRIDatalist:
     """Result of :func:`build_fastmri_datalist`.
 
     Attributes:
-        items: datalist items ``{"image", "label", "slice", "file"}`` (absolute image paths).
+        items: datalist items ``{"image", "label", "slice", "file", "boxes", "box_frame"}`` (absolute image paths;
+            ``boxes`` a JSON string, see :func:`decode_boxes`).
         categories: the category order of ``label``.
         slices: the selected slices.
         counts: ``counts[row][slice]``; rows are the categories (positive items), ``"normal"`` (all-zero label),
@@ -260,6 +296,7 @@ def build_fastmri_datalist(
     output_json: str | os.PathLike | None = None,
     section: str = "training",
     verbose: bool = False,
+    box_frame: str = "auto",
 ) -> FastMRIDatalist:
     """Build the slice datalist from fastMRI+ annotations (rules in the module docstring).
 
@@ -276,6 +313,8 @@ def build_fastmri_datalist(
         output_json: when given, the datalist JSON is written there atomically.
         section: datalist key in the JSON.
         verbose: also print the counts table (it is always logged at INFO level).
+        box_frame: ``"display"``, ``"flipped_rows"`` or ``"auto"`` (``"flipped_rows"`` for ``.h5``/``.hdf5``, the
+            fastMRI+ convention; ``"display"`` otherwise): how the CSV boxes relate to the slices (module docstring).
 
     Returns:
         :class:`FastMRIDatalist`.
@@ -289,6 +328,10 @@ def build_fastmri_datalist(
         raise ValueError(f"unknown_labels must be 'exclude' or 'ignore', got {unknown_labels!r}.")
     if missing not in ("error", "skip", "ignore"):
         raise ValueError(f"missing must be 'error', 'skip' or 'ignore', got {missing!r}.")
+    if box_frame == "auto":
+        box_frame = "flipped_rows" if suffix.lower().endswith(_H5_SUFFIXES) else "display"
+    if box_frame not in BOX_FRAMES:
+        raise ValueError(f"box_frame must be 'auto' or one of {list(BOX_FRAMES)}, got {box_frame!r}.")
     categories = tuple(categories)
     if not categories or len(set(categories)) != len(categories):
         raise ValueError(f"categories must be non-empty and unique, got {categories}.")
@@ -345,6 +388,7 @@ def build_fastmri_datalist(
                 counts["excluded"][s] += 1
                 continue
             label = [0.0] * len(categories)
+            item_boxes = []
             for a in anns:
                 if a.label in cat_index:
                     label[cat_index[a.label]] = 1.0
@@ -353,13 +397,23 @@ def build_fastmri_datalist(
                         boxes.append(
                             {"file": stem, "slice": s, "x": x, "y": y, "width": w, "height": h, "label": a.label}
                         )
+                        item_boxes.append([x, y, w, h, a.label])
             findings = [c for c, v in zip(categories, label) if v]
             for c in findings:
                 counts[c][s] += 1
             if not findings:
                 counts["normal"][s] += 1
             counts["items"][s] += 1
-            items.append({"image": str(image), "label": label, "slice": s, "file": stem})
+            items.append(
+                {
+                    "image": str(image),
+                    "label": label,
+                    "slice": s,
+                    "file": stem,
+                    "boxes": json.dumps(item_boxes),
+                    "box_frame": box_frame,
+                }
+            )
     if missing_files:
         if missing == "error":
             raise FileNotFoundError(
@@ -378,6 +432,7 @@ def build_fastmri_datalist(
         "unknown_labels": unknown_labels,
         "suffix": suffix,
         "missing": missing,
+        "box_frame": box_frame,
         "annotations_csv": str(annotations_csv),
         "file_list_csv": str(file_list_csv),
     }

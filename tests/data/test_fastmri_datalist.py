@@ -7,13 +7,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-from monai.data import load_decathlon_datalist
+from monai.data import list_data_collate, load_decathlon_datalist
 
 from sdmad_monai.data import (
     FASTMRI_BRAIN_CATEGORIES,
     build_fastmri_datalist,
     read_fastmri_file_list,
 )
+from sdmad_monai.data.fastmri import decode_boxes
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "fastmri-plus"
 GLOBAL = "Global label: Small vessel chronic white matter ischemic change"
@@ -77,7 +78,7 @@ def test_default_rules_hand_counts(small):
     assert len(res.items) == 13
     a0 = next(it for it in res.items if it["file"] == "volA" and it["slice"] == 0)
     assert a0["label"] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    assert set(a0) == {"image", "label", "slice", "file"}  # fixed-size fields only: collatable
+    assert set(a0) == {"image", "label", "slice", "file", "boxes", "box_frame"}
     boxes = res.boxes_for("volA", 0)
     assert len(boxes) == 2
     assert boxes[0] == {"file": "volA", "slice": 0, "x": 10, "y": 20, "width": 5, "height": 6, "label": "Craniotomy"}
@@ -87,6 +88,63 @@ def test_default_rules_hand_counts(small):
     assert Path(a5["image"]) == (small / "images" / "volA.h5").resolve()
     assert not any(it["file"] == "volC" and it["slice"] == 5 for it in res.items)  # Mass -> excluded
     assert "Craniotomy" in res.table and "excluded" in res.table
+
+
+def _item(res, file, slice_index):
+    return next(it for it in res.items if it["file"] == file and it["slice"] == slice_index)
+
+
+def test_items_carry_their_boxes(small):
+    res = _build(small)
+    a0 = _item(res, "volA", 0)
+    # exact CSV values, as a JSON string so that the default collate keeps one string per item
+    assert a0["boxes"] == '[[10, 20, 5, 6, "Craniotomy"], [30, 40, 5, 5, "Craniotomy"]]'
+    assert decode_boxes(a0["boxes"]) == [(10, 20, 5, 6, "Craniotomy"), (30, 40, 5, 5, "Craniotomy")]
+    assert decode_boxes(_item(res, "volA", 5)["boxes"]) == [
+        (11, 12, 3, 4, "Nonspecific lesion"),
+        (50, 50, 8, 8, "Enlarged ventricles"),
+    ]
+    assert decode_boxes(_item(res, "volB", 10)["boxes"]) == [(1, 2, 3, 4, "Dural thickening")]
+    assert decode_boxes(_item(res, "volC", 10)["boxes"]) == [(9, 9, 9, 9, "Posttreatment change")]
+    # study-level rows (the Global label, "Normal for age") give no box; neither do normal slices
+    assert _item(res, "volB", 0)["label"][5] == 1.0 and _item(res, "volB", 0)["boxes"] == "[]"
+    assert _item(res, "volD", 0)["boxes"] == "[]" and _item(res, "volE", 5)["boxes"] == "[]"
+    # the item boxes are the same boxes as the top-level list
+    from_items = sorted(
+        (it["file"], it["slice"], *box) for it in res.items for box in decode_boxes(it["boxes"])
+    )
+    from_list = sorted((b["file"], b["slice"], b["x"], b["y"], b["width"], b["height"], b["label"]) for b in res.boxes)
+    assert from_items == from_list and len(from_items) == 6
+    # fastMRI .h5: boxes were drawn on up/down-flipped slices
+    assert {it["box_frame"] for it in res.items} == {"flipped_rows"}
+    assert res.settings["box_frame"] == "flipped_rows"
+
+
+def test_items_with_boxes_collate(small):
+    items = _build(small).items
+    batch = list_data_collate([dict(it, label=list(it["label"])) for it in items[:4]])  # volA 0 has 2 boxes
+    assert list(batch["boxes"]) == [it["boxes"] for it in items[:4]]
+    assert list(batch["box_frame"]) == ["flipped_rows"] * 4
+
+
+def test_box_frame(small):
+    for s in STEMS:
+        (small / "images" / f"{s}.nii.gz").write_bytes(b"")
+    demo_like = _build(small, suffix=".nii.gz")
+    assert {it["box_frame"] for it in demo_like.items} == {"display"}  # the demo writes display-frame boxes
+    assert {it["box_frame"] for it in _build(small, box_frame="display").items} == {"display"}
+    with pytest.raises(ValueError, match="box_frame"):
+        _build(small, box_frame="upside_down")
+
+
+def test_decode_boxes():
+    assert decode_boxes(None) == [] and decode_boxes("") == [] and decode_boxes("[]") == []
+    assert decode_boxes([[1, 2, 3, 4, "a"]]) == [(1, 2, 3, 4, "a")]
+    assert decode_boxes('[[1.0, 2, 3, 4, "a"]]') == [(1, 2, 3, 4, "a")]
+    with pytest.raises(ValueError, match="x, y, width, height, label"):
+        decode_boxes("[[1, 2, 3]]")
+    with pytest.raises(ValueError, match="list"):
+        decode_boxes('{"x": 1}')
 
 
 def test_study_level_all_slices(small):
@@ -128,6 +186,8 @@ def test_json_is_decathlon_compatible(small):
     assert len(loaded) == 13
     assert loaded[0]["image"] == str((small / "images" / "volA.h5").resolve())
     assert loaded[0]["label"] == res.items[0]["label"] and loaded[0]["slice"] == 0
+    assert loaded[0]["boxes"] == '[[10, 20, 5, 6, "Craniotomy"], [30, 40, 5, 5, "Craniotomy"]]'
+    assert loaded[0]["box_frame"] == "flipped_rows"
     assert doc["boxes"] == res.boxes
     assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
 
@@ -200,3 +260,17 @@ def test_real_fastmri_plus_files():
     assert full.counts["Dural thickening"][0] == 23
     assert full.counts["Enlarged ventricles"][10] == 2
     assert full.counts[GLOBAL][0] == 220 and full.counts[GLOBAL][5] == 0
+    # boxes: rows of brain.csv read independently (file_brain_AXFLAIR_200_6002648 has only category boxes)
+    stem = "file_brain_AXFLAIR_200_6002648"
+    for result in (res, full):
+        assert decode_boxes(_item(result, stem, 0)["boxes"]) == [
+            (195, 60, 36, 25, "Dural thickening"),
+            (128, 109, 21, 43, "Nonspecific lesion"),
+        ]
+        assert decode_boxes(_item(result, stem, 10)["boxes"]) == [
+            (119, 73, 82, 30, "Craniotomy"),
+            (222, 144, 14, 29, "Craniotomy"),
+            (157, 98, 10, 55, "Dural thickening"),
+        ]
+        assert _item(result, stem, 10)["box_frame"] == "flipped_rows"
+    assert sum(len(decode_boxes(it["boxes"])) for it in res.items) == len(res.boxes)
