@@ -51,6 +51,7 @@ __all__ = [
     "HeatmapRows",
     "ProtocolReport",
     "VARIANT_STYLES",
+    "all_negative_baseline",
     "backbone_note",
     "heatmap_figure",
     "heatmap_rows",
@@ -515,6 +516,23 @@ def roc_figure(
     return figure
 
 
+def all_negative_baseline(labels: torch.Tensor) -> dict[str, Any]:
+    """What Eq. 8's metrics give for a predictor that reports no finding on any slice.
+
+    Its Hamming score is the share of negative labels and its subset accuracy the share of normal slices: a model's
+    Eq. 8 predictions say something only where they beat these.
+
+    Args:
+        labels: ``[N, K]`` multi-hot labels.
+    """
+    none = torch.zeros_like(labels)
+    return {
+        "hamming_score": float(compute_hamming_score(none, labels).mean()),
+        "subset_accuracy": float(compute_subset_accuracy(none, labels).mean()),
+        "predicts": "no finding on any slice",
+    }
+
+
 class ProtocolReport:
     """Collect per-slice results of :class:`~sdmad_monai.inferers.ProtocolInferer` and write the report files.
 
@@ -726,6 +744,7 @@ class ProtocolReport:
             "categories": self.category_names,
             "image_score": "max_c s_c - cos(image, anchor) (sdmad_monai.functional.image_anomaly_score)",
             "variants": variants,
+            "baselines": {"all_negative": all_negative_baseline(labels)},
             "run": self.extra_info,
         }
         if self.prompt_texts is not None and self._keep:

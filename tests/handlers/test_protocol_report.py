@@ -596,3 +596,12 @@ def test_keep_masks_come_from_the_detector_text_states(tmp_path):
     rows = report.heatmap_rows()
     assert rows.dropped["clip"] == (~clip_keep[rows.order]).tolist()
     assert rows.dropped["sdmad"] == (~trained_keep[rows.order]).tolist()
+
+
+def test_all_negative_baseline_is_the_share_of_negative_labels_and_of_normal_slices():
+    from sdmad_monai.handlers.report import all_negative_baseline
+
+    labels = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    baseline = all_negative_baseline(labels)
+    assert baseline["hamming_score"] == pytest.approx(9 / 12)  # 9 of the 12 labels are negative
+    assert baseline["subset_accuracy"] == pytest.approx(2 / 4)  # 2 of the 4 slices are normal
