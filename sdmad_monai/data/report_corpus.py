@@ -7,12 +7,14 @@ only in part to a given hospital's scans. This corpus gives the tiny demo CLIP (
   (:func:`sdmad_monai.data.demo.render_volume`), with random streams disjoint from the demo dataset's
   (``default_rng([CORPUS_STREAM, seed, i])`` here, ``default_rng([seed, i])`` there;
   :func:`~sdmad_monai.data.demo.subject_fingerprint` lets a test check that no subject is shared) and in a *shifted domain*: signs drawn with other sizes and intensities
-  (:data:`CORPUS_STYLE`) and a per-volume contrast curve (gamma in :data:`CORPUS_GAMMA`). Slices go through the same
+  (:data:`CORPUS_STYLE`) a per-volume contrast curve (gamma in :data:`CORPUS_GAMMA`) and, for a share of the
+  volumes (:data:`CORPUS_INVERTED`), inverted contrast. Slices go through the same
   slice extraction and CLIP preprocessing as the demo's training data.
 * **Reports**: one short report per slice, written from a radiology phrase vocabulary (:data:`REPORT_PHRASES`) that
   shares no four-word run with the prompt bank (a test checks it), with the noise of real reports: a finding is left
   out with probability ``omit_probability`` (a slice whose findings are all left out reads as normal), hedged
-  ("possible", "cannot exclude"), the findings come in random order, normal slices get varied normal phrasing, and
+  ("possible", "cannot exclude"), now and then a hedged mention of a finding that is not there (a differential),
+  the findings come in random order inside varied sentence frames ("findings: ...", "there is ..."), normal slices get varied normal phrasing, and
   some reports carry a technique or location remark that says nothing about the finding.
 
 Everything is deterministic from ``seed``. The slice labels (what is really drawn) are kept beside the reports, so
@@ -47,6 +49,7 @@ from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES
 
 __all__ = [
     "CORPUS_GAMMA",
+    "CORPUS_INVERTED",
     "CORPUS_STREAM",
     "CORPUS_STYLE",
     "NORMAL_PHRASES",
@@ -63,7 +66,7 @@ CORPUS_STREAM = 0x5D_4D_C0
 #: The corpus's shifted sign style (the demo's is :data:`sdmad_monai.data.demo.DEMO_STYLE`): wider ranges of size and
 #: intensity, so that the prior is right about what a sign is but not about how it looks in the demo's scans.
 CORPUS_STYLE = SignStyle(
-    bright=(1.12, 1.7),
+    bright=(0.85, 1.8),
     dark=(0.0, 0.35),
     craniotomy_half_width=(12.0, 45.0),
     cavity_radius=(3.5, 8.5),
@@ -75,7 +78,11 @@ CORPUS_STYLE = SignStyle(
 )
 
 #: Range of the per-volume contrast curve ``x ** gamma`` applied to the corpus volumes (the demo's volumes: 1).
-CORPUS_GAMMA = (0.55, 1.7)
+CORPUS_GAMMA = (0.5, 2.0)
+
+#: Share of corpus volumes shown in inverted contrast (fluid bright, the way T2-weighted scans look); the demo's
+#: volumes are never inverted.
+CORPUS_INVERTED = 0.4
 
 #: Report phrases per fastMRI+ category: radiology wording, deliberately not the prompt bank's sentences.
 REPORT_PHRASES: dict[str, tuple[str, ...]] = {
@@ -139,18 +146,42 @@ NORMAL_PHRASES: tuple[str, ...] = (
     "normal study for age",
 )
 
+#: Sentence frames around the findings, as reports word them; the text tower learns that the frame says nothing
+#: about the finding (the prompt bank's sentences have frames of their own).
+_FRAMES = (
+    "{}",
+    "{}",
+    "findings: {}",
+    "impression: {}",
+    "mri of the brain shows {}",
+    "there is {}",
+    "axial slice with {}",
+    "the scan demonstrates {}",
+    "{} is seen",
+    "exam notable for {}",
+    "brain mr: {}",
+    "images show {}",
+)
+
 _HEDGES = ("possible", "probable", "suspected", "likely", "cannot exclude", "questionable")
 _LOCATIONS = ("left frontal", "right frontal", "left parietal", "right parietal", "bifrontal", "occipital")
 _REMARKS = ("axial image", "mild motion artifact", "limited evaluation", "comparison with prior", "single slice")
 
 
-def write_report(findings: Sequence[str], rng: np.random.Generator, omit_probability: float = 0.15) -> str:
+def write_report(
+    findings: Sequence[str],
+    rng: np.random.Generator,
+    omit_probability: float = 0.3,
+    false_mention_probability: float = 0.08,
+) -> str:
     """One report for a slice showing ``findings`` (fastMRI+ category strings), with real reports' noise.
 
     Args:
         findings: categories drawn on the slice (empty for a normal slice).
         rng: random generator.
         omit_probability: chance that a finding is left out of the report.
+        false_mention_probability: chance that the report also mentions, hedged, a category that is not drawn (a
+            differential diagnosis, or a finding outside this slice).
 
     Returns:
         The report, lower case, phrases joined with ``"; "``.
@@ -168,10 +199,16 @@ def write_report(findings: Sequence[str], rng: np.random.Generator, omit_probabi
         if rng.uniform() < 0.2:
             phrase = f"{_HEDGES[int(rng.integers(len(_HEDGES)))]} {phrase}"
         parts.append(phrase)
+    absent = [c for c in REPORT_PHRASES if c not in findings]
+    if absent and rng.uniform() < false_mention_probability:
+        other = absent[int(rng.integers(len(absent)))]
+        phrase = REPORT_PHRASES[other][int(rng.integers(len(REPORT_PHRASES[other])))]
+        parts.append(f"{_HEDGES[int(rng.integers(len(_HEDGES)))]} {phrase}")
     if not parts:
         parts.append(NORMAL_PHRASES[int(rng.integers(len(NORMAL_PHRASES)))])
     order = rng.permutation(len(parts))
     parts = [parts[i] for i in order]
+    parts[0] = _FRAMES[int(rng.integers(len(_FRAMES)))].format(parts[0])
     if rng.uniform() < 0.15:
         parts.append(_REMARKS[int(rng.integers(len(_REMARKS)))])
     return "; ".join(parts).lower()
@@ -224,7 +261,8 @@ def build_report_corpus(
     image_size: int = 64,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    omit_probability: float = 0.15,
+    omit_probability: float = 0.3,
+    false_mention_probability: float = 0.08,
     progress: bool = True,
 ) -> ReportCorpus:
     """Generate the corpus described in the module docstring.
@@ -236,6 +274,7 @@ def build_report_corpus(
         mean: CLIP normalisation mean (default OpenAI CLIP's, which ``sdmad-tiny`` uses).
         std: CLIP normalisation std.
         omit_probability: chance that a report leaves out a drawn finding.
+        false_mention_probability: chance that a report mentions, hedged, a category that is not drawn.
         progress: show a progress bar.
 
     Returns:
@@ -258,11 +297,13 @@ def build_report_corpus(
         gamma = rng.uniform(*CORPUS_GAMMA)
         data = data.astype(np.float32)
         data = (data / max(float(data.max()), 1.0)) ** gamma
+        if rng.uniform() < CORPUS_INVERTED:
+            data = 1.0 - data
         slice_labels = _slice_labels(rows, data.shape[2])
         images.append(_preprocess(data, image_size, mean, std).to(torch.float16))
         for z in range(data.shape[2]):
             present = [FASTMRI_BRAIN_CATEGORIES[k] for k in np.flatnonzero(slice_labels[z])]
-            reports.append(write_report(present, rng, omit_probability))
+            reports.append(write_report(present, rng, omit_probability, false_mention_probability))
         labels.append(torch.from_numpy(slice_labels))
         volumes.append(torch.full((data.shape[2],), index, dtype=torch.long))
     return ReportCorpus(torch.cat(images), reports, torch.cat(labels), torch.cat(volumes), fingerprints)

@@ -87,8 +87,9 @@ def load_clip(
     Args:
         model_name: an open_clip architecture name (``"ViT-L-14"``, ``"sdmad-tiny"``), an ``hf-hub:org/repo`` id or
             ``local-dir:/path``.
-        pretrained: a pretrained tag of that architecture (``"openai"``), a local checkpoint file, or ``None`` for
-            random initialisation (ignored by open_clip for ``hf-hub:`` and ``local-dir:`` names).
+        pretrained: a pretrained tag of that architecture (``"openai"``), a local checkpoint file, ``None`` for
+            random initialisation (ignored by open_clip for ``hf-hub:`` and ``local-dir:`` names), or ``"demo"``
+            (:data:`DEMO_PRETRAINED`) for ``sdmad-tiny`` pretrained on generated image-report pairs (shipped).
         image_size: input size in pixels; open_clip's ``force_image_size`` rebuilds the position embedding for it and
             resizes pretrained ones (240 is the paper's size for ViT-L/14).
         seed: seed of the random initialisation; the same seed gives the same weights on every call (the global RNG
@@ -104,6 +105,8 @@ def load_clip(
         WeightsUnavailableError: remote weights were asked for and could not be fetched; the message says which and
             how to pass a local file instead.
     """
+    if pretrained == DEMO_PRETRAINED:
+        return _load_demo_clip(model_name, image_size, device, precision)
     source = _weights_source(model_name, pretrained)
     kwargs: dict[str, Any] = dict(
         pretrained=pretrained,
@@ -132,6 +135,34 @@ def load_clip(
             raise
     model.eval()
     return model, tokenizer
+
+
+def _load_demo_clip(
+    model_name: str, image_size: int | None, device: str | torch.device, precision: str
+) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+    """``sdmad-tiny`` with the shipped demo weights (:mod:`sdmad_monai.networks.demo_backbone`).
+
+    At another ``image_size`` the position embedding is resized as open_clip does for any pretrained weights.
+    """
+    from open_clip.model import resize_pos_embed
+
+    from .demo_backbone import apply_demo_weights, read_demo_manifest
+
+    if model_name != TINY_MODEL_NAME:
+        raise ValueError(
+            f"pretrained={DEMO_PRETRAINED!r} names the demo weights of {TINY_MODEL_NAME!r}; got model_name={model_name!r}."
+        )
+    if precision != "fp32":
+        raise ValueError(f"the demo weights are used in fp32 only, got precision={precision!r}.")
+    seed = int(read_demo_manifest()["recipe"]["init_seed"])
+    model, tokenizer = load_clip(TINY_MODEL_NAME, None, None, seed=seed, device="cpu")
+    apply_demo_weights(model)
+    if image_size is not None and image_size != model.visual.image_size[0]:
+        state = model.state_dict()
+        model, _ = load_clip(TINY_MODEL_NAME, None, image_size, seed=seed, device="cpu")
+        resize_pos_embed(state, model)
+        model.load_state_dict(state)
+    return model.to(device).eval(), tokenizer
 
 
 def _resolve(model: nn.Module, path: str) -> Any:

@@ -23,7 +23,7 @@ from sdmad_monai.workflows import prepare_splits
 
 @pytest.fixture(scope="module")
 def corpus():
-    return build_report_corpus(8, seed=0, progress=False)
+    return build_report_corpus(8, seed=0, false_mention_probability=0.0, progress=False)
 
 
 def _four_grams(text: str) -> set[tuple[str, ...]]:
@@ -60,14 +60,14 @@ def test_corpus_subjects_never_appear_in_the_demo_splits(tmp_path, corpus):
 
 
 def test_corpus_is_deterministic_and_labelled_per_slice(corpus):
-    again = build_report_corpus(8, seed=0, progress=False)
+    again = build_report_corpus(8, seed=0, false_mention_probability=0.0, progress=False)
     assert torch.equal(again.images, corpus.images) and again.reports == corpus.reports
     other = build_report_corpus(8, seed=1, progress=False)
     assert other.reports != corpus.reports
     assert corpus.images.shape == (8 * 16, 3, 64, 64) and corpus.images.dtype == torch.float16
     assert corpus.labels.shape == (8 * 16, 6) and torch.equal(corpus.volumes, torch.arange(8).repeat_interleave(16))
     assert torch.isfinite(corpus.images.float()).all()
-    # slices with no drawn finding get a normal report unless a remark is added; findings use category phrases
+    # without false mentions, a report names only categories drawn on its slice
     for report, label in zip(corpus.reports, corpus.labels):
         named = [c for c, phrases in REPORT_PHRASES.items() if any(p in report for p in phrases)]
         assert set(named) <= {FASTMRI_BRAIN_CATEGORIES[k] for k in torch.nonzero(label).flatten().tolist()}
@@ -86,6 +86,9 @@ def test_write_report_noise_is_what_it_says():
     orders = {a < b for a, b in pairs if a is not None and b is not None}
     assert orders == {True, False}  # findings come in both orders
     assert all(write_report([], rng).split("; ")[0] in {p.lower() for p in NORMAL_PHRASES} for _ in range(50))
+    differentials = [write_report([], rng, false_mention_probability=1.0) for _ in range(50)]
+    assert all(any(r.startswith(h) for h in ("possible", "probable", "suspected", "likely", "cannot", "questionable"))
+               for r in differentials)  # a mention of an absent finding is always hedged
     with pytest.raises(ValueError, match="no report phrases"):
         write_report(["Mass"], rng)
 

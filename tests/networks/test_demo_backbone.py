@@ -1,0 +1,143 @@
+"""The demo backbone: pretraining gives a zero-shot prior, the compact weights file round-trips, the shipped file
+loads (and is checked), and it is what the demo needs: informative zero-shot scores on held-out demo slices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sdmad_monai.data import FASTMRI_BRAIN_CATEGORIES
+from sdmad_monai.data.demo import assign_categories, demo_affine, load_template, render_volume
+from sdmad_monai.data.report_corpus import _preprocess, build_report_corpus
+from sdmad_monai.metrics import compute_auroc
+from sdmad_monai.networks import SignDrivenDetector, load_clip
+from sdmad_monai.networks.backbone import DEMO_PRETRAINED, TINY_MODEL_NAME
+from sdmad_monai.networks.demo_backbone import (
+    DEMO_WEIGHTS_DIR,
+    DEMO_WEIGHTS_FILE,
+    DemoWeightsError,
+    PretrainRecipe,
+    apply_demo_weights,
+    pretrain,
+    read_demo_manifest,
+    save_demo_weights,
+)
+
+HELD_OUT_KEY = 0xD15C  # random stream of the held-out slices: neither the demo's [seed, i] nor the corpus's
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Demo-style slices 0, 5, 10 of 24 volumes from a random stream used nowhere else, with their labels."""
+    template, affine = load_template()
+    categories = assign_categories(24, np.random.default_rng([HELD_OUT_KEY]))
+    images, labels = [], []
+    for index, cats in enumerate(categories):
+        data, rows = render_volume(template, affine, cats, np.random.default_rng([HELD_OUT_KEY, index]))
+        slices = _preprocess(data, 64, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+        for z in (0, 5, 10):
+            label = torch.zeros(len(FASTMRI_BRAIN_CATEGORIES))
+            for row_slice, _, name in rows:
+                if row_slice == z and name in FASTMRI_BRAIN_CATEGORIES:
+                    label[FASTMRI_BRAIN_CATEGORIES.index(name)] = 1
+            images.append(slices[z])
+            labels.append(label)
+    assert demo_affine().shape == (4, 4)
+    return torch.stack(images), torch.stack(labels)
+
+
+def _zero_shot(detector: SignDrivenDetector, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean category AUROC and normal-vs-abnormal AUROC of the prompt bank on frozen CLIP (adapters off)."""
+    from sdmad_monai.metrics import binary_auroc
+
+    with torch.no_grad(), detector.adapters_disabled():
+        out = detector(images, output="all")
+    per_category = compute_auroc(out["scores"], labels, average="none")
+    defined = per_category[~torch.isnan(per_category)]
+    return float(defined.mean()), float(binary_auroc(out["image_score"], labels.any(dim=1)))
+
+
+def _detector(pretrained):
+    return SignDrivenDetector.from_preset("tiny", pretrained=pretrained, map_layers=[]).eval()
+
+
+def _report_zero_shot(model, tokenizer, corpus) -> float:
+    """Mean category AUROC of held-out slices scored against the report vocabulary (mean phrase feature)."""
+    from sdmad_monai.data.report_corpus import REPORT_PHRASES
+
+    with torch.no_grad():
+        images = torch.nn.functional.normalize(model.encode_image(corpus.images.float()), dim=-1)
+        classes = []
+        for category in FASTMRI_BRAIN_CATEGORIES:
+            text = torch.nn.functional.normalize(model.encode_text(tokenizer(list(REPORT_PHRASES[category]))), dim=-1)
+            classes.append(torch.nn.functional.normalize(text.mean(0), dim=0))
+    per_category = compute_auroc(images @ torch.stack(classes).T, corpus.labels, average="none")
+    return float(per_category[~torch.isnan(per_category)].mean())
+
+
+def test_short_pretraining_raises_zero_shot_auroc_over_random_init():
+    train = build_report_corpus(24, seed=0, progress=False)
+    held_out = build_report_corpus(12, seed=1, progress=False)  # other subjects, other reports
+    model, tokenizer = load_clip(TINY_MODEL_NAME, None, seed=0)
+    before = _report_zero_shot(model, tokenizer, held_out)
+    recipe = PretrainRecipe(corpus_volumes=24, steps=150, batch_size=64, warmup_steps=10, learning_rate=3e-3)
+    losses = pretrain(model, train.images, tokenizer(train.reports), recipe, progress=False)
+    assert np.mean(losses[-15:]) < np.mean(losses[:15]) - 0.2
+    assert all(not p.requires_grad for p in model.parameters()) and not model.training
+    after = _report_zero_shot(model, tokenizer, held_out)
+    assert after > before + 0.1 and after > 0.65
+
+
+def test_compact_weights_round_trip_and_are_checked(tmp_path):
+    model, tokenizer = load_clip(TINY_MODEL_NAME, None, seed=3)
+    initial, _ = load_clip(TINY_MODEL_NAME, None, seed=3)
+    corpus = build_report_corpus(7, seed=5, progress=False)
+    pretrain(model, corpus.images[:32], tokenizer(corpus.reports[:32]), PretrainRecipe(steps=2, batch_size=16, warmup_steps=1, init_seed=3), progress=False)
+    manifest = save_demo_weights(model, initial, tmp_path / DEMO_WEIGHTS_FILE, {"recipe": {"init_seed": 3}})
+    used_tokens = torch.unique(tokenizer(corpus.reports[:32]))
+    # only rows of tokens that occur (padding and special tokens included) changed and are stored
+    assert 0 < manifest["changed_token_rows"] <= len(used_tokens)
+    assert (tmp_path / DEMO_WEIGHTS_FILE).stat().st_size < 2.5e6
+
+    fresh, _ = load_clip(TINY_MODEL_NAME, None, seed=3)
+    apply_demo_weights(fresh, tmp_path / DEMO_WEIGHTS_FILE)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, atol=2e-3, rtol=1e-3, msg=name)
+
+    damaged = tmp_path / "damaged" / DEMO_WEIGHTS_FILE
+    damaged.parent.mkdir()
+    shutil.copy(tmp_path / DEMO_WEIGHTS_FILE, damaged)
+    shutil.copy((tmp_path / DEMO_WEIGHTS_FILE).with_suffix(".json"), damaged.with_suffix(".json"))
+    with damaged.open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(DemoWeightsError, match="do not match their manifest"):
+        apply_demo_weights(load_clip(TINY_MODEL_NAME, None, seed=3)[0], damaged)
+    with pytest.raises(DemoWeightsError, match="missing"):
+        apply_demo_weights(fresh, tmp_path / "absent.pt")
+
+
+def test_shipped_demo_weights_load_by_name_and_match_their_manifest():
+    manifest = read_demo_manifest()
+    assert manifest["model_name"] == TINY_MODEL_NAME and len(manifest["recipe_fingerprint"]) == 64
+    assert manifest["loss"]["last_50_mean"] < manifest["loss"]["chance"] - 0.3
+    model, _ = load_clip(TINY_MODEL_NAME, DEMO_PRETRAINED)
+    random_model, _ = load_clip(TINY_MODEL_NAME, None, seed=manifest["recipe"]["init_seed"])
+    assert not torch.equal(model.visual.conv1.weight, random_model.visual.conv1.weight)
+    with pytest.raises(ValueError, match="demo weights of 'sdmad-tiny'"):
+        load_clip("ViT-B-16", DEMO_PRETRAINED)
+    larger, _ = load_clip(TINY_MODEL_NAME, DEMO_PRETRAINED, image_size=96)  # position embedding resized
+    assert larger.visual.positional_embedding.shape[0] == (96 // 8) ** 2 + 1
+    assert torch.equal(larger.visual.conv1.weight, model.visual.conv1.weight)
+    assert json.loads((DEMO_WEIGHTS_DIR / DEMO_WEIGHTS_FILE).with_suffix(".json").read_text()) == manifest
+
+
+def test_shipped_demo_backbone_is_informative_but_imperfect_zero_shot(held_out):
+    images, labels = held_out
+    category_auroc, image_auroc = _zero_shot(_detector(DEMO_PRETRAINED), images, labels)
+    assert 0.6 < category_auroc < 0.95
+    assert image_auroc > 0.6
