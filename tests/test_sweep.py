@@ -327,14 +327,14 @@ def test_two_seeds_end_to_end(tmp_path):
     assert supports[0] != supports[1], "each seed must draw its own support set"
     summary = strict_json(out / "summary.json")
     assert summary["seeds"] == [0, 1] and not summary["failed"]
-    assert list(summary["variants"]) == ["clip", "sdmad_no_ss", "sdmad"]
-    for variant, entry in summary["variants"].items():
-        seed_values = [
-            json.loads((out / f"seed{s}" / "eval" / "metrics.json").read_text())["variants"][variant]["image_auroc"]
-            for s in (0, 1)
-        ]
-        stats = entry["metrics"]["image_auroc"]
+    assert list(summary["variants"]) == ["clip", "sdmad_no_ss", "sdmad", "baseline_all_negative"]
+    seed_metrics = [json.loads((out / f"seed{s}" / "eval" / "metrics.json").read_text()) for s in (0, 1)]
+    for variant in ("clip", "sdmad_no_ss", "sdmad"):
+        stats = summary["variants"][variant]["metrics"]["image_auroc"]
+        seed_values = [m["variants"][variant]["image_auroc"] for m in seed_metrics]
         assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(seed_values))
+    baseline = summary["variants"]["baseline_all_negative"]["metrics"]["hamming_score"]
+    assert baseline["mean"] == pytest.approx(np.mean([m["baselines"]["all_negative"]["hamming_score"] for m in seed_metrics]))
     assert (out / "summary.csv").read_text().startswith("variant,metric,mean,std,n,seeds,values\n")
     assert (out / "summary.png").stat().st_size > 10_000
     assert run.stdout == (out / "summary.md").read_text() and "| sdmad |" in run.stdout
