@@ -56,6 +56,7 @@ __all__ = [
     "REPORT_PHRASES",
     "ReportCorpus",
     "build_report_corpus",
+    "volume_slices_for_clip",
     "write_report",
 ]
 
@@ -245,9 +246,25 @@ def _slice_labels(rows: Sequence[tuple[int, tuple | None, str]], num_slices: int
     return labels
 
 
-def _preprocess(data: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """All axial slices of a volume through the demo's slice extraction and CLIP chain: ``[Z, 3, S, S]``."""
+def volume_slices_for_clip(
+    data: np.ndarray, image_size: int = 64, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """All axial slices of a generated volume through the demo's slice extraction and CLIP chain.
+
+    Args:
+        data: ``[X, Y, Z]`` volume on :func:`~sdmad_monai.data.demo.demo_affine`'s grid.
+        image_size: slice side after preprocessing.
+        mean: CLIP normalisation mean (default OpenAI CLIP's, which ``sdmad-tiny`` uses).
+        std: CLIP normalisation std.
+
+    Returns:
+        ``[Z, 3, S, S]`` float32, slice 0 first.
+    """
     from sdmad_monai.transforms import ExtractSlices, clip_slice_transforms
+    from sdmad_monai.transforms.intensity import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    mean = OPENAI_CLIP_MEAN if mean is None else mean
+    std = OPENAI_CLIP_STD if std is None else std
 
     volume = MetaTensor(torch.as_tensor(data, dtype=torch.float32)[None], affine=torch.as_tensor(demo_affine()))
     slices = torch.stack([s.as_tensor() for s in ExtractSlices("axial")(volume)])  # [Z, 1, H, W]
@@ -280,12 +297,8 @@ def build_report_corpus(
     Returns:
         :class:`ReportCorpus`.
     """
-    from sdmad_monai.transforms.intensity import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
     if isinstance(num_volumes, bool) or int(num_volumes) != num_volumes or num_volumes < 7:
         raise ValueError(f"num_volumes must be an integer >= 7, got {num_volumes!r}.")
-    mean = OPENAI_CLIP_MEAN if mean is None else mean
-    std = OPENAI_CLIP_STD if std is None else std
     template, t_aff = load_template()
     assignment = assign_categories(int(num_volumes), np.random.default_rng([CORPUS_STREAM, int(seed)]))
     images, reports, labels, volumes, fingerprints = [], [], [], [], []
@@ -300,7 +313,7 @@ def build_report_corpus(
         if rng.uniform() < CORPUS_INVERTED:
             data = 1.0 - data
         slice_labels = _slice_labels(rows, data.shape[2])
-        images.append(_preprocess(data, image_size, mean, std).to(torch.float16))
+        images.append(volume_slices_for_clip(data, image_size, mean, std).to(torch.float16))
         for z in range(data.shape[2]):
             present = [FASTMRI_BRAIN_CATEGORIES[k] for k in np.flatnonzero(slice_labels[z])]
             reports.append(write_report(present, rng, omit_probability, false_mention_probability))
