@@ -10,8 +10,9 @@ only in part to a given hospital's scans. This corpus gives the tiny demo CLIP (
   (:data:`CORPUS_STYLE`) a per-volume contrast curve (gamma in :data:`CORPUS_GAMMA`) and, for a share of the
   volumes (:data:`CORPUS_INVERTED`), inverted contrast. Slices go through the same
   slice extraction and CLIP preprocessing as the demo's training data.
-* **Reports**: one short report per slice, written from a radiology phrase vocabulary (:data:`REPORT_PHRASES`) that
-  shares no four-word run with the prompt bank (a test checks it), with the noise of real reports: a finding is left
+* **Reports**: one short report per slice, written from a radiology phrase vocabulary (:data:`REPORT_PHRASES`, and
+  :data:`REPORT_TERMS` after a qualifier) that shares no four-word run with the prompt bank (a test checks it, frames
+  included), with the noise of real reports: a finding is left
   out with probability ``omit_probability`` (a slice whose findings are all left out reads as normal), hedged
   ("possible", "cannot exclude"), now and then a hedged mention of a finding that is not there (a differential),
   the findings come in random order inside varied sentence frames ("findings: ...", "there is ..."), normal slices get varied normal phrasing, and
@@ -54,6 +55,8 @@ __all__ = [
     "CORPUS_STYLE",
     "NORMAL_PHRASES",
     "REPORT_PHRASES",
+    "REPORT_TERMS",
+    "category_mentions",
     "ReportCorpus",
     "build_report_corpus",
     "volume_slices_for_clip",
@@ -94,6 +97,13 @@ REPORT_PHRASES: dict[str, tuple[str, ...]] = {
         "prior cranial surgery with bone flap",
         "skull defect from previous surgery",
         "calvarial gap at the operative site",
+        "burr holes and a calvarial defect",
+        "metallic artifact from surgical plates and screws",
+        "susceptibility artifact at the fixation site",
+        "bony discontinuity of the vault",
+        "opening in the cranium after surgery",
+        "altered signal at the bone margins",
+        "scalp swelling overlying the operative site",
     ),
     POSTTREATMENT: (
         "postoperative resection cavity",
@@ -102,6 +112,12 @@ REPORT_PHRASES: dict[str, tuple[str, ...]] = {
         "post radiation parenchymal changes",
         "postsurgical encephalomalacia",
         "evolving posttreatment changes at the operative bed",
+        "fluid filled cavity with an enhancing rim",
+        "flair bright tissue surrounding the treated tumor bed",
+        "radiation therapy induced white matter injury",
+        "gliosis around the tumor resection site",
+        "cavity surrounded by bright treated tissue",
+        "encephalomalacia near the treated site",
     ),
     LESION: (
         "nonspecific focus of hyperintensity",
@@ -109,6 +125,12 @@ REPORT_PHRASES: dict[str, tuple[str, ...]] = {
         "punctate bright focus, likely nonspecific",
         "tiny nonspecific parenchymal lesion",
         "focal abnormal signal of unclear significance",
+        "solitary hyperintense focus",
+        "round bright spot of unclear cause",
+        "well circumscribed nodule in one cerebral hemisphere",
+        "small nodule without surrounding mass effect",
+        "single hyperintense lesion of indeterminate nature",
+        "signal intensity abnormality, uncertain etiology",
     ),
     DURAL: (
         "pachymeningeal thickening",
@@ -116,6 +138,12 @@ REPORT_PHRASES: dict[str, tuple[str, ...]] = {
         "thickened dura over the convexity",
         "dural enhancement and thickening",
         "meningeal thickening along the calvarium",
+        "inner table dural thickening",
+        "linear bright rim of the dura",
+        "diffuse meningeal thickening",
+        "thick dural band adjacent to the cortex",
+        "meninges thickened near the surgical site",
+        "bright band between calvarium and cortex",
     ),
     VENTRICLES: (
         "ventriculomegaly",
@@ -124,16 +152,91 @@ REPORT_PHRASES: dict[str, tuple[str, ...]] = {
         "hydrocephalus",
         "ventricles are enlarged",
         "enlargement of the lateral ventricles",
+        "large ventricles with dilated frontal horns",
+        "rounded frontal horns",
+        "enlarged cerebrospinal fluid spaces",
+        "ventricles large out of proportion to the sulci",
+        "ventricular dilatation and white matter thinning",
+        "disproportionately enlarged dark ventricles",
     ),
     SMALL_VESSEL: (
         "chronic microvascular ischemic changes",
         "scattered white matter hyperintensities",
-        "periventricular white matter disease",
+        "white matter disease around the ventricles",
         "mild small vessel disease",
         "leukoaraiosis",
         "age related white matter changes",
+        "multiple punctate white matter foci",
+        "confluent periventricular hyperintensity",
+        "patchy deep white matter hyperintensities",
+        "numerous small hyperintense dots throughout the white matter",
+        "changes of cerebral microangiopathy",
+        "many bright foci in deep white matter",
     ),
 }
+
+#: Key terms per category, the words a report's impression is made of; :func:`write_report` also writes a finding as
+#: ``[qualifier] term`` (:data:`_QUALIFIERS`), so that each term is seen in many contexts and the text tower learns
+#: words, not only whole phrases (the way real CLIP knows "hydrocephalus" in any sentence).
+REPORT_TERMS: dict[str, tuple[str, ...]] = {
+    CRANIOTOMY: (
+        "craniotomy",
+        "burr holes",
+        "bone flap",
+        "skull defect",
+        "calvarial defect",
+        "fixation plates",
+        "metallic artifact",
+        "cranial opening",
+    ),
+    POSTTREATMENT: (
+        "resection cavity",
+        "surgical cavity",
+        "gliosis",
+        "encephalomalacia",
+        "radiation change",
+        "treated tumor bed",
+        "posttreatment change",
+        "scarring",
+    ),
+    LESION: (
+        "nonspecific lesion",
+        "indeterminate focus",
+        "bright spot",
+        "hyperintense focus",
+        "solitary nodule",
+        "focal abnormality",
+        "signal abnormality",
+    ),
+    DURAL: (
+        "dural thickening",
+        "thickened dura",
+        "pachymeningeal thickening",
+        "meningeal thickening",
+        "thick dura",
+        "dural rim",
+    ),
+    VENTRICLES: (
+        "ventriculomegaly",
+        "hydrocephalus",
+        "enlarged ventricles",
+        "dilated ventricles",
+        "large ventricles",
+        "prominent ventricles",
+        "dilated csf spaces",
+    ),
+    SMALL_VESSEL: (
+        "small vessel disease",
+        "microangiopathy",
+        "leukoaraiosis",
+        "white matter hyperintensities",
+        "periventricular hyperintensity",
+        "punctate white matter foci",
+        "ischemic white matter change",
+    ),
+}
+
+_QUALIFIERS = ("", "", "mild", "moderate", "marked", "small", "chronic", "stable", "new", "minimal", "prior", "focal")
 
 #: Ways a report says "no finding".
 NORMAL_PHRASES: tuple[str, ...] = (
@@ -145,10 +248,16 @@ NORMAL_PHRASES: tuple[str, ...] = (
     "ventricles and sulci are normal in size",
     "no intracranial findings",
     "normal study for age",
+    "symmetric ventricles, anatomy normal",
+    "intact calvarium without lesions",
+    "normal gray white matter differentiation",
+    "healthy appearing brain",
+    "no abnormality detected",
 )
 
-#: Sentence frames around the findings, as reports word them; the text tower learns that the frame says nothing
-#: about the finding (the prompt bank's sentences have frames of their own).
+#: Sentence frames around the findings, as reports and captions word them (articles, "showing", "on MRI"...): the
+#: text tower learns that the frame says nothing about the finding, the way real CLIP learned it from web captions
+#: (the prompt bank's sentences have frames of their own; no frame and phrase together repeat four of their words).
 _FRAMES = (
     "{}",
     "{}",
@@ -162,11 +271,31 @@ _FRAMES = (
     "exam notable for {}",
     "brain mr: {}",
     "images show {}",
+    "a slice showing {}",
+    "an axial image showing {}",
+    "on mri, {}",
+    "a scan with {}",
+    "an mr scan that shows {}",
+    "brain imaging showing {}",
 )
 
 _HEDGES = ("possible", "probable", "suspected", "likely", "cannot exclude", "questionable")
 _LOCATIONS = ("left frontal", "right frontal", "left parietal", "right parietal", "bifrontal", "occipital")
 _REMARKS = ("axial image", "mild motion artifact", "limited evaluation", "comparison with prior", "single slice")
+
+
+def category_mentions(category: str) -> tuple[str, ...]:
+    """Every wording :func:`write_report` can use for ``category``: its phrases and its key terms."""
+    return REPORT_PHRASES[category] + REPORT_TERMS[category]
+
+
+def _mention(category: str, rng: np.random.Generator) -> str:
+    """A phrase of ``category`` (half the time) or one of its key terms after a random qualifier."""
+    if rng.uniform() < 0.5:
+        return REPORT_PHRASES[category][int(rng.integers(len(REPORT_PHRASES[category])))]
+    qualifier = _QUALIFIERS[int(rng.integers(len(_QUALIFIERS)))]
+    term = REPORT_TERMS[category][int(rng.integers(len(REPORT_TERMS[category])))]
+    return f"{qualifier} {term}".strip()
 
 
 def write_report(
@@ -194,7 +323,7 @@ def write_report(
     for finding in findings:
         if rng.uniform() < omit_probability:
             continue
-        phrase = REPORT_PHRASES[finding][int(rng.integers(len(REPORT_PHRASES[finding])))]
+        phrase = _mention(finding, rng)
         if rng.uniform() < 0.2:
             phrase = f"{_LOCATIONS[int(rng.integers(len(_LOCATIONS)))]} {phrase}"
         if rng.uniform() < 0.2:
@@ -203,7 +332,7 @@ def write_report(
     absent = [c for c in REPORT_PHRASES if c not in findings]
     if absent and rng.uniform() < false_mention_probability:
         other = absent[int(rng.integers(len(absent)))]
-        phrase = REPORT_PHRASES[other][int(rng.integers(len(REPORT_PHRASES[other])))]
+        phrase = _mention(other, rng)
         parts.append(f"{_HEDGES[int(rng.integers(len(_HEDGES)))]} {phrase}")
     if not parts:
         parts.append(NORMAL_PHRASES[int(rng.integers(len(NORMAL_PHRASES)))])

@@ -14,6 +14,7 @@ from sdmad_monai.data.report_corpus import (
     CORPUS_STYLE,
     NORMAL_PHRASES,
     REPORT_PHRASES,
+    category_mentions,
     build_report_corpus,
     write_report,
 )
@@ -35,9 +36,16 @@ def test_report_vocabulary_shares_no_four_word_run_with_the_prompt_bank():
     bank = load_prompt_bank("fastmri_brain")
     prompts, _ = bank.flatten()
     prompt_grams = set().union(*(_four_grams(p) for p in prompts))
-    phrases = [p for group in REPORT_PHRASES.values() for p in group] + list(NORMAL_PHRASES)
+    phrases = [p for c in REPORT_PHRASES for p in category_mentions(c)] + list(NORMAL_PHRASES)
     shared = {gram for phrase in phrases for gram in _four_grams(phrase) if gram in prompt_grams}
     assert not shared
+    # whole reports too: a sentence frame around a phrase must not rebuild a prompt's wording either
+    rng = np.random.default_rng(0)
+    reports = [
+        write_report([c for c in FASTMRI_BRAIN_CATEGORIES if rng.uniform() < 0.3], rng, false_mention_probability=0.3)
+        for _ in range(5000)
+    ]
+    assert not {gram for report in reports for gram in _four_grams(report) if gram in prompt_grams}
     assert not {p.lower() for p in prompts} & {p.lower() for p in phrases}
     assert set(REPORT_PHRASES) == set(FASTMRI_BRAIN_CATEGORIES)
 
@@ -69,17 +77,17 @@ def test_corpus_is_deterministic_and_labelled_per_slice(corpus):
     assert torch.isfinite(corpus.images.float()).all()
     # without false mentions, a report names only categories drawn on its slice
     for report, label in zip(corpus.reports, corpus.labels):
-        named = [c for c, phrases in REPORT_PHRASES.items() if any(p in report for p in phrases)]
+        named = [c for c in REPORT_PHRASES if any(p in report for p in category_mentions(c))]
         assert set(named) <= {FASTMRI_BRAIN_CATEGORIES[k] for k in torch.nonzero(label).flatten().tolist()}
 
 
 def test_write_report_noise_is_what_it_says():
     rng = np.random.default_rng(0)
     reports = [write_report(["Craniotomy", "Enlarged ventricles"], rng, omit_probability=0.15) for _ in range(2000)]
-    mentions = np.mean([any(p in r for p in REPORT_PHRASES["Craniotomy"]) for r in reports])
+    mentions = np.mean([any(p in r for p in category_mentions("Craniotomy")) for r in reports])
     assert 0.80 < mentions < 0.90  # 15 % of findings left out
     def position(report, category):
-        found = [report.find(p) for p in REPORT_PHRASES[category] if p in report]
+        found = [report.find(p) for p in category_mentions(category) if p in report]
         return min(found) if found else None
 
     pairs = [(position(r, "Craniotomy"), position(r, "Enlarged ventricles")) for r in reports]
