@@ -16,7 +16,8 @@ gives the tiny CLIP such a prior without any download:
 
 The weights ship with the package (``weights/sdmad-tiny-demo.pt``, 1.6 MB, with ``sdmad-tiny-demo.json``: the
 recipe, its fingerprint, the file's sha256, the loss curve and the machine it was built on). Shipping beats
-building at the first run: pretraining took 18 minutes on two (shared) CPU cores here, far beyond the demo's 3-minute budget, and
+building at the first run: pretraining took 8.5 minutes on two CPU cores here (18 when the cores were shared),
+far beyond the demo's 3-minute budget, and
 the bits of a CPU training run differ between processors, while a shipped file gives every user the same prior.
 Rebuild it with::
 

@@ -16,6 +16,7 @@ from sdmad_monai.data.report_corpus import build_report_corpus, volume_slices_fo
 from sdmad_monai.metrics import compute_auroc
 from sdmad_monai.networks import SignDrivenDetector, load_clip
 from sdmad_monai.networks.backbone import DEMO_PRETRAINED, TINY_MODEL_NAME
+from sdmad_monai.prompts import load_prompt_bank
 from sdmad_monai.networks.demo_backbone import (
     DEMO_WEIGHTS_DIR,
     DEMO_WEIGHTS_FILE,
@@ -78,15 +79,36 @@ def _report_zero_shot(model, tokenizer, corpus) -> float:
     return float(per_category[~torch.isnan(per_category)].mean())
 
 
-def test_pretraining_runs_open_clips_loss_and_leaves_the_model_frozen():
-    # a minute of pretraining does not leave the contrastive plateau on this corpus (measured: 150 steps at batch 64
-    # moved the held-out zero-shot AUROC from 0.49 to 0.51); the prior itself is tested on the shipped weights below
-    corpus = build_report_corpus(7, seed=0, progress=False)
-    model, tokenizer = load_clip(TINY_MODEL_NAME, None, seed=0)
+def _prompt_zero_shot(model, tokenizer, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean category AUROC of the prompt bank on a bare open_clip model (Eq. 7 over all prompts, no adapters)."""
+    texts, categories = load_prompt_bank("fastmri_brain").flatten()
+    categories = torch.tensor(categories)
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    similarities = image @ text.T
+    scores = torch.stack([similarities[:, categories == k].amax(dim=1) for k in range(len(FASTMRI_BRAIN_CATEGORIES))], 1)
+    per_category = compute_auroc(scores, labels, average="none")
+    return float(per_category[~torch.isnan(per_category)].mean())
+
+
+def test_short_pretraining_raises_zero_shot_auroc_over_random_init(held_out):
+    """One minute of open_clip's contrastive loss on a small corpus, at 32 px, already gives the prompt bank a prior on
+    held-out demo slices it never saw, against the random initialisation it started from (measured on a 2-core
+    machine: 0.43 -> 0.62 mean category AUROC in 60 s; 150 steps at 64 px stay on the contrastive plateau)."""
+    size = 32
+    images = torch.nn.functional.interpolate(held_out[0], size=(size, size), mode="bilinear", antialias=True)
+    corpus = build_report_corpus(32, seed=0, image_size=size, progress=False)
+    model, tokenizer = load_clip(TINY_MODEL_NAME, None, size, seed=0)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    recipe = PretrainRecipe(corpus_volumes=7, steps=12, batch_size=32, warmup_steps=2, learning_rate=2e-3)
+    before = _prompt_zero_shot(model, tokenizer, images, held_out[1])
+
+    recipe = PretrainRecipe(corpus_volumes=32, steps=600, batch_size=32, warmup_steps=60, learning_rate=3e-3)
     losses = pretrain(model, corpus.images, tokenizer(corpus.reports), recipe, progress=False)
-    assert len(losses) == 12 and np.mean(losses[-3:]) < losses[0]
+    after = _prompt_zero_shot(model, tokenizer, images, held_out[1])
+
+    assert len(losses) == 600 and np.mean(losses[-20:]) < np.log(32) - 0.5  # well below the contrastive plateau
+    assert after > before + 0.1, (before, after)
     assert all(not p.requires_grad for p in model.parameters()) and not model.training
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, start[k])]
     assert "visual.conv1.weight" in changed and "logit_scale" in changed
