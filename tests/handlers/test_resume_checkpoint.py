@@ -149,3 +149,52 @@ def test_missing_entry_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="'optimizer'") as info:
         engine.run(DATA, max_epochs=2)
     assert str(path) in str(info.value)
+
+
+def test_best_metric_saver_record_and_random_states_are_restored(tmp_path):
+    """What makes a resumed bundle run continue exactly (tests/bundle/test_bundle_resume.py runs the bundle): the
+    validator's best metric, the best-model saver's record, the random states; other settings are refused."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ignite.handlers import Checkpoint
+    from monai.transforms import Compose, RandFlip
+
+    from sdmad_monai.handlers.resume import ResumeMismatchError
+
+    class Saver:  # MONAI's CheckpointSaver keeps its record in an ignite Checkpoint
+        def __init__(self):
+            self._key_metric_checkpoint = Checkpoint({}, lambda *a: None, n_saved=1)
+
+        def load_state_dict(self, state):
+            self._key_metric_checkpoint.load_state_dict(state)
+
+    path = tmp_path / "resume.pt"
+    flip = RandFlip(prob=0.5)
+    transforms = Compose([flip]).set_random_state(seed=7)
+    model, optimizer = make_model_and_optimizer()
+    evaluator = SimpleNamespace(state=SimpleNamespace(best_metric=0.75, best_metric_epoch=2))
+    saver = Saver()
+    saver._key_metric_checkpoint._saved = [Checkpoint.Item(0.75, "model.pt")]
+    handler = ResumeCheckpoint(path, {"network": model}, settings={"lr": 0.1}, evaluator=evaluator,
+                               checkpoint_saver=saver, rng_objects=transforms)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.iteration = 2, 6
+    handler.save(engine)
+    expected = (torch.rand(3), np.random.rand(3), flip.R.rand(3))
+
+    fresh_evaluator = SimpleNamespace(state=SimpleNamespace(best_metric=-1, best_metric_epoch=-1))
+    fresh_saver = Saver()
+    fresh_flip = RandFlip(prob=0.5)
+    fresh = ResumeCheckpoint(path, {"network": model}, settings={"lr": 0.1}, evaluator=fresh_evaluator,
+                             checkpoint_saver=fresh_saver, rng_objects=Compose([fresh_flip]))
+    fresh.restore(Engine(lambda e, b: None))
+    assert (fresh_evaluator.state.best_metric, fresh_evaluator.state.best_metric_epoch) == (0.75, 2)
+    assert [tuple(i) for i in fresh_saver._key_metric_checkpoint._saved] == [(0.75, "model.pt")]
+    got = (torch.rand(3), np.random.rand(3), fresh_flip.R.rand(3))
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert np.array_equal(got[2], expected[2])
+
+    other = ResumeCheckpoint(path, {"network": model}, settings={"lr": 0.2})
+    with pytest.raises(ResumeMismatchError, match=r"lr 0.1 -> 0.2.*delete .*resume.pt"):
+        other.restore(Engine(lambda e, b: None))
