@@ -32,7 +32,8 @@ Commands:
         sdmad sweep --seeds 0,1,2,3,4 [--config_file configs/train.json] [--evaluate_config configs/evaluate.json] \\
             [--output_dir sweep] [--override max_epochs=10 --override k_shot=1 ...] [--force] [--quiet]
 
-Errors (missing model or folder, bad rules file, no matching series, a broken series, study not found, PACS not
+Errors (an unknown command or option, a value of the wrong type -- refused before any work --, missing model or
+folder, bad rules file, no matching series, a broken series, study not found, PACS not
 reachable after the retries, bad sweep arguments, a failed seed of a sweep) end the command with one line on stderr,
 ``sdmad: error: ...``, and exit status 1.
 """
@@ -45,6 +46,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .errors import is_user_error, one_line
 
 __all__ = ["SdmadCommands", "main"]
 
@@ -301,22 +304,6 @@ class SdmadCommands:
             raise SweepFailed(f"{len(result.failed)} of {len(result.seeds)} seed(s) failed: {reasons}. {rest}", result)
 
 
-def _is_user_error(error: BaseException) -> bool:
-    """Errors about the input (missing file, bad rules, bad checkpoint, no matching or broken series) and about the
-    PACS (not reachable, study not found, request refused): the package raises ``FileNotFoundError``, ``ValueError``
-    subclasses, ``DetectorStateError`` and ``DicomWebError`` for those."""
-    if isinstance(error, (FileNotFoundError, FileExistsError, ValueError)):
-        return True
-    detector_module = sys.modules.get("sdmad_monai.networks.detector")
-    if detector_module is not None and isinstance(error, detector_module.DetectorStateError):
-        return True
-    sweep_module = sys.modules.get("sdmad_monai.sweep")
-    if sweep_module is not None and isinstance(error, sweep_module.SweepFailed):
-        return True
-    dicomweb_module = sys.modules.get("sdmad_monai.deploy.dicomweb")
-    return dicomweb_module is not None and isinstance(error, dicomweb_module.DicomWebError)
-
-
 def _gather_overrides(argv: list[str]) -> list[str]:
     """``fire`` keeps only the last of a repeated flag: give ``sweep`` every ``--override`` (as one list)."""
     if not argv or argv[0] != "sweep":
@@ -341,6 +328,59 @@ def _gather_overrides(argv: list[str]) -> list[str]:
     return rest + argv[end:]
 
 
+_TYPE_CHECKS: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
+
+
+def _check_options(argv: list[str]) -> None:
+    """Refuse an unknown command, an unknown option or a value of the wrong type before any work is done.
+
+    ``fire`` reads the options only after the command has run, so a mistyped option would otherwise fail after the
+    work (an SR already stored in the PACS) or be ignored; the closest valid name is suggested.
+    """
+    import difflib
+    import inspect
+
+    end = argv.index("--") if "--" in argv else len(argv)  # after "--" come fire's own flags
+    if not argv[:end] or argv[0].startswith("-"):
+        return  # no command: fire prints the help
+    commands = [n for n, f in inspect.getmembers(SdmadCommands, inspect.isfunction) if not n.startswith("_")]
+    command = argv[0].replace("-", "_")
+    if command not in commands:
+        close = difflib.get_close_matches(command, commands, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown command {argv[0]!r}; {hint}commands: {', '.join(sorted(commands))}.")
+    parameters = inspect.signature(getattr(SdmadCommands, command)).parameters
+    names = [n for n in parameters if n != "self"]
+    index = 1
+    while index < end:
+        arg = argv[index]
+        index += 1
+        if not arg.startswith("--") or arg in ("--help", "--helpfull"):
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean --{close[0]}? " if close else ""
+            raise ValueError(
+                f"{argv[0]}: unknown option --{name}; {hint}options: {', '.join('--' + n for n in names)}."
+            )
+        annotation = parameters[name].annotation
+        if annotation in ("bool", bool):
+            continue  # a flag: "--force" alone, or "--force=false"
+        if not has_value:
+            if index >= end or argv[index].startswith("--"):
+                raise ValueError(f"{argv[0]}: option --{name} needs a value.")
+            value = argv[index]
+            index += 1
+        check = _TYPE_CHECKS.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+        if check is not None:
+            try:
+                check(value)
+            except ValueError:
+                raise ValueError(f"{argv[0]}: --{name} {value!r} is not a valid {annotation} value.") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``sdmad`` and ``python -m sdmad_monai``."""
     import fire
@@ -350,12 +390,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         command = _gather_overrides(list(argv) if argv is not None else sys.argv[1:])
+        _check_options(command)
         fire.Fire(SdmadCommands(), command=command, name="sdmad")
     except Exception as error:
-        if not _is_user_error(error):
+        if not is_user_error(error):
             raise
-        message = " ".join(str(error).split())
-        print(f"sdmad: error: {message}", file=sys.stderr)
+        print(f"sdmad: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
 
 

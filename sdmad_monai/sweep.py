@@ -60,7 +60,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .utils import atomic_path, atomic_write_bytes, atomic_write_text
+from .overrides import BundleOptionError, check_overrides, parse_override_value
+from .utils import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -384,21 +385,6 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _write_json(path: Path, data: Any) -> Path:
-    """Valid JSON, atomically: NaN and infinities become null."""
-    return atomic_write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
-
-
-def _finite(data: Any) -> Any:
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, Mapping):
-        return {str(k): _finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
-    return data
-
-
 def _copy(source: Path, target: Path) -> Path:
     return atomic_write_bytes(target, source.read_bytes())
 
@@ -493,6 +479,13 @@ def run_sweep(
                 f"Config file {name} does not exist (run from the bundle folder or pass --config_file / "
                 "--evaluate_config)."
             )
+    try:  # before any seed runs: a mistyped override would otherwise be trained with, silently
+        check_overrides(
+            list(dict.fromkeys(train_configs + evaluate_configs)),
+            {key: parse_override_value(value) for key, value in override_map.items()},
+        )
+    except BundleOptionError as error:
+        raise SweepError(str(error)) from None
     runner = step_runner or run_bundle_step
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -601,12 +594,12 @@ def _run_seed(
         "steps": steps,
         "error": None,
     }
-    _write_json(record_path, record)
+    atomic_write_json(record_path, record)
     start = time.monotonic()
 
     def fail(reason: str) -> SeedOutcome:
         record.update(status="failed", error=reason, finished=_now(), seconds=time.monotonic() - start)
-        _write_json(record_path, record)
+        atomic_write_json(record_path, record)
         logger.error("%s: FAILED: %s", label, reason)
         return SeedOutcome(seed, "failed", folder, time.monotonic() - start, reason)
 
@@ -624,7 +617,7 @@ def _run_seed(
                     folder / LOG_NAMES[run_id], echo)
         steps[run_id] = {"status": "running", "command": list(step.command), "log": step.log_file.name,
                          "started": _now()}
-        _write_json(record_path, record)
+        atomic_write_json(record_path, record)
         logger.info("%s: %s ... (log: %s)", label, run_id, step.log_file)
         step_start = time.monotonic()
         try:
@@ -656,11 +649,11 @@ def _run_seed(
             steps[run_id]["status"] = "failed"
             return fail(f"evaluation ended without a complete eval/metrics.json; log: {step.log_file}")
         steps[run_id]["status"] = "done"
-        _write_json(record_path, record)
+        atomic_write_json(record_path, record)
         logger.info("%s: %s done in %s", label, run_id, _duration(seconds))
     seconds = time.monotonic() - start
     record.update(status="done", finished=_now(), seconds=round(seconds, 3))
-    _write_json(record_path, record)
+    atomic_write_json(record_path, record)
     return SeedOutcome(seed, "done", folder, seconds)
 
 
@@ -913,7 +906,7 @@ def write_summary(output_dir: str | os.PathLike, summary: Mapping[str, Any]) -> 
     ``png``)."""
     folder = Path(output_dir)
     files = {
-        "json": _write_json(folder / "summary.json", summary),
+        "json": atomic_write_json(folder / "summary.json", summary),
         "csv": atomic_write_text(folder / "summary.csv", summary_csv(summary)),
         "md": atomic_write_text(folder / "summary.md", summary_markdown(summary)),
     }

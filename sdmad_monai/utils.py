@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask", "json_safe"]
 
 
 def current_umask() -> int:
@@ -57,6 +59,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, infinity) replaced by ``None``: valid JSON (``null``, "undefined")
+    instead of the bare ``NaN`` Python writes by default, which other JSON readers refuse."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {str(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    """Write ``data`` as indented, valid JSON (see :func:`json_safe`) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")

@@ -29,7 +29,7 @@ from .data import (
 from .data.demo import DEMO_SUFFIX
 from .utils import atomic_write_json
 
-__all__ = ["prepare_splits", "check_categories", "report_training", "DatasetError", "PrepareBatchWithMasks"]
+__all__ = ["prepare_splits", "split_items", "check_categories", "report_training", "DatasetError", "PrepareBatchWithMasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,19 @@ def prepare_splits(
         splits_path,
     )
     return result
+
+
+def split_items(splits: dict[str, Any], name: str) -> list[dict]:
+    """The datalist of split ``name`` of :func:`prepare_splits`' result, or a :class:`DatasetError` naming the splits.
+
+    Args:
+        splits: from :func:`prepare_splits`.
+        name: ``"training"``, ``"validation"`` or ``"test"``.
+    """
+    choices = [k for k in ("training", "validation", "test") if k in splits]
+    if name not in choices:
+        raise DatasetError(f"eval_split {name!r} is not a split; choose one of {', '.join(choices)}.")
+    return splits[name]
 
 
 def check_categories(splits: dict[str, Any], category_labels: Sequence[str]) -> None:

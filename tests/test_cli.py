@@ -84,6 +84,22 @@ def test_failures(tmp_path, model, study):
     assert str(bad_rules) in line and "unknown key" in line
 
 
+def test_mistyped_options_are_refused_before_any_work(tmp_path, model, study):
+    """``fire`` reads options only after the command ran: ``--retry 0`` used to store the SR, then exit 2."""
+    out = tmp_path / "out"
+    line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(out), "--model",
+                            str(model), "--slice", "0"))
+    assert "unknown option --slice" in line and "did you mean --slices?" in line
+    line = error_line(sdmad("process_study", "--url", "http://127.0.0.1:9/dicom-web", "--study_uid", STUDY,
+                            "--model", str(model), "--retry", "0"))
+    assert "unknown option --retry" in line and "did you mean --retries?" in line
+    line = error_line(sdmad("process_study", "--url", "http://127.0.0.1:9/dicom-web", "--study_uid", STUDY,
+                            "--model", str(model), "--retries", "abc"))
+    assert "--retries 'abc' is not a valid int value" in line
+    assert "did you mean 'process_folder'" in error_line(sdmad("proces_folder", "--input_dir", str(study)))
+    assert not out.exists()
+
+
 def test_help_lists_commands():
     run = sdmad("--help")
     text = run.stdout + run.stderr

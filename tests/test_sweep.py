@@ -151,6 +151,16 @@ def test_parse_arguments():
             parse_overrides(bad)
 
 
+def test_mistyped_override_is_refused_before_any_seed(tmp_path, configs):
+    bundle = FakeBundle()
+    with pytest.raises(SweepError, match="--k_shots: no such setting .*did you mean --k_shot"):
+        run_sweep("0", output_dir=tmp_path / "sweep", overrides=["k_shots=1"], echo=False, step_runner=bundle, **configs)
+    with pytest.raises(SweepError, match="--max_epochs 'ten': expected an integer"):
+        run_sweep("0", output_dir=tmp_path / "sweep", overrides=["max_epochs=ten"], echo=False, step_runner=bundle,
+                  **configs)
+    assert bundle.calls == [] and not (tmp_path / "sweep").exists()
+
+
 def test_repeated_override_flags_are_gathered():
     argv = ["sweep", "--seeds", "0,1", "--override", "max_epochs=2", "--override=k_shot=1", "--force"]
     gathered = _gather_overrides(argv)
@@ -206,7 +216,7 @@ class FakeBundle:
 @pytest.fixture()
 def configs(tmp_path):
     train, evaluate = tmp_path / "train.json", tmp_path / "evaluate.json"
-    train.write_text("{}")
+    train.write_text('{"k_shot": 4, "max_epochs": 40}')  # the overrides below are checked against these keys
     evaluate.write_text('{"eval": 1}')
     return {"config_file": str(train), "evaluate_config": str(evaluate)}
 

@@ -1,0 +1,101 @@
+"""One clear line per error: which exceptions are the user's to fix, and how a command reports them.
+
+Errors about the input (a missing file, a bad dataset, prompt bank, checkpoint, option or PACS answer) are raised as
+``FileNotFoundError``, ``ValueError`` subclasses or the package's own ``RuntimeError`` subclasses, with a message that
+names the file or value and says what was expected. A command prints that message as one line and exits with status
+1; the full traceback goes to a log file (or to the terminal with ``SDMAD_DEBUG=1``). Anything else is a bug and keeps
+its traceback.
+
+``monai.bundle`` wraps an error raised inside a config expression in two more exceptions whose last lines dump the
+expression; :func:`install_bundle_error_hook` (the first ``initialize`` step of the bundle configs) makes such a run
+end with the original message instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from types import TracebackType
+from typing import Iterator
+
+__all__ = ["innermost_user_error", "install_bundle_error_hook", "is_user_error", "one_line", "running_bundle_command"]
+
+#: ``RuntimeError`` subclasses of the package that are about the input (looked up by module, so that this module
+#: imports nothing heavy)
+_USER_RUNTIME_ERRORS = {
+    "sdmad_monai.networks.detector": ("DetectorStateError",),
+    "sdmad_monai.networks.backbone": ("WeightsUnavailableError",),
+    "sdmad_monai.networks.demo_backbone": ("DemoWeightsError",),
+    "sdmad_monai.handlers.resume": ("ResumeMismatchError",),
+    "sdmad_monai.sweep": ("SweepFailed",),
+    "sdmad_monai.deploy.dicomweb": ("DicomWebError",),
+}
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is about the input or the environment (see module docstring), not a bug."""
+    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return True
+    if isinstance(error, ValueError):
+        return True
+    for module_name, names in _USER_RUNTIME_ERRORS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, tuple(getattr(module, n) for n in names if hasattr(module, n))):
+            return True
+    return False
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def innermost_user_error(error: BaseException) -> BaseException | None:
+    """The first cause in ``error``'s chain (``raise ... from``, or raised while handling) that is a user error."""
+    found = [e for e in _chain(error) if is_user_error(e)]
+    return found[-1] if found else None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _write_traceback(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> str:
+    handle, path = tempfile.mkstemp(prefix=f"sdmad-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+    with os.fdopen(handle, "w") as stream:
+        stream.write("".join(traceback.format_exception(kind, value, tb)))
+    return path
+
+
+def running_bundle_command(argv: list[str] | None = None) -> bool:
+    """Whether this process is ``python -m monai.bundle run ...`` (not a ``ConfigWorkflow`` built in Python)."""
+    argv = list(sys.argv if argv is None else argv)
+    launcher = os.path.normpath(argv[0]) if argv else ""
+    return launcher.endswith(os.path.join("monai", "bundle", "__main__.py")) and argv[1:2] == ["run"]
+
+
+def install_bundle_error_hook() -> None:
+    """Make a ``python -m monai.bundle run ...`` command that fails on a user error end with one line on stderr
+    (``sdmad: error: <message> (full traceback: <file>)``) and exit status 1. Other errors are untouched, and so is
+    any other program (a ``ConfigWorkflow`` built in Python raises as usual)."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        error = innermost_user_error(value)
+        if error is None or os.environ.get("SDMAD_DEBUG"):
+            previous(kind, value, tb)
+            return
+        path = _write_traceback(kind, value, tb)
+        print(f"sdmad: error: {one_line(error)} (full traceback: {path}; SDMAD_DEBUG=1 shows it)", file=sys.stderr)
+        sys.stderr.flush()  # Python then exits with status 1
+
+    if running_bundle_command():
+        sys.excepthook = hook
