@@ -14,6 +14,11 @@ for each volume a 3D anomaly-map NIfTI on the scan's voxel grid with the scan's 
 (:mod:`sdmad_monai.anomaly_volume`; slices not processed are 0, the processed ones are listed in the header and a
 JSON sidecar) and PNG overlays of the highest-scoring and a seeded random sample of slices
 (:mod:`sdmad_monai.visualize`).
+
+Nothing wrong passes as "no finding": a slice that is blank, constant or mostly NaN, or non-finite model scores,
+raise :class:`NotAssessableError` for that volume (:func:`slice_problem`); :func:`infer_volumes` then writes the
+other volumes' results, lists the failed ones with their reasons in ``findings.json`` and ends with
+:class:`VolumesFailedError`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +37,20 @@ import torch
 from monai.data import MetaTensor
 
 from .anomaly_volume import anomaly_volume, write_anomaly_volume
+from .errors import is_user_error, one_line
 from .networks.detector import SignDrivenDetector
 from .transforms import ExtractSlices, LoadSlices, clip_slice_transforms
 from .utils import atomic_write_json, atomic_write_text
 from .visualize import OverlayItem, OverlaySelector, display_image, write_overlays
 
 __all__ = [
+    "NotAssessableError",
     "VolumeResult",
+    "VolumesFailedError",
     "find_volumes",
     "infer_volume",
     "infer_volumes",
+    "slice_problem",
     "study_findings",
     "volume_stem",
     "write_volume_maps",
@@ -96,6 +105,40 @@ def study_findings(
     return findings
 
 
+class VolumesFailedError(ValueError):
+    """Some volumes of a run could not be processed; the others were, and their results written."""
+
+
+class NotAssessableError(ValueError):
+    """A volume (or the slices asked for) cannot be assessed: blank, constant or corrupt images. Never "no finding"."""
+
+
+def slice_problem(plane: torch.Tensor, max_nonfinite: float = 0.01) -> str | None:
+    """Why a raw slice cannot be assessed, or ``None`` when it can.
+
+    Args:
+        plane: the slice as read, before any normalisation (``[C, H, W]``).
+        max_nonfinite: largest share of NaN / infinite voxels tolerated.
+
+    Returns:
+        ``"all voxels are NaN or infinite"``, ``"<share> of its voxels are NaN or infinite"``,
+        ``"constant intensity <value>"`` (a blank image: the per-slice normalisation would turn it into an
+        arbitrary flat image), or ``None``.
+    """
+    x = torch.as_tensor(plane).float()
+    finite = torch.isfinite(x)
+    values = x[finite]
+    if values.numel() == 0:
+        return "all voxels are NaN or infinite"
+    share = 1.0 - values.numel() / x.numel()
+    if share > max_nonfinite:
+        return f"{share:.0%} of its voxels are NaN or infinite"
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 1e-6 * max(1.0, abs(low), abs(high)):
+        return f"constant intensity {low:g}"
+    return None
+
+
 @dataclass
 class VolumeResult:
     """Per-slice results and study-level findings of one volume.
@@ -116,6 +159,8 @@ class VolumeResult:
         volume_affine: the scan's 4x4 RAS+ affine.
         volume_shape: the scan's three spatial sizes.
         map_files: where :func:`write_volume_maps` wrote the 3D map and overlays (relative paths), once written.
+        not_assessed: slices left out of a scan of the volume (``stride``/``positions``) because they cannot be
+            assessed (:func:`slice_problem`), with the reason; the findings cover the other slices only.
     """
 
     source: str
@@ -133,6 +178,7 @@ class VolumeResult:
     volume_affine: np.ndarray | None = None
     volume_shape: tuple[int, int, int] | None = None
     map_files: dict[str, Any] | None = None
+    not_assessed: dict[int, str] = field(default_factory=dict)
 
     def anomaly_volume(self) -> np.ndarray:
         """The anomaly maps stacked back onto the scan's voxel grid ``[X, Y, Z]`` (0 on unprocessed slices).
@@ -154,6 +200,7 @@ class VolumeResult:
             "axis": self.axis,
             "model": self.model,
             "findings": self.findings,
+            "not_assessed_slices": {str(k): v for k, v in self.not_assessed.items()},
             "slices": [
                 {
                     "slice": index,
@@ -214,7 +261,11 @@ def infer_volume(
 
     Raises:
         ValueError: ``anomaly_maps`` is asked for but the detector gives no ``"anomaly_map"``.
+        NotAssessableError: a slice asked for by index is blank, constant or mostly NaN (when scanning with
+            ``stride``/``positions``, such slices are left out and listed in ``not_assessed`` unless none is left),
+            or the model gives non-finite scores.
     """
+    scanning = indices is None
     if indices is None and positions is None and stride is None:
         stride = 1
     detector.eval()
@@ -225,6 +276,16 @@ def infer_volume(
     else:
         slices = LoadSlices(axis, indices, positions, stride)(path)
         source = str(path)
+    problems = {int(s.meta["slice_index"]): p for s in slices if (p := slice_problem(s)) is not None}
+    if problems and (not scanning or len(problems) == len(slices)):
+        listed = "; ".join(f"slice {k}: {v}" for k, v in problems.items())
+        raise NotAssessableError(
+            f"{source}: cannot be assessed ({listed}); no findings are reported for it (a blank or corrupt image is "
+            "not a normal one)."
+        )
+    if problems:
+        logger.warning("%s: %d slice(s) left out, they cannot be assessed: %s", source, len(problems), problems)
+        slices = [s for s in slices if int(s.meta["slice_index"]) not in problems]
     preprocess = clip_slice_transforms("image", detector.image_size, detector.image_mean, detector.image_std)
     images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices])
     slice_indices = [int(s.meta["slice_index"]) for s in slices]
@@ -241,6 +302,12 @@ def infer_volume(
         outputs.append({k: result[k].cpu() for k in keys})
     scores = torch.cat([o["scores"] for o in outputs])
     predictions = torch.cat([o["predictions"] for o in outputs])
+    image_scores = torch.cat([o["image_score"] for o in outputs])
+    if not (torch.isfinite(scores).all() and torch.isfinite(image_scores).all()):
+        raise NotAssessableError(
+            f"{source}: the model gave non-finite (NaN or infinite) scores; no findings are reported. Check the "
+            "checkpoint and the device."
+        )
     maps: dict[str, Any] = {}
     if anomaly_maps:
         first = slices[0].meta
@@ -257,12 +324,13 @@ def infer_volume(
         slice_indices=slice_indices,
         scores=scores,
         predictions=predictions,
-        image_scores=torch.cat([o["image_score"] for o in outputs]),
+        image_scores=image_scores,
         findings=study_findings(
             slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names
         ),
         category_labels=detector.category_labels,
         model=_model_description(detector),
+        not_assessed=problems,
         **maps,
     )
 
@@ -340,10 +408,12 @@ def write_volume_results(
     overlays_top: int = 5,
     overlays_random: int = 5,
     seed: int = 0,
+    failed: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``findings.json`` (everything) and ``slices.csv`` / ``findings.csv`` (one row per slice / finding); for
     results with anomaly maps also the 3D map and overlays of :func:`write_volume_maps` (listed per volume in
-    ``findings.json`` under ``"anomaly_map"``).
+    ``findings.json`` under ``"anomaly_map"``). ``failed`` (source -> reason) lists the volumes that could not be
+    processed, in ``findings.json`` under ``"failed"``.
 
     Returns:
         The written paths by name.
@@ -358,7 +428,10 @@ def write_volume_results(
         if result.map_files is not None:
             document["anomaly_map"] = result.map_files
     paths = {
-        "json": atomic_write_json(output_dir / "findings.json", {"volumes": documents}),
+        "json": atomic_write_json(
+            output_dir / "findings.json",
+            {"volumes": documents, "failed": [{"source": k, "error": v} for k, v in (failed or {}).items()]},
+        ),
     }
     slice_rows = io.StringIO()
     writer = csv.writer(slice_rows)
@@ -441,17 +514,31 @@ def infer_volumes(
     if missing:
         raise FileNotFoundError(f"Input volumes not found: {missing}.")
     results = []
+    failed: dict[str, str] = {}
     used: dict[str, int] = {}
     for number, path in enumerate(inputs, start=1):
-        result = infer_volume(detector, path, **kwargs)
-        if result.anomaly_maps is not None:  # write now and let the arrays go: memory stays one volume's
-            stem = _unique_stem(used, result.source)
-            result.map_files = write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
-            result.anomaly_maps = result.display_images = None
+        try:
+            result = infer_volume(detector, path, **kwargs)
+            if result.anomaly_maps is not None:  # write now and let the arrays go: memory stays one volume's
+                stem = _unique_stem(used, result.source)
+                result.map_files = write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
+                result.anomaly_maps = result.display_images = None
+        except Exception as error:  # one bad volume never sinks the others; a bug still stops the run
+            if not is_user_error(error):
+                raise
+            failed[str(path)] = one_line(error)
+            logger.error("[%d/%d] %s: not processed: %s", number, len(inputs), path, failed[str(path)])
+            continue
         positives = [f["display_name"] for f in result.findings if f["finding"]]
         logger.info("[%d/%d] %s: %d slices, findings: %s", number, len(inputs), path, len(result.slice_indices),
                     ", ".join(positives) or "none")
         results.append(result)
-    paths = write_volume_results(results, output_dir, overlays_top, overlays_random, seed)
+    paths = write_volume_results(results, output_dir, overlays_top, overlays_random, seed, failed=failed)
     logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    if failed:
+        raise VolumesFailedError(
+            f"{len(failed)} of {len(inputs)} volume(s) could not be processed ("
+            + "; ".join(f"{k}: {v}" for k, v in failed.items())
+            + f"); the results of the other {len(results)} are in {paths['json']} (which lists the failures too)."
+        )
     return results

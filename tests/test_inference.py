@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from sdmad_monai.inference import infer_volume, infer_volumes, study_findings, write_volume_results
+from sdmad_monai.inference import (
+    NotAssessableError,
+    VolumesFailedError,
+    infer_volume,
+    infer_volumes,
+    study_findings,
+    write_volume_results,
+)
 from sdmad_monai.networks import SignDrivenDetector
 from sdmad_monai.transforms import LoadSlices, clip_slice_transforms
 
@@ -182,7 +189,7 @@ def test_infer_volumes_empty_list(detector, tmp_path):
 
 def test_write_volume_results_empty(tmp_path):
     paths = write_volume_results([], tmp_path)
-    assert json.loads(paths["json"].read_text()) == {"volumes": []}
+    assert json.loads(paths["json"].read_text()) == {"volumes": [], "failed": []}
     assert paths["slices_csv"].read_text().splitlines() == ["source,axis,slice,image_score"]
 
 
@@ -199,3 +206,74 @@ def test_find_volumes_takes_nifti_h5_and_dicom_folders(tmp_path):
     assert [p.name for p in find_volumes(tmp_path)] == ["a.nii.gz", "b.nii", "c.h5", "series1"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_volumes(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- nothing wrong passes as "no finding"
+def _write(path, data):
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.diag([1.5, 1.5, 4.0, 1.0])), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fill, reason",
+    [(0.0, "constant intensity 0"), (np.nan, "all voxels are NaN or infinite")],
+)
+def test_blank_or_nan_volume_is_not_assessable(detector, tmp_path, fill, reason):
+    path = _write(tmp_path / "bad.nii.gz", np.full(SHAPE, fill))
+    with pytest.raises(NotAssessableError, match=f"bad.nii.gz: cannot be assessed \\(slice 0: {reason}"):
+        infer_volume(detector, path, indices=[0, 5, 10])
+
+
+def test_mostly_nan_slice_named_and_scan_leaves_out_blank_slices(detector, tmp_path):
+    data = np.random.default_rng(0).uniform(0, 1000, SHAPE)
+    data[:, :, 5] = np.where(np.arange(SHAPE[0])[:, None] < 8, np.nan, data[:, :, 5])  # a quarter NaN
+    data[:, :, 11] = 0.0  # a blank end slice
+    path = _write(tmp_path / "partly.nii.gz", data)
+    with pytest.raises(NotAssessableError, match="slice 5: 25% of its voxels are NaN"):
+        infer_volume(detector, path, indices=[0, 5, 10])
+    result = infer_volume(detector, path, stride=1)  # scanning every slice: the bad ones are left out and listed
+    assert result.not_assessed == {5: "25% of its voxels are NaN or infinite", 11: "constant intensity 0"}
+    assert 5 not in result.slice_indices and 11 not in result.slice_indices and len(result.slice_indices) == 10
+    assert result.to_dict()["not_assessed_slices"] == {"5": result.not_assessed[5], "11": result.not_assessed[11]}
+
+
+def test_checkpoint_with_nan_weights_is_refused(detector, tmp_path):
+    from sdmad_monai.networks.detector import DetectorStateError
+
+    broken = SignDrivenDetector.from_preset("tiny")
+    with torch.no_grad():
+        next(iter(broken.image_adapters.values())).parameters().__next__().fill_(float("nan"))
+    path = broken.save(tmp_path / "nan.pt")
+    with pytest.raises(DetectorStateError, match=r"nan.pt holds non-finite weights \(NaN or infinity\) in image_adapters"):
+        SignDrivenDetector.load(path)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(DetectorStateError, match="empty.pt: the file is empty"):
+        SignDrivenDetector.load(tmp_path / "empty.pt")
+
+
+def test_non_finite_scores_are_not_reported(detector, volumes, monkeypatch):
+    original = SignDrivenDetector.score
+
+    def nan_scores(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out["scores"] = torch.full_like(out["scores"], float("nan"))
+        return out
+
+    monkeypatch.setattr(SignDrivenDetector, "score", nan_scores)
+    with pytest.raises(NotAssessableError, match="non-finite"):
+        infer_volume(detector, volumes[0], indices=[0, 5])
+
+
+def test_one_bad_volume_does_not_sink_the_others(detector, volumes, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good_a, good_b = _write(folder / "a.nii.gz", nib.load(volumes[0]).get_fdata()), folder / "c.nii.gz"
+    _write(good_b, nib.load(volumes[1]).get_fdata())
+    (folder / "b.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "out"
+    with pytest.raises(VolumesFailedError, match=r"1 of 3 volume\(s\) could not be processed .*b.nii.gz"):
+        infer_volumes(detector, [good_a, folder / "b.nii.gz", good_b], out, indices=[0, 5], anomaly_maps=True)
+    document = json.loads((out / "findings.json").read_text())
+    assert [v["source"] for v in document["volumes"]] == [str(good_a), str(good_b)]  # the third one still ran
+    assert document["failed"][0]["source"] == str(folder / "b.nii.gz") and document["failed"][0]["error"]
+    assert not list(out.glob("b*"))  # nothing of the bad volume

@@ -602,16 +602,25 @@ class SignDrivenDetector(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+        if path.stat().st_size == 0:
+            raise DetectorStateError(f"Cannot read checkpoint {path}: the file is empty (0 bytes).")
         try:
             data = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:  # torch raises several types for corrupt or foreign files
-            raise DetectorStateError(f"Cannot read checkpoint {path}: {error}") from error
-        if isinstance(data, Mapping) and "_extra_state" in data:
-            return dict(data)
-        if isinstance(data, Mapping):
-            for value in data.values():
-                if isinstance(value, Mapping) and "_extra_state" in value:
-                    return dict(value)
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            raise DetectorStateError(f"Cannot read checkpoint {path}: {reason}") from error
+        candidates = [data] + (list(data.values()) if isinstance(data, Mapping) else [])
+        for state in candidates:
+            if isinstance(state, Mapping) and "_extra_state" in state:
+                broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                          and not torch.isfinite(v).all()]
+                if broken:
+                    raise DetectorStateError(
+                        f"Checkpoint {path} holds non-finite weights (NaN or infinity) in {', '.join(broken[:4])}"
+                        f"{' ...' if len(broken) > 4 else ''}: the training diverged or the file is damaged; it "
+                        "would score every image NaN. Retrain, or use another checkpoint."
+                    )
+                return dict(state)
         raise DetectorStateError(
             f"Checkpoint {path} holds no SD-MAD detector state (no '_extra_state' entry); it was not written by "
             "SignDrivenDetector.save or a bundle trainer."

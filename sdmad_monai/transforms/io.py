@@ -360,6 +360,27 @@ class _DicomSource(VolumeSource):
 
 
 # ---------------------------------------------------------------------------------------------------------- NIfTI
+#: Largest decoded volume accepted, in bytes (environment variable ``SDMAD_MAX_VOLUME_BYTES`` overrides it): a header
+#: that declares more is refused before any decoding, so a forged header or a compression bomb cannot exhaust memory.
+DEFAULT_MAX_VOLUME_BYTES = 2 * 1024**3
+
+
+def check_declared_size(path: str, shape: Sequence[int], itemsize: int) -> None:
+    """Refuse a volume whose header declares more than the memory limit (see :data:`DEFAULT_MAX_VOLUME_BYTES`).
+
+    Raises:
+        ValueError: naming the file, the declared shape and size, and the limit.
+    """
+    limit = int(os.environ.get("SDMAD_MAX_VOLUME_BYTES", DEFAULT_MAX_VOLUME_BYTES))
+    declared = int(np.prod([int(s) for s in shape], dtype=np.float64)) * int(itemsize)
+    if declared > limit:
+        raise ValueError(
+            f"{path}: its header declares shape {tuple(int(s) for s in shape)} ({declared / 2**20:,.0f} MiB decoded), "
+            f"over the {limit / 2**20:,.0f} MiB limit; not a plausible MR volume (set SDMAD_MAX_VOLUME_BYTES to "
+            "raise the limit)."
+        )
+
+
 def _nifti_image(path: str) -> nib.Nifti1Image:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"NIfTI file not found: {path}")
@@ -373,7 +394,13 @@ def _nifti_image(path: str) -> nib.Nifti1Image:
     if len(shape) < 3 or shape[2] == 1:
         raise ValueError(f"{path} holds a 2D image of shape {shape}; a 3D volume (or 4D with channels) is expected.")
     if len(shape) > 4:
-        raise ValueError(f"{path} has shape {shape}; expected a 3D volume or 4D volume with channels last.")
+        raise ValueError(f"{path} has shape {shape}; expected a 3D volume.")
+    if len(shape) == 4 and shape[3] != 1:
+        raise ValueError(
+            f"{path} has {shape[3]} frames along its 4th (time) dimension (shape {shape}); a single 3D volume is "
+            "expected: save the frame to score as its own file."
+        )
+    check_declared_size(path, shape, img.header.get_data_dtype().itemsize)
     if not path.lower().endswith(".gz"):
         hdr = img.header
         offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
