@@ -342,8 +342,17 @@ class _DicomSource(VolumeSource):
     def _read_file(self, i: int) -> np.ndarray:
         import pydicom
 
-        ds = pydicom.dcmread(self.paths[i])
-        arr = ds.pixel_array.astype(np.float32)
+        ds = None
+        try:
+            ds = pydicom.dcmread(self.paths[i])
+            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+                raise ValueError("the file has no pixel data")
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as error:  # pydicom and its decoders raise many types for damaged or undecodable pixels
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+            raise ValueError(f"{self.paths[i]}: cannot read the pixel data{detail}: {reason}") from error
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         if slope != 1.0 or inter != 0.0:

@@ -113,3 +113,23 @@ def test_slice_out_of_range_names_series(tmp_path, detector):
     write_dicom_series(volume(), folder, "axial", STUDY, AXIAL)
     with pytest.raises(SeriesProcessingError, match=rf"{AXIAL}.*slice index 20 is outside"):
         process_dicom_folder(detector, folder, tmp_path / "out", slices="0,20")
+
+
+def test_bad_series_do_not_sink_the_good_one(tmp_path, detector):
+    """Three axial series: one file without PixelData, one all-zero (blank) series, one good: one SR, two reasons."""
+    folder = tmp_path / "in"
+    uids = [f"1.2.826.0.1.3680043.8.498.4{i}" for i in range(3)]
+    for i, (uid, data) in enumerate(zip(uids, (volume(0), volume(1), np.zeros((32, 32, 12))))):
+        write_dicom_series(data, folder / f"s{i}", "axial", STUDY, uid, series_description=f"AX T2 {i}",
+                           attributes={"BodyPartExamined": "BRAIN"}, series_number=i + 1)
+    for broken in sorted((folder / "s1").glob("*.dcm")):  # whichever file holds a requested slice
+        ds = pydicom.dcmread(broken)
+        del ds.PixelData
+        ds.save_as(broken)
+    with pytest.raises(SeriesProcessingError) as info:
+        process_dicom_folder(detector, folder, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("2 of 3 selected series could not be processed")
+    assert ".dcm: cannot read the pixel data" in message and "the file has no pixel data" in message
+    assert "cannot be assessed (slice 0: constant intensity 0" in message
+    assert [p.name for p in info.value.written] == [f"sdmad_sr_{uids[0]}.dcm", f"sdmad_sr_{uids[0]}.json"]
