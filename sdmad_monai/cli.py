@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import is_user_error, one_line
+from .utils import ensure_writable_folder
 
 __all__ = ["SdmadCommands", "main"]
 
@@ -61,6 +62,15 @@ def _parse_slices(slices: Any) -> list[int] | str:
     if isinstance(slices, int) and not isinstance(slices, bool):
         return [slices]
     return str(slices)
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without one, before any work (it used to surface as a checkpoint error)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu.")
 
 
 def _detector_loader(model: str, device: str, pretrained: str | None) -> Callable[[], Any]:
@@ -109,6 +119,8 @@ class SdmadCommands:
             raise FileNotFoundError(f"Input folder {input_dir} does not exist (expected a folder of DICOM files).")
         if not Path(model).is_file():
             raise FileNotFoundError(f"Model checkpoint {model} does not exist (pass --model path/to/model.pt).")
+        _check_device(device)
+        ensure_writable_folder(output_dir, "--output_dir")
         # imported here so that the checks above answer without loading torch
         from .deploy.process import process_dicom_folder
         from .deploy.rules import load_series_rules
@@ -175,6 +187,9 @@ class SdmadCommands:
             )
         if not Path(model).is_file():
             raise FileNotFoundError(f"Model checkpoint {model} does not exist (pass --model path/to/model.pt).")
+        _check_device(device)
+        if output_dir is not None:
+            ensure_writable_folder(output_dir, "--output_dir")
         from .deploy.dicomweb import DicomWebConnection, process_study
         from .deploy.rules import load_series_rules
 
@@ -227,7 +242,7 @@ class SdmadCommands:
 
         import nibabel as nib
         import numpy as np
-        from pydicom.uid import generate_uid
+        from pydicom.uid import UID, generate_uid
 
         from .deploy.demo import write_dicom_series
 
@@ -240,6 +255,11 @@ class SdmadCommands:
             data = data[..., 0]
         if data.ndim != 3:
             raise ValueError(f"Volume {volume} must be 3D, got shape {data.shape}.")
+        if study_uid is not None and not UID(str(study_uid)).is_valid:
+            raise ValueError(
+                f"--study_uid {study_uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters, no "
+                "leading zeros in a component); leave it out to derive one from the volume."
+            )
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         study = str(study_uid) if study_uid is not None else generate_uid(entropy_srcs=["sdmad-demo-study", digest])
         series = generate_uid(entropy_srcs=["sdmad-demo-series", study, digest])

@@ -40,7 +40,7 @@ from .anomaly_volume import anomaly_volume, write_anomaly_volume
 from .errors import is_user_error, one_line
 from .networks.detector import SignDrivenDetector
 from .transforms import ExtractSlices, LoadSlices, clip_slice_transforms
-from .utils import atomic_write_json, atomic_write_text
+from .utils import atomic_write_json, atomic_write_text, ensure_writable_folder
 from .visualize import OverlayItem, OverlaySelector, display_image, write_overlays
 
 __all__ = [
@@ -513,6 +513,7 @@ def infer_volumes(
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise FileNotFoundError(f"Input volumes not found: {missing}.")
+    ensure_writable_folder(output_dir)  # before the work, not after it
     results = []
     failed: dict[str, str] = {}
     used: dict[str, int] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask", "json_safe"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask", "ensure_writable_folder", "json_safe"]
 
 
 def current_umask() -> int:
@@ -42,6 +42,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def ensure_writable_folder(path: str | os.PathLike, option: str = "output_dir") -> Path:
+    """Check, before any long work, that ``path`` is a folder files can be written into, or can be created as one
+    (nothing is created here: a run that then fails on its input leaves no empty folder behind).
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        PermissionError: the folder (or the existing parent it would be created in) is not writable.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{option} {folder}: {existing} is a file, not a folder; choose a folder for the outputs.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" (it would be created in {existing})"
+        raise PermissionError(f"{option} {folder} is not writable{where}; choose a folder you can write to.")
+    return folder
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

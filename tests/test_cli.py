@@ -151,3 +151,22 @@ def test_write_demo_study(tmp_path):
     assert "Volume" in error_line(
         sdmad("write_demo_study", "--volume", str(tmp_path / "missing.nii.gz"), "--output_dir", str(tmp_path / "c"))
     )
+
+
+def test_unusable_output_folder_device_and_uid_are_refused_first(tmp_path, model, study):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(a_file / "out"),
+                            "--model", str(model)))
+    assert "file.txt is a file, not a folder" in line
+    import torch
+
+    if not torch.cuda.is_available():
+        line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "o"),
+                                "--model", str(model), "--device", "cuda"))
+        assert "--device cuda: no CUDA device is available" in line
+    volume = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 1, (8, 8, 4)).astype(np.float32), np.eye(4)), volume)
+    line = error_line(sdmad("write_demo_study", "--volume", str(volume), "--output_dir", str(tmp_path / "d"),
+                            "--study_uid", "not a uid!"))
+    assert "is not a valid DICOM UID" in line and not (tmp_path / "d").exists()

@@ -80,7 +80,7 @@ def protocol_metrics(
         category_names: ``K`` names (keys of ``category_auroc``).
 
     Returns:
-        JSON-ready dict; undefined AUROCs are ``NaN``.
+        Dict of floats; undefined AUROCs are ``NaN`` (written as ``null`` in ``metrics.json``).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # undefined categories are reported as NaN in the file itself
