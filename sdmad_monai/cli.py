@@ -50,7 +50,7 @@ from typing import Any
 from .errors import is_user_error, one_line
 from .utils import ensure_writable_folder
 
-__all__ = ["SdmadCommands", "main"]
+__all__ = ["SdmadCommands", "exit_on_sigterm", "main"]
 
 logger = logging.getLogger("sdmad_monai.cli")
 
@@ -401,9 +401,22 @@ def _check_options(argv: list[str]) -> None:
                 raise ValueError(f"{argv[0]}: --{name} {value!r} is not a valid {annotation} value.") from None
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, a service manager stopping the command) into ``SystemExit(143)``, so that temporary
+    folders (a retrieved study) and partial files are removed on the way out, as for Ctrl-C."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``sdmad`` and ``python -m sdmad_monai``."""
     import fire
+
+    exit_on_sigterm()
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for chatty in ("dicomweb_client", "highdicom"):  # per-request / per-module lines; warnings still show

@@ -170,3 +170,25 @@ def test_unusable_output_folder_device_and_uid_are_refused_first(tmp_path, model
     line = error_line(sdmad("write_demo_study", "--volume", str(volume), "--output_dir", str(tmp_path / "d"),
                             "--study_uid", "not a uid!"))
     assert "is not a valid DICOM UID" in line and not (tmp_path / "d").exists()
+
+
+def test_sigterm_removes_temporary_folders(tmp_path):
+    """process_study keeps the retrieved study in a temporary folder: SIGTERM must not leave it behind."""
+    import signal
+    from pathlib import Path
+
+    code = (
+        "import tempfile, time\n"
+        "from sdmad_monai.cli import exit_on_sigterm\n"
+        "exit_on_sigterm()\n"
+        f"with tempfile.TemporaryDirectory(prefix='sdmad_dicomweb_', dir={str(tmp_path)!r}) as folder:\n"
+        "    open(folder + '/IM0001.dcm', 'w').close()\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    folder = Path(process.stdout.readline().strip())
+    assert folder.is_dir()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not folder.exists()

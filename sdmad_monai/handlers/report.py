@@ -83,7 +83,7 @@ def protocol_metrics(
         Dict of floats; undefined AUROCs are ``NaN`` (written as ``null`` in ``metrics.json``).
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined categories are reported as NaN in the file itself
+        warnings.simplefilter("ignore")  # undefined categories are reported as NaN (null in the file)
         per_category = compute_auroc(scores, labels, average="none", category_names=category_names)
     defined = per_category[~torch.isnan(per_category)]
     return {
