@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,6 +48,7 @@ __all__ = [
     "NotAssessableError",
     "VolumeResult",
     "VolumesFailedError",
+    "clear_previous_outputs",
     "find_volumes",
     "infer_volume",
     "infer_volumes",
@@ -487,6 +489,41 @@ def find_volumes(input_dir: str | Path) -> list[Path]:
     return sorted(files + series)
 
 
+def clear_previous_outputs(output_dir: str | Path) -> list[Path]:
+    """Remove what an earlier run wrote into ``output_dir``, as listed in its ``findings.json`` (3D maps, their JSON,
+    overlay folders), so that a reused folder never shows stale maps beside new findings. Only paths inside
+    ``output_dir`` are touched; an unreadable ``findings.json`` is left alone.
+
+    Returns:
+        The removed paths.
+    """
+    import shutil
+
+    output_dir = Path(output_dir)
+    try:
+        previous = json.loads((output_dir / "findings.json").read_text(encoding="utf-8"))
+        volumes = list(previous.get("volumes", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    root = output_dir.resolve()
+    removed = []
+    for document in volumes:
+        files = document.get("anomaly_map") if isinstance(document, Mapping) else None
+        if not isinstance(files, Mapping):
+            continue
+        for relative in files.values():
+            if not isinstance(relative, str):
+                continue
+            target = (output_dir / relative).resolve()
+            if root not in target.parents or not target.exists():
+                continue
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            removed.append(target)
+    if removed:
+        logger.info("Removed %d output(s) of the previous run in %s.", len(removed), output_dir)
+    return removed
+
+
 def infer_volumes(
     detector: SignDrivenDetector,
     inputs: Iterable[str | Path],
@@ -514,6 +551,7 @@ def infer_volumes(
     if missing:
         raise FileNotFoundError(f"Input volumes not found: {missing}.")
     ensure_writable_folder(output_dir)  # before the work, not after it
+    clear_previous_outputs(output_dir)
     results = []
     failed: dict[str, str] = {}
     used: dict[str, int] = {}

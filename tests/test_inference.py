@@ -14,6 +14,7 @@ import torch
 from sdmad_monai.inference import (
     NotAssessableError,
     VolumesFailedError,
+    clear_previous_outputs,
     infer_volume,
     infer_volumes,
     study_findings,
@@ -277,3 +278,15 @@ def test_one_bad_volume_does_not_sink_the_others(detector, volumes, tmp_path):
     assert [v["source"] for v in document["volumes"]] == [str(good_a), str(good_b)]  # the third one still ran
     assert document["failed"][0]["source"] == str(folder / "b.nii.gz") and document["failed"][0]["error"]
     assert not list(out.glob("b*"))  # nothing of the bad volume
+
+
+def test_reused_output_folder_keeps_no_stale_maps(detector, volumes, tmp_path):
+    out = tmp_path / "out"
+    infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1, overlays_random=0)
+    first = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    assert any("vol0" in str(p) for p in first)
+    infer_volumes(detector, [volumes[1]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1, overlays_random=0)
+    second = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert not any("vol0" in p for p in second) and any("vol1" in p for p in second)
+    (out / "findings.json").write_text("not json")  # an unreadable record: nothing is removed
+    assert clear_previous_outputs(out) == [] and any("vol1" in str(p) for p in out.rglob("*"))
