@@ -10,8 +10,10 @@
    (headers only, no pixel data); every skipped series is logged with its reason. No series left: nothing is
    retrieved and nothing is stored (:class:`~sdmad_monai.deploy.process.NoMatchingSeriesError` when ``strict``);
 3. per selected series, the SR's SOPInstanceUID (deterministic: :func:`~sdmad_monai.deploy.sr.sr_identifiers` of
-   study, series, model version and checkpoint fingerprint) is searched on the server (QIDO-RS); when it is there,
-   the series was already processed by this model and is neither retrieved nor processed again;
+   study, series, its instances as the metadata lists them, model version and checkpoint fingerprint) is searched
+   on the server (QIDO-RS); when it is there, the series was already processed by this model and is neither
+   retrieved nor processed again. Other SRs of the same model in that SR series were made from another set of the
+   series' instances (e.g. before a missing slice arrived): the new SR supersedes them (logged and reported);
 4. WADO-RS: the other selected series' instances are retrieved into a temporary folder, one sub-folder per series;
 5. :func:`~sdmad_monai.deploy.process.process_dicom_folder` runs on that folder (the one inference path: series
    checks such as missing slices, :func:`~sdmad_monai.inference.infer_volume`, the SR and its JSON copy);
@@ -229,6 +231,16 @@ class DicomWebConnection:
 
         return self.call(f"retrieve the instances of series {series_instance_uid}", retrieve)
 
+    def instance_uids(self, study_instance_uid: str, series_instance_uid: str) -> list[str]:
+        """QIDO-RS: the SOPInstanceUIDs of a series (empty when the series does not exist)."""
+        found = self.call(
+            f"search the instances of series {series_instance_uid}",
+            lambda: self.client.search_for_instances(
+                study_instance_uid=study_instance_uid, series_instance_uid=series_instance_uid, get_remaining=True
+            ),
+        )
+        return [str(_dataset(item).get("SOPInstanceUID")) for item in found if "SOPInstanceUID" in _dataset(item)]
+
     def has_instance(self, study_instance_uid: str, sop_instance_uid: str) -> bool:
         """QIDO-RS: whether the study holds an instance with this SOPInstanceUID."""
         found = self.call(
@@ -278,22 +290,26 @@ class StoredReport:
         sop_instance_uid: the SR's SOPInstanceUID.
         status: ``"stored"`` (sent now), or ``"already in PACS"`` (found there, nothing sent).
         files: the local copies (SR, JSON) when an ``output_dir`` was given and the series was processed.
+        supersedes: SRs of the same model for the same series, made earlier from another set of its instances (an
+            incomplete series), that this one replaces in meaning; they stay in the PACS (nothing is deleted).
     """
 
     series_instance_uid: str
     sop_instance_uid: str
     status: str
     files: list[Path] = field(default_factory=list)
+    supersedes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.status}: SR {self.sop_instance_uid} for series {self.series_instance_uid}"
+        text = f"{self.status}: SR {self.sop_instance_uid} for series {self.series_instance_uid}"
+        return text + (f" (supersedes SR {', '.join(self.supersedes)})" if self.supersedes else "")
 
 
 def _selection(
     connection: DicomWebConnection, study_instance_uid: str, series: Sequence[Dataset], rules: SeriesRules
-) -> tuple[list[str], dict[str, str]]:
-    """The selected SeriesInstanceUIDs and the reason each other series is skipped (the rules' own functions: the
-    modality rule alone on the QIDO-RS answer, then every rule on the WADO-RS metadata)."""
+) -> tuple[list[str], dict[str, str], dict[str, list[Dataset]]]:
+    """The selected SeriesInstanceUIDs, the reason each other series is skipped (the rules' own functions: the
+    modality rule alone on the QIDO-RS answer, then every rule on the WADO-RS metadata) and the metadata read."""
     modality_only = dataclasses.replace(rules, body_part_fields=(), orientations=(), min_instances=1)
     metadata: dict[str, list[Dataset]] = {}
     skipped: dict[str, str] = {}
@@ -310,6 +326,7 @@ def _selection(
     return (
         [uid for uid in order if uid in reasons and reasons[uid] is None],
         {uid: skipped[uid] for uid in order if uid in skipped},
+        metadata,
     )
 
 
@@ -387,7 +404,7 @@ def process_study(
         "Study %s on %s: %d series found: %s.", study_instance_uid, url, len(series),
         "; ".join(connection.describe(s) for s in series),
     )
-    selected, skipped = _selection(connection, study_instance_uid, series, rules)
+    selected, skipped, metadata = _selection(connection, study_instance_uid, series, rules)
     for uid, reason in skipped.items():
         logger.info("Series %s skipped: %s (rules: %s).", uid, reason, rules.source)
     if not selected:
@@ -408,8 +425,18 @@ def process_study(
     algorithm = AlgorithmInfo.from_detector(detector)
     reports: list[StoredReport] = []
     to_process: dict[str, str] = {}  # source series -> expected SR SOPInstanceUID
+    superseded: dict[str, tuple[str, ...]] = {}
     for uid in selected:
-        sop_uid = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels).sop_instance_uid
+        instances = [str(ds.SOPInstanceUID) for ds in metadata[uid] if "SOPInstanceUID" in ds]
+        ids = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels, instances)
+        sop_uid = ids.sop_instance_uid
+        earlier = tuple(u for u in connection.instance_uids(study_instance_uid, ids.series_instance_uid) if u != sop_uid)
+        if earlier:
+            superseded[uid] = earlier
+            logger.warning(
+                "Series %s: this model's SR %s in %s was made from another set of the series' instances (%d now); "
+                "the new SR supersedes it.", uid, ", ".join(earlier), url, len(instances),
+            )
         if connection.has_instance(study_instance_uid, sop_uid):
             logger.info(
                 "Series %s: SR %s of this model (version %s, checkpoint sha256:%s) is already in %s; series not "
@@ -435,7 +462,8 @@ def process_study(
         except SeriesProcessingError as error:
             failure, written = error, error.written
         for sr_path in [p for p in written if p.suffix == ".dcm"]:
-            reports.append(_store_report(connection, sr_path, study_instance_uid, to_process, keep=output_dir))
+            report = _store_report(connection, sr_path, study_instance_uid, to_process, keep=output_dir)
+            reports.append(dataclasses.replace(report, supersedes=superseded.get(report.series_instance_uid, ())))
     if failure is not None:
         message = str(failure).replace(str(series_root), f"{url}/studies/{study_instance_uid}/series")
         stored = [str(r) for r in reports]

@@ -23,10 +23,11 @@ Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`
 ``99SDMAD`` is a private coding scheme (DICOM reserves ``99`` prefixes for local schemes): its code values are the
 prompt bank's category labels (long labels go to LongCodeValue), its meanings the display names.
 
-UIDs are derived deterministically (``pydicom.uid.generate_uid(prefix=None, entropy_srcs=...)``, ``2.25.`` UIDs)
-from the source StudyInstanceUID and SeriesInstanceUID, the algorithm version and the checkpoint fingerprint:
-running the same model on the same series again gives the same SR SeriesInstanceUID and SOPInstanceUID (a PACS
-then replaces the earlier copy instead of storing a duplicate); another model or checkpoint gives other UIDs.
+UIDs are derived deterministically (name-based ``2.25.`` UIDs, :func:`derive_uid`) from the source
+StudyInstanceUID and SeriesInstanceUID, the algorithm version and the checkpoint fingerprint, and (all but the SR's
+SeriesInstanceUID) the set of source SOPInstanceUIDs: running the same model on the same series again gives the
+same SR (a PACS then replaces the earlier copy instead of storing a duplicate); another model or checkpoint, or the
+same series once more instances have arrived, gives another SR (in the same SR series for the same model).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ __all__ = [
     "detector_fingerprint",
     "findings_document",
     "read_sr_findings",
+    "instances_digest",
     "sr_identifiers",
     "write_sr_report",
 ]
@@ -177,16 +179,29 @@ class SRIdentifiers:
     tracking_uids: dict[str, str]
 
 
-def sr_identifiers(
-    study_instance_uid: str, series_instance_uid: str, algorithm: AlgorithmInfo, category_labels: Sequence[str]
-) -> SRIdentifiers:
-    """UIDs of the SR for source series ``series_instance_uid`` of study ``study_instance_uid``.
+def instances_digest(instance_uids: Sequence[str]) -> str:
+    """SHA-256 of a set of SOPInstanceUIDs (order and repeats do not matter)."""
+    return hashlib.sha256("\n".join(sorted({str(u) for u in instance_uids})).encode("ascii")).hexdigest()
 
-    Same study, series, algorithm version and checkpoint fingerprint -> same UIDs.
+
+def sr_identifiers(
+    study_instance_uid: str,
+    series_instance_uid: str,
+    algorithm: AlgorithmInfo,
+    category_labels: Sequence[str],
+    instance_uids: Sequence[str],
+) -> SRIdentifiers:
+    """UIDs of the SR for source series ``series_instance_uid`` of study ``study_instance_uid``, made from the
+    instances ``instance_uids`` of that series.
+
+    Same study, series, instances, algorithm version and checkpoint fingerprint -> same UIDs. The SR's
+    SeriesInstanceUID does not depend on the instances: every SR of one source series by one model is in one SR
+    series, so an SR made once the series is complete sits beside (and supersedes) one made from part of it.
     """
-    key = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
+    model = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
+    key = (*model, instances_digest(instance_uids))
     return SRIdentifiers(
-        series_instance_uid=derive_uid("sr-series", *key),
+        series_instance_uid=derive_uid("sr-series", *model),
         sop_instance_uid=derive_uid("sr-instance", *key),
         device_observer_uid=derive_uid("device", algorithm.name, algorithm.version, algorithm.fingerprint),
         tracking_uids={label: derive_uid("tracking", *key, label) for label in category_labels},
@@ -256,7 +271,10 @@ def build_sr(
         institution_name: optional InstitutionName.
     """
     study_uid, series_uid = _check_source(source_datasets)
-    ids = sr_identifiers(study_uid, series_uid, algorithm, [f["label"] for f in result.findings])
+    ids = sr_identifiers(
+        study_uid, series_uid, algorithm, [f["label"] for f in result.findings],
+        [str(ds.SOPInstanceUID) for ds in source_datasets],
+    )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version, parameters=list(algorithm.parameters)
     )

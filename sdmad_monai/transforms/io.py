@@ -227,6 +227,39 @@ def validate_dicom_series(folder: PathLike, gap_tolerance: float = 0.5) -> tuple
     return check_dicom_series_headers(headers, folder, gap_tolerance)
 
 
+def _check_series_ends(ordered: Sequence[tuple[str, Any]], folder: str) -> None:
+    """Detect a series whose first or last instances are missing, where the headers allow it (the gap check cannot:
+    a missing end slice leaves even steps, but shifts every canonical slice index by one).
+
+    - ``ImagesInAcquisition`` (0020,1002), when every instance states the same value: that many instances expected;
+    - ``InstanceNumber``: when the numbers run consecutively along the slice positions (one step each), a run that
+      starts above 1 lacks its first instances.
+
+    Raises:
+        ValueError: naming the series folder, what is missing and how it was found.
+    """
+    count = len(ordered)
+    stated = {int(ds.ImagesInAcquisition) for _, ds in ordered if "ImagesInAcquisition" in ds and ds.ImagesInAcquisition}
+    if len(stated) == 1 and len(ordered) == sum(1 for _, ds in ordered if "ImagesInAcquisition" in ds):
+        expected = stated.pop()
+        if count < expected:
+            raise ValueError(
+                f"{folder}: incomplete series - {count} of the {expected} instances its headers announce "
+                "(ImagesInAcquisition) are present; wait until the whole series has arrived."
+            )
+    numbers = [int(ds.InstanceNumber) for _, ds in ordered if "InstanceNumber" in ds and ds.InstanceNumber != ""]
+    if len(numbers) != count or count < 2:
+        return
+    steps = set(np.diff(numbers).tolist())
+    if steps in ({1}, {-1}) and min(numbers) > 1:
+        first = min(numbers)
+        raise ValueError(
+            f"{folder}: incomplete series - its InstanceNumbers run from {first} to {max(numbers)} along the slice "
+            f"positions, so instance(s) 1 to {first - 1} at the {'start' if steps == {1} else 'end'} are missing; "
+            "wait until the whole series has arrived."
+        )
+
+
 def check_dicom_series_headers(
     headers: Sequence[tuple[str, Any]], folder: str, gap_tolerance: float = 0.5
 ) -> tuple[list[str], np.ndarray]:
@@ -297,6 +330,7 @@ def check_dicom_series_headers(
             )
     else:
         step = float(getattr(headers[0][1], "SliceThickness", 1.0) or 1.0)
+    _check_series_ends([headers[i] for i in order], folder)
     ps = [float(v) for v in headers[order[0]][1].PixelSpacing]  # (row spacing, column spacing)
     aff = np.eye(4)
     aff[:3, 0] = row_dir * ps[1]

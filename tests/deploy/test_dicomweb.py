@@ -286,6 +286,23 @@ def test_missing_slice_gets_no_sr(orthanc, detector, tmp_path):
     assert len(srs) == 1 and list(read_sr_findings(srs[0])["evidence"]) == [good]
 
 
+def test_series_completed_later_gets_its_own_sr(orthanc, detector, tmp_path):
+    """An SR made before the last instance arrived (not detectable from these headers) is not "already in PACS" once
+    the series is complete: the SR identity includes the instances used, and the new SR says what it supersedes."""
+    study, series = generate_uid(), generate_uid()
+    files = write_dicom_series(volume(6), tmp_path / "s", "axial", study, series, attributes=BRAIN)
+    upload(orthanc, files[:-1])
+    (first,) = process_study(orthanc, study, detector)
+    assert first.status == "stored" and first.supersedes == ()
+    assert [r.status for r in process_study(orthanc, study, detector)] == ["already in PACS"]
+    upload(orthanc, files[-1:])
+    (second,) = process_study(orthanc, study, detector)
+    assert second.status == "stored" and second.sop_instance_uid != first.sop_instance_uid
+    assert second.supersedes == (first.sop_instance_uid,) and f"supersedes SR {first.sop_instance_uid}" in str(second)
+    srs = stored_srs(orthanc, study)
+    assert len(srs) == 2 and len({sr.SeriesInstanceUID for sr in srs}) == 1  # both kept, in one SR series
+
+
 def test_cli_round_trip(orthanc, tmp_path, capsys):
     """``sdmad process_study`` (in-process; tests/test_cli.py runs ``python -m sdmad_monai`` in a subprocess) against
     Orthanc: the SR is stored and the local copy written; a re-run stores nothing and prints so."""

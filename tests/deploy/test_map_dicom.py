@@ -124,7 +124,7 @@ def test_map_uids_are_deterministic(series, tmp_path):
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (second.SeriesInstanceUID, second.SOPInstanceUID)
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == anomaly_map_identifiers(STUDY, SERIES, ALGORITHM)
     assert first.SeriesInstanceUID.startswith("2.25.")
-    sr = sr_identifiers(STUDY, SERIES, ALGORITHM, [])
+    sr = sr_identifiers(STUDY, SERIES, ALGORITHM, [], [ds.SOPInstanceUID for ds in series])
     assert {first.SeriesInstanceUID, first.SOPInstanceUID}.isdisjoint({sr.series_instance_uid, sr.sop_instance_uid})
     other = AlgorithmInfo(version="0.1.0", fingerprint="cd" * 32)  # another checkpoint: other UIDs
     assert set(anomaly_map_identifiers(STUDY, SERIES, other)).isdisjoint(

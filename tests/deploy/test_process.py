@@ -133,3 +133,26 @@ def test_bad_series_do_not_sink_the_good_one(tmp_path, detector):
     assert ".dcm: cannot read the pixel data" in message and "the file has no pixel data" in message
     assert "cannot be assessed (slice 0: constant intensity 0" in message
     assert [p.name for p in info.value.written] == [f"sdmad_sr_{uids[0]}.dcm", f"sdmad_sr_{uids[0]}.json"]
+
+
+def test_missing_first_instance_is_detected(tmp_path, detector):
+    """A missing first slice leaves even steps (no gap) but shifts slices 0/5/10 by one: refused, no SR."""
+    folder = tmp_path / "in" / "ax"
+    write_dicom_series(volume(), folder, "axial", STUDY, AXIAL, series_description="AX T2")
+    (folder / "IM0000.dcm").unlink()  # InstanceNumber 1
+    with pytest.raises(SeriesProcessingError, match=r"incomplete series - its InstanceNumbers run from 2 to 12 .*"
+                                                    r"instance\(s\) 1 to 1 at the start are missing"):
+        process_dicom_folder(detector, tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_last_instance_is_detected_from_images_in_acquisition(tmp_path, detector):
+    folder = tmp_path / "in" / "ax"
+    write_dicom_series(volume(), folder, "axial", STUDY, AXIAL, series_description="AX T2")
+    for path in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.ImagesInAcquisition = 12
+        ds.save_as(path)
+    (folder / "IM0011.dcm").unlink()  # InstanceNumber 12
+    with pytest.raises(SeriesProcessingError, match=r"11 of the 12 instances its headers announce"):
+        process_dicom_folder(detector, tmp_path / "in", tmp_path / "out")
