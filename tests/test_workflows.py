@@ -244,3 +244,12 @@ def test_seed_changes_the_k_shot_draw_not_the_demo_data(tmp_path):
     assert (tmp_path / "demo" / "manifest.json").read_text() == demo_manifest
     assert second["settings"]["demo_seed"] == first["settings"]["demo_seed"] == 0
     assert {i["file"] for i in first["training"]} != {i["file"] for i in second["training"]}
+
+
+def test_split_items_names_the_valid_splits():
+    from sdmad_monai.workflows import DatasetError, split_items
+
+    splits = {"training": [1], "validation": [2], "test": [3], "categories": []}
+    assert split_items(splits, "test") == [3]
+    with pytest.raises(DatasetError, match="eval_split 'tset' is not a split; choose one of training, validation, test"):
+        split_items(splits, "tset")
