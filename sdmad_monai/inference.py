@@ -577,7 +577,7 @@ def infer_volumes(
     if failed:
         raise VolumesFailedError(
             f"{len(failed)} of {len(inputs)} volume(s) could not be processed ("
-            + "; ".join(f"{k}: {v}" for k, v in failed.items())
+            + "; ".join(v if v.startswith(k) else f"{k}: {v}" for k, v in failed.items())
             + f"); the results of the other {len(results)} are in {paths['json']} (which lists the failures too)."
         )
     return results
