@@ -16,6 +16,8 @@ while averaged patch tokens let the per-token shift adapters pass local signs in
 
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +74,14 @@ def _offline_message(model_name: str, pretrained: str | None, error: BaseExcepti
     )
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning when random weights are what
+    the caller asked for (``pretrained=None``; the demo backbone is built that way, then given its weights)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
 def load_clip(
     model_name: str = TINY_MODEL_NAME,
     pretrained: str | None = None,
@@ -116,6 +126,9 @@ def load_clip(
         cache_dir=cache_dir,
         require_pretrained=source is not None,
     )
+    quiet = _RandomInitNotice() if pretrained is None else None  # random weights were asked for: no warning
+    if quiet is not None:
+        logging.getLogger().addFilter(quiet)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -133,6 +146,9 @@ def load_clip(
             if fetching:
                 raise WeightsUnavailableError(_offline_message(model_name, pretrained, error)) from error
             raise
+        finally:
+            if quiet is not None:
+                logging.getLogger().removeFilter(quiet)
     model.eval()
     return model, tokenizer
 
