@@ -573,7 +573,13 @@ def infer_volumes(
                     ", ".join(positives) or "none")
         results.append(result)
     paths = write_volume_results(results, output_dir, overlays_top, overlays_random, seed, failed=failed)
-    logger.info("Wrote %s", ", ".join(str(p) for p in paths.values()))
+    maps = [r.map_files for r in results if r.map_files]
+    where = f"findings {paths['json']} (per slice: {paths['slices_csv']}, per finding: {paths['findings_csv']})"
+    if maps:
+        where += f"; 3D anomaly maps in {Path(output_dir) / 'maps'}"
+        if any(m.get("overlays") for m in maps):
+            where += f", overlays in {Path(output_dir) / 'overlays'}"
+    logger.info("Inference done for %d of %d volume(s): %s.", len(results), len(inputs), where)
     if failed:
         raise VolumesFailedError(
             f"{len(failed)} of {len(inputs)} volume(s) could not be processed ("
