@@ -32,7 +32,7 @@ from ..prompts import PromptBank, load_prompt_bank
 from ..utils import atomic_path
 from .adapter import DEFAULT_ADAPTER_LAMBDA, ShiftAdapter, attach_adapter
 from .anomaly_map import DEFAULT_FEW_SHOT_WEIGHT, DEFAULT_MAP_TEMPERATURE, AnomalyMapHead
-from .backbone import TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
+from .backbone import DEMO_PRETRAINED, TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
 from .checkpointing import BlockCheckpointing, blocks_between_adapters
 from .text_cache import ScoringCache, TextPath
 
@@ -181,6 +181,13 @@ class SignDrivenDetector(nn.Module):
             "activation_checkpointing": bool(activation_checkpointing),
         }
         self.sign_selection = bool(sign_selection)
+        #: sha256 of the demo backbone file this detector runs on (``pretrained="demo"``), recorded in checkpoints so
+        #: that adapters are never paired with another build of the demo weights
+        self.backbone_weights_sha256: str | None = None
+        if pretrained == DEMO_PRETRAINED:
+            from .demo_backbone import read_demo_manifest
+
+            self.backbone_weights_sha256 = str(read_demo_manifest()["sha256"])
         self.adapters_enabled = True
 
         backbone, tokenizer = load_clip(model_name, pretrained, image_size, seed=seed, cache_dir=cache_dir)
@@ -563,6 +570,7 @@ class SignDrivenDetector(nn.Module):
             "config": {**self.config, "pretrained": _weights_identity(self.config["pretrained"])},
             "prompt_bank": self.prompt_bank.to_dict(),
             "prompt_bank_fingerprint": self.prompt_bank.fingerprint(),
+            "backbone_weights_sha256": self.backbone_weights_sha256,
         }
 
     def set_extra_state(self, state: Any) -> None:
@@ -576,6 +584,14 @@ class SignDrivenDetector(nn.Module):
                 f"Checkpoint was trained with prompt bank {theirs.name!r} (categories {theirs.labels}) but this "
                 f"detector uses {self.prompt_bank.name!r} (categories {self.category_labels}) with different prompts "
                 "or order. Build the detector with the checkpoint's bank (SignDrivenDetector.load does this)."
+            )
+        theirs_sha, mine_sha = state.get("backbone_weights_sha256"), mine["backbone_weights_sha256"]
+        if mine_sha is not None and theirs_sha != mine_sha:
+            built = f"demo weights {theirs_sha[:12]}" if theirs_sha else "an earlier build of the demo weights"
+            raise DetectorStateError(
+                f"Checkpoint was trained on {built}, but this installation ships demo weights {mine_sha[:12]}; its "
+                "adapters do not fit them. Retrain: python -m monai.bundle run training --config_file "
+                "configs/train.json."
             )
         differing = {
             key: (state["config"].get(key), mine["config"][key])

@@ -167,3 +167,24 @@ def test_shipped_demo_backbone_is_informative_but_imperfect_zero_shot(held_out):
     category_auroc, _ = _zero_shot(_detector(DEMO_PRETRAINED), images, labels)
     assert category_auroc > random_category + 0.1
     assert 0.6 < category_auroc < 0.95  # informative, not solved: the few-shot step has something to adapt
+
+
+def test_checkpoint_records_the_demo_weights_and_refuses_another_build(tmp_path):
+    """Adapters are never paired with another build of the demo weights (a rebuilt or updated shipped file)."""
+    from sdmad_monai.networks.detector import DetectorStateError
+
+    detector = SignDrivenDetector.from_preset("tiny", pretrained=DEMO_PRETRAINED, map_layers=[])
+    assert detector.description()["backbone_weights_sha256"] == read_demo_manifest()["sha256"]
+    path = detector.save(tmp_path / "model.pt")
+    assert SignDrivenDetector.load(path).backbone_weights_sha256 == read_demo_manifest()["sha256"]
+
+    state = torch.load(path, weights_only=True)
+    from sdmad_monai.networks.detector import _decode_state, _encode_state
+
+    description = _decode_state(state["_extra_state"])
+    for recorded in ("0" * 64, None):  # another build; a checkpoint written before the sha256 was recorded
+        description["backbone_weights_sha256"] = recorded
+        state["_extra_state"] = _encode_state(description)
+        torch.save(state, tmp_path / "other.pt")
+        with pytest.raises(DetectorStateError, match="adapters do not fit them. Retrain"):
+            SignDrivenDetector.load(tmp_path / "other.pt")
