@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, hamming_loss, roc_auc_score
 
 from sdmad_monai.handlers import ProtocolReport, protocol_metrics
-from sdmad_monai.handlers.report import (
+from sdmad_monai.handlers.report_figures import (
     VARIANT_STYLES,
     backbone_note,
     heatmap_rows,
