@@ -17,17 +17,8 @@ import pytest
 
 from sdmad_monai import sweep as sweep_module
 from sdmad_monai.cli import _gather_overrides, main
-from sdmad_monai.sweep import (
-    SweepError,
-    aggregate,
-    metrics_complete,
-    parse_overrides,
-    parse_seeds,
-    run_sweep,
-    summary_csv,
-    summary_markdown,
-    write_summary,
-)
+from sdmad_monai.sweep import SweepError, parse_overrides, parse_seeds, run_sweep
+from sdmad_monai.sweep_summary import aggregate, metrics_complete, summary_csv, summary_markdown, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["Craniotomy", "Dural thickening", "Global label: Small vessel chronic white matter ischemic change"]
