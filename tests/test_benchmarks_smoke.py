@@ -41,6 +41,15 @@ def test_bench_inference_smoke(tmp_path):
         assert sum(row["text_calls_during_timing"].values()) == 0  # text features are not recomputed per batch
 
 
+def test_bench_inference_outputs_smoke(tmp_path):
+    result = _run("bench_inference_outputs", tmp_path)
+    (row,) = result["summary"]
+    assert row["slices"] == "fastmri" and row["volumes"] == 7
+    assert set(row["seconds_per_volume"]) == {"scores", "maps", "default"}
+    assert all(v > 0 for v in row["seconds_per_volume"].values())  # figures only: a smoke run times nothing reliably
+    assert {"default_over_maps", "overlay_share_of_default", "volumes_per_second_default"} <= set(row)
+
+
 def test_bench_volume_pipeline_smoke(tmp_path):
     result = _run("bench_volume_pipeline", tmp_path, "--formats", "nii", "nii.gz", "h5")
     assert {(r["format"], r["policy"]) for r in result["rows"]} == {

@@ -1,0 +1,105 @@
+"""End-to-end inference per volume (``infer_volumes``) with its outputs, against the same run without them.
+
+Three runs over the same generated NIfTI volumes (demo generator), the tiny detector, slices 0/5/10 (the fastMRI+
+policy) or every slice, timed round-robin (one run of each per round, median of the rounds):
+
+- ``scores``: ``anomaly_maps=False``: reading, slicing, preprocessing, the model, ``findings.json`` / CSVs;
+- ``maps``: also the anomaly maps and the 3D map NIfTI per volume, no overlays;
+- ``default``: the bundle's default outputs, maps and ``overlays_top=5`` + ``overlays_random=5`` PNGs per volume
+  (:func:`sdmad_monai.visualize.save_overlay`).
+
+It prints seconds per volume, ``default / maps`` (the cost of the overlays) and the overlays' share of the default
+run. Run: ``python benchmarks/bench_inference_outputs.py`` (about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _benchutil as bu  # noqa: E402
+
+NAME = "bench_inference_outputs"
+MODES = {
+    "scores": dict(anomaly_maps=False, overlays_top=0, overlays_random=0),
+    "maps": dict(anomaly_maps=True, overlays_top=0, overlays_random=0),
+    "default": dict(anomaly_maps=True, overlays_top=5, overlays_random=5),
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--volumes", type=int, default=12, help="generated volumes (16 axial slices each)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (median)")
+    parser.add_argument("--slices", choices=["fastmri", "all"], nargs="+", default=["fastmri", "all"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
+    parser.add_argument("--output", default=None, help="result .json or folder (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.volumes, args.repeats, args.slices = 7, 1, ["fastmri"]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import warnings
+
+    from sdmad_monai.data import generate_demo_dataset
+    from sdmad_monai.inference import infer_volumes
+    from sdmad_monai.networks import SignDrivenDetector
+
+    args = parse_args(argv)
+    bu.set_threads(args.threads)
+    warnings.filterwarnings("ignore", "Sign selection kept no prompt")
+    detector = SignDrivenDetector.from_preset("tiny").eval()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sdmad_bench_") as temporary:
+        demo = generate_demo_dataset(Path(temporary) / "demo", num_volumes=args.volumes, seed=0)
+        volumes = sorted(Path(demo["images_dir"]).glob("*.nii.gz"))
+        for policy in args.slices:
+            slices = dict(indices=[0, 5, 10]) if policy == "fastmri" else dict(stride=1)
+            calls = {
+                mode: (lambda mode=mode: infer_volumes(
+                    detector, volumes, Path(temporary) / f"out_{policy}_{mode}", **MODES[mode], **slices))
+                for mode in MODES
+            }
+            times = bu.time_interleaved(calls, warmup=1, repeats=args.repeats)
+            per_volume = {mode: times[mode]["median_s"] / len(volumes) for mode in MODES}
+            row = {
+                "slices": policy,
+                "volumes": len(volumes),
+                "seconds_per_volume": per_volume,
+                "default_over_maps": per_volume["default"] / per_volume["maps"],
+                "default_over_scores": per_volume["default"] / per_volume["scores"],
+                "overlay_share_of_default": 1.0 - per_volume["maps"] / per_volume["default"],
+                "volumes_per_second_default": 1.0 / per_volume["default"],
+                "timings": times,
+            }
+            rows.append(row)
+            print(
+                f"{policy:8s} scores {bu.fmt_ms(per_volume['scores'])}  maps {bu.fmt_ms(per_volume['maps'])}  "
+                f"default {bu.fmt_ms(per_volume['default'])} per volume | default/maps "
+                f"{row['default_over_maps']:.2f}  overlays {row['overlay_share_of_default']:.0%} of the run  "
+                f"({row['volumes_per_second_default']:.1f} volumes/s)",
+                flush=True,
+            )
+    result = {
+        "benchmark": NAME,
+        "command": bu.command_line(argv),
+        "machine": bu.machine_info(),
+        "settings": {"volumes": args.volumes, "repeats": args.repeats, "slices": args.slices, "modes": MODES},
+        "summary": [{k: v for k, v in row.items() if k != "timings"} for row in rows],
+        "rows": rows,
+    }
+    path = bu.write_result(NAME + ("_smoke" if args.smoke else ""), result, args.output)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
