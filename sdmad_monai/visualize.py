@@ -237,9 +237,10 @@ def save_overlay(
     draw.rectangle([bar_left, top, bar_left + bar_w - 1, top + size[1] - 1], outline=_TEXT)
     for fraction in (0.0, 0.5, 1.0):
         y = top + (1.0 - fraction) * (size[1] - 1)
+        value = vmin + fraction * (vmax - vmin)
+        value = 0.0 if abs(value) < 1e-3 * max(abs(vmin), abs(vmax)) else value  # no "4.3e-07" for a zero
         draw.line([bar_left + bar_w, y, bar_left + bar_w + 4, y], fill=_TEXT)
-        draw.text((bar_left + bar_w + 6, y), f"{vmin + fraction * (vmax - vmin):.3g}", fill=_TEXT, font=small,
-                  anchor="lm")
+        draw.text((bar_left + bar_w + 6, y), f"{value:.3g}", fill=_TEXT, font=small, anchor="lm")
     draw.text((bar_left + bar_w / 2, top + size[1] + 2), "anomaly score", fill=_TEXT, font=small, anchor="ma")
     with atomic_path(path) as temporary:
         canvas.save(temporary, format="PNG", compress_level=1)  # encoding dominated at the default level 6
