@@ -135,6 +135,28 @@ def test_bad_series_do_not_sink_the_good_one(tmp_path, detector):
     assert [p.name for p in info.value.written] == [f"sdmad_sr_{uids[0]}.dcm", f"sdmad_sr_{uids[0]}.json"]
 
 
+def test_undecodable_jpeg2000_series_fails_alone(tmp_path, detector):
+    """Pixel data that its transfer syntax's decoder cannot read (here JPEG 2000 with a damaged codestream)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    folder = tmp_path / "in"
+    good, broken = "1.2.826.0.1.3680043.8.498.50", "1.2.826.0.1.3680043.8.498.51"
+    for i, uid in enumerate((good, broken)):
+        write_dicom_series(volume(i), folder / f"s{i}", "axial", STUDY, uid, series_description=f"AX T2 {i}",
+                           attributes={"BodyPartExamined": "BRAIN"}, series_number=i + 1)
+    for path in sorted((folder / "s1").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a JPEG 2000 codestream"])
+        ds.save_as(path)
+    with pytest.raises(SeriesProcessingError) as info:
+        process_dicom_folder(detector, folder, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("1 of 2 selected series") and "cannot read the pixel data (transfer syntax JPEG 2000" in message
+    assert [p.name for p in info.value.written] == [f"sdmad_sr_{good}.dcm", f"sdmad_sr_{good}.json"]
+
+
 def test_missing_first_instance_is_detected(tmp_path, detector):
     """A missing first slice leaves even steps (no gap) but shifts slices 0/5/10 by one: refused, no SR."""
     folder = tmp_path / "in" / "ax"
