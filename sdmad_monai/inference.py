@@ -375,6 +375,21 @@ def write_volume_maps(
     """
     output_dir = Path(output_dir)
     stem = stem or volume_stem(result.source)
+    try:
+        return _write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
+    except BaseException:  # all of a volume's files or none: remove what this call wrote before the failure
+        import shutil
+
+        for partial in (output_dir / "maps" / f"{stem}_anomaly_map.nii.gz",
+                        output_dir / "maps" / f"{stem}_anomaly_map.json"):
+            partial.unlink(missing_ok=True)
+        shutil.rmtree(output_dir / "overlays" / stem, ignore_errors=True)
+        raise
+
+
+def _write_volume_maps(
+    result: VolumeResult, output_dir: Path, stem: str, overlays_top: int, overlays_random: int, seed: int
+) -> dict[str, Any]:
     written = write_anomaly_volume(
         output_dir / "maps" / f"{stem}_anomaly_map.nii.gz",
         result.anomaly_volume(),

@@ -290,3 +290,18 @@ def test_reused_output_folder_keeps_no_stale_maps(detector, volumes, tmp_path):
     assert not any("vol0" in p for p in second) and any("vol1" in p for p in second)
     (out / "findings.json").write_text("not json")  # an unreadable record: nothing is removed
     assert clear_previous_outputs(out) == [] and any("vol1" in str(p) for p in out.rglob("*"))
+
+
+def test_a_volume_whose_outputs_fail_half_way_leaves_none(detector, volumes, tmp_path, monkeypatch):
+    import sdmad_monai.inference as inference
+
+    def disk_full(selector, folder, **kwargs):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "top_001.png").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(inference, "write_overlays", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1)
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # neither the 3D map nor the partial overlay
