@@ -26,6 +26,7 @@ def run_protocol(root: Path, dataset: Path, **override):
         bundle_root=str(root),
         dataset_dir=str(dataset),
         checkpoint=str(root / "model.pt"),
+        pretrained=None,  # the checkpoint below is the random-weight tiny detector, not one on the demo backbone
         overlays_top=2,
         overlays_random=2,
         **override,
