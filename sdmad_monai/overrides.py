@@ -5,7 +5,7 @@ unused key ``max_epoch`` and train all 40 epochs; ``--text_adapter false`` would
 true. :func:`check_overrides` compares every override with the config files it overrides: the id must exist (the
 closest valid id is suggested) and the value must have the type of the value it replaces (an ``int`` for an ``int``,
 a number for a ``float``, ``True``/``False`` for a ``bool``, a list for a list; ``null`` and ``$`` expression
-defaults take anything). The bundle configs call :func:`check_command_line_overrides` first thing in
+defaults take anything, and ``None`` or an expression is accepted as a value). The bundle configs call :func:`check_command_line_overrides` first thing in
 ``initialize``; ``sdmad sweep`` calls :func:`check_overrides` before it starts any seed.
 """
 
@@ -59,8 +59,8 @@ def _type_problem(default: Any, value: Any) -> str | None:
     """Why ``value`` cannot replace ``default``, or ``None`` when it can."""
     if default is None or (isinstance(default, str) and default.startswith(("$", "@", "%"))):
         return None
-    if isinstance(value, str) and value.startswith(("$", "@", "%")):
-        return None  # an expression or reference, evaluated by the bundle
+    if value is None or (isinstance(value, str) and value.startswith(("$", "@", "%"))):
+        return None  # null (e.g. --slices None: every slice), or an expression or reference evaluated by the bundle
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "True or False"
     if isinstance(default, int):

@@ -40,6 +40,7 @@ def test_good_overrides_pass():
     check_overrides(TRAIN, {"max_epochs": 2, "learning_rate": 1, "text_adapter": False, "slices": [0, 5],
                             "dataset_dir": "/data", "train#dataloader#batch_size": 4, "device": "$torch.device('cpu')"})
     check_overrides(EVALUATE, {"eval_split": "validation", "max_epochs": 3})
+    check_overrides(str(ROOT / "configs" / "inference.json"), {"slices": None, "anomaly_maps": False})
     with pytest.raises(BundleOptionError, match="eval_dir"):
         check_overrides(TRAIN, {"eval_dirr": "x"})
 
