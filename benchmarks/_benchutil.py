@@ -162,6 +162,14 @@ def write_result(name: str, data: dict, output: str | Path | None) -> Path:
     return path
 
 
+def finish(name: str, result: dict, smoke: bool, output: str | Path | None) -> dict:
+    """Write a script's result (``<name>_smoke.json`` for a ``--smoke`` run, see :func:`write_result`), say where,
+    and return it."""
+    path = write_result(name + ("_smoke" if smoke else ""), result, output)
+    print(f"wrote {path}")
+    return result
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch

@@ -96,9 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary": [{k: v for k, v in row.items() if k != "timings"} for row in rows],
         "rows": rows,
     }
-    path = bu.write_result(NAME + ("_smoke" if args.smoke else ""), result, args.output)
-    print(f"wrote {path}")
-    return result
+    return bu.finish(NAME, result, args.smoke, args.output)
 
 
 if __name__ == "__main__":

@@ -168,9 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
     }
-    path = bu.write_result(NAME + ("_smoke" if args.smoke else ""), result, args.output)
-    print(f"wrote {path}")
-    return result
+    return bu.finish(NAME, result, args.smoke, args.output)
 
 
 if __name__ == "__main__":

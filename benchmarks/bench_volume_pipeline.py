@@ -180,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for r in rows
         },
     }
-    path = bu.write_result(NAME + ("_smoke" if args.smoke else ""), result, args.output)
-    print(f"wrote {path}")
-    return result
+    return bu.finish(NAME, result, args.smoke, args.output)
 
 
 if __name__ == "__main__":
