@@ -45,15 +45,15 @@ def _randomizables(root: Any, seen: set[int] | None = None) -> Iterator[Any]:
 
 def _random_states(rng_objects: list[Any]) -> dict[str, Any]:
     """Global torch, numpy and Python random states, and those of the randomised transforms."""
-    transforms = [obj for root in rng_objects for obj in _randomizables(root)]
+    states = [obj.R.get_state() for root in rng_objects for obj in _randomizables(root)]
     numpy_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *map(float, numpy_state[2:])],
         "python": json.dumps(random.getstate()),
-        "transforms": [torch.from_numpy(t.R.get_state()[1].astype(np.int64)) for t in transforms],
-        "transform_positions": [int(t.R.get_state()[2]) for t in transforms],
-        "transform_gauss": [[int(t.R.get_state()[3]), float(t.R.get_state()[4])] for t in transforms],
+        "transforms": [torch.from_numpy(state[1].astype(np.int64)) for state in states],
+        "transform_positions": [int(state[2]) for state in states],
+        "transform_gauss": [[int(state[3]), float(state[4])] for state in states],
     }
 
 
