@@ -1,7 +1,9 @@
 """Write a volume as a synthetic single-frame MR (or other modality) DICOM series, for demos and tests.
 
-Not for clinical use: the files carry only the attributes SD-MAD and the SR builder read (patient and study
-identification, geometry, pixel data).
+Not for clinical use. The files are nevertheless complete instances of their IOD (an MR file passes dciodvfy, the
+dicom3tools validator, with no error): besides what SD-MAD and the SR builder read (patient and study identification,
+geometry, pixel data) they carry the equipment, frame-of-reference and MR acquisition attributes a PACS or viewer may
+check, with values that say the series is synthetic (:data:`SYNTHETIC_ACQUISITION`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.valuerep import format_number_as_ds
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-__all__ = ["ORIENTATIONS", "write_dicom_series"]
+__all__ = ["ORIENTATIONS", "SYNTHETIC_ACQUISITION", "write_dicom_series"]
 
 #: ImageOrientationPatient (row direction, column direction; DICOM LPS) of each plane.
 ORIENTATIONS: dict[str, tuple[float, ...]] = {
@@ -24,6 +27,36 @@ ORIENTATIONS: dict[str, tuple[float, ...]] = {
 }
 
 _SOP_CLASS = {"MR": MRImageStorage, "CT": CTImageStorage}
+
+#: Attributes of the General Series, General Equipment, Frame of Reference and MR Image modules that a real scanner
+#: fills and a generated series cannot know: a plain 2D spin-echo description and a manufacturer that says what made
+#: the files. Every entry can be replaced through ``write_dicom_series(attributes=...)``.
+SYNTHETIC_ACQUISITION: dict[str, dict[str, Any]] = {
+    "common": {
+        "Manufacturer": "sdmad_monai (synthetic)",
+        "PositionReferenceIndicator": "",
+        "PatientPosition": "HFS",
+        "BodyPartExamined": "BRAIN",  # unpaired, so no Laterality (dciodvfy: absent, not empty)
+    },
+    "MR": {
+        "ImageType": ["DERIVED", "SECONDARY", "OTHER"],
+        "ScanningSequence": "SE",
+        "SequenceVariant": "NONE",
+        "ScanOptions": "",
+        "MRAcquisitionType": "2D",
+        "RepetitionTime": "500",
+        "EchoTime": "15",
+        "EchoTrainLength": "1",
+    },
+    "CT": {"ImageType": ["DERIVED", "SECONDARY", "AXIAL"], "KVP": "", "AcquisitionNumber": "", "RescaleIntercept": "0",
+           "RescaleSlope": "1", "RescaleType": "HU"},
+}
+
+
+def _ds(values: Any) -> list[str]:
+    """Decimal strings of at most 16 characters (the DS limit; ``repr`` of a float can be 17 or more)."""
+    return [format_number_as_ds(float(v)) for v in np.atleast_1d(values)]
+
 
 #: RAS (NIfTI) to LPS (DICOM) world coordinates.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -119,15 +152,16 @@ def write_dicom_series(
         ds.SeriesNumber = series_number
         ds.SeriesDescription = series_description
         ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.ImagePositionPatient = [float(v) for v in positions[k]]
-        ds.PixelSpacing = [float(v) for v in np.broadcast_to(pixel_spacing, 2)]
-        ds.SliceThickness = float(slice_thickness)
+        ds.ImageOrientationPatient = _ds(iop)
+        ds.ImagePositionPatient = _ds(positions[k])
+        ds.PixelSpacing = _ds(np.broadcast_to(pixel_spacing, 2))
+        ds.SliceThickness = _ds(slice_thickness)[0]
         ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[0])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        for keyword, value in (attributes or {}).items():
+        synthetic = {**SYNTHETIC_ACQUISITION["common"], **SYNTHETIC_ACQUISITION.get(modality, {})}
+        for keyword, value in {**synthetic, **(attributes or {})}.items():
             setattr(ds, keyword, value)
         ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()
         ds.save_as(path, enforce_file_format=True)

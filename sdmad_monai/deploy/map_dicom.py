@@ -149,6 +149,14 @@ def _processed_frames(
     return processed
 
 
+def _copy_body_part(pmap: Dataset, source: Dataset) -> None:
+    """The source series' body part and laterality (General Series): the map is of the same anatomy. Laterality is
+    Type 2C (required for a paired body part), so it is copied only when the source has it, as it is."""
+    for keyword in ("BodyPartExamined", "Laterality"):
+        if keyword in source:
+            setattr(pmap, keyword, source[keyword].value)
+
+
 def build_anomaly_map(
     volume: np.ndarray,
     source_datasets: Sequence[Dataset],
@@ -198,8 +206,10 @@ def build_anomaly_map(
         intercept=0.0,
         quantity_definition=_SCORE,
     )
+    # anomaly scores span less than 1: a window that narrow is valid only with the LINEAR_EXACT function
     window = hd.VOILUTTransformation(
-        window_center=(low + high) / 2.0, window_width=max(high - low, 1e-6), window_explanation="map range"
+        window_center=(low + high) / 2.0, window_width=max(high - low, 1e-6), window_explanation="map range",
+        voi_lut_function="LINEAR_EXACT",
     )
     ranges = format_slice_ranges(slice_indices)
     description = f"SD-MAD anomaly map; {axis} slices {ranges}"
@@ -225,6 +235,7 @@ def build_anomaly_map(
         series_description=MAP_SERIES_DESCRIPTION,
         institution_name=institution_name,
     )
+    _copy_body_part(pmap, source_datasets[0])
     if processed is None:
         pmap.ImageComments = (
             f"SD-MAD anomaly map (research use only). Processed {axis} slices (canonical index along the axis, 0 at "

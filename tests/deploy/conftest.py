@@ -1,11 +1,12 @@
-"""A real PACS for the DICOMweb tests: Orthanc with its DICOMweb plugin, started once per test session.
+"""A real PACS for the DICOMweb tests: Orthanc with its DICOMweb plugin, started once per test session; and
+``dciodvfy`` (Debian's ``dicom3tools``), the independent validator every DICOM object the project writes must pass.
 
 The configuration is ``bundle/pacs/orthanc.json`` (the walk-through's file) with the test's own values: a free port
 on 127.0.0.1, remote access and authentication off, storage in a temporary folder, the DICOM network server off.
 Orthanc is stopped by its process id at the end (terminate, then kill if it has not stopped after 10 s).
 
-Without the Orthanc binary (or its DICOMweb plugin) the PACS tests are skipped - except when the environment variable
-``CI`` is ``true``: CI must never skip them silently, so there they fail.
+Without the Orthanc binary (or its DICOMweb plugin), or without ``dciodvfy``, the tests that need them are skipped -
+except when the environment variable ``CI`` is ``true``: CI must never skip them silently, so there they fail.
 """
 
 from __future__ import annotations
@@ -36,10 +37,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str, packages: str = "orthanc orthanc-dicomweb") -> None:
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} CI=true: the PACS tests must run in CI (apt-get install orthanc orthanc-dicomweb).")
+        pytest.fail(f"{reason} CI=true: these tests must run in CI (apt-get install {packages}).")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def dciodvfy():
+    """A function ``path -> list of error lines`` that runs dicom3tools' ``dciodvfy`` on one DICOM file (its
+    warnings are not errors and are left out)."""
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        _unavailable("dciodvfy not found; install the Debian package dicom3tools.", "dicom3tools")
+
+    def errors(path) -> list[str]:
+        done = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
+        lines = (done.stdout + done.stderr).splitlines()
+        return [line for line in lines if line.startswith("Error")]
+
+    return errors
 
 
 def orthanc_config(storage: Path, port: int) -> dict:

@@ -84,7 +84,14 @@ def stored_srs(url: str, study: str) -> list[pydicom.Dataset]:
     ]
 
 
-def test_round_trip(orthanc, detector, tmp_path, caplog):
+def first_instance(url: str, study: str, series: str) -> pydicom.Dataset:
+    """One instance of the series, retrieved over WADO-RS as the PACS serves it."""
+    dicomweb = client(url)
+    item = dicomweb.search_for_instances(study_instance_uid=study, series_instance_uid=series)[0]
+    return dicomweb.retrieve_instance(study, series, item["00080018"]["Value"][0])
+
+
+def test_round_trip(orthanc, detector, tmp_path, caplog, dciodvfy):
     study, axial, coronal = generate_uid(), generate_uid(), generate_uid()
     axial_files = write_dicom_series(volume(0), tmp_path / "ax", "axial", study, axial, series_description="AX T2",
                                      attributes=BRAIN)
@@ -102,6 +109,10 @@ def test_round_trip(orthanc, detector, tmp_path, caplog):
     # the SR is in Orthanc, in the study, and its content tree holds the findings of the axial series
     srs = stored_srs(orthanc, study)
     assert len(srs) == 1 and srs[0].SOPInstanceUID == reports[0].sop_instance_uid
+    # both the series as the PACS keeps it and the SR it received are valid DICOM for the independent validator
+    for name, instance in (("source.dcm", first_instance(orthanc, study, axial)), ("sr.dcm", srs[0])):
+        instance.save_as(tmp_path / name, enforce_file_format=True)
+        assert dciodvfy(tmp_path / name) == [], name
     read = read_sr_findings(srs[0])
     assert read["study_instance_uid"] == study
     assert {uid: sorted(s) for uid, s in read["evidence"].items()} == {

@@ -222,3 +222,14 @@ def test_detector_without_maps_is_one_clear_error(tiny_series):
     with pytest.raises(ValueError, match=r"Anomaly maps were asked for .* built with map_layers=\[\]"):
         infer_series_volumes(lambda: no_maps, [volume, volume], slices=[0], anomaly_maps=True)
     assert len(infer_series_volumes(lambda: no_maps, [volume], slices=[0]).findings) == 1  # off: as before
+
+
+def test_map_passes_dciodvfy(series, tmp_path, dciodvfy):
+    volume = planted_volume() * 0.1  # a range narrower than 1: the window is valid only as LINEAR_EXACT
+    path = write_anomaly_map(volume, series, ALGORITHM, PROCESSED, tmp_path / "out",
+                             processed_images=[series[k] for k in PROCESSED])
+    assert dciodvfy(path) == []
+    ds = pydicom.dcmread(path)
+    window = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert window.VOILUTFunction == "LINEAR_EXACT" and float(window.WindowWidth) < 1
+    assert ds.BodyPartExamined == series[0].BodyPartExamined  # the source's anatomy, so no Laterality is needed

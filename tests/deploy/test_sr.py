@@ -69,10 +69,11 @@ def walk(container, path=()):
         yield from walk(item, path + (code(item, "ConceptNameCodeSequence"),))
 
 
-def test_sr_round_trip(tmp_path, result, series, algorithm):
+def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
     headers = series[1]
     slice_headers = [headers[i] for i in SLICES]  # axial series written bottom-up: slice k = file k
     sr_path, json_path = write_sr_report(result, headers, algorithm, tmp_path, source_images=slice_headers)
+    assert dciodvfy(sr_path) == []
     ds = pydicom.dcmread(sr_path)
     assert ds.SOPClassUID == ComprehensiveSRStorage and ds.Modality == "SR"
     assert ds.StudyInstanceUID == STUDY and ds.PatientID == headers[0].PatientID
