@@ -12,7 +12,8 @@ Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`
           ├─ Finding Site (SCT 363698007) = Brain (SCT 12738006)
           ├─ Algorithm Name (DCM 111001) "SD-MAD (sdmad_monai)", Algorithm Version (DCM 111003) = the
           │  ``sdmad_monai_version`` of ``detector.description()``, Algorithm Parameters (DCM 111002): backbone,
-          │  weights, prompt bank, sign selection, checkpoint fingerprint
+          │  weights, prompt bank, sign selection, checkpoint fingerprint, then the slices analysed
+          │  (``slices_analysed=axial 0,5,10``) and the intended use (:data:`INTENDED_USE`)
           ├─ Score (SCT 246262008) = study score (Eq. 7, highest slice score), unit UCUM "1" (no units),
           │  Derivation (DCM 121401) = Maximum (SCT 56851009)
           ├─ Presence of property (DCM 121052) = Present (SCT 52101004) | Absent (SCT 272519000): the Eq. 8 study
@@ -49,6 +50,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ..anomaly_volume import format_slice_ranges
 from ..utils import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ALGORITHM_NAME",
     "CODING_SCHEME",
+    "INTENDED_USE",
     "SR_CODES",
     "AlgorithmInfo",
     "SRIdentifiers",
@@ -77,6 +80,8 @@ logger = logging.getLogger(__name__)
 ALGORITHM_NAME = "SD-MAD (sdmad_monai)"
 #: Private coding scheme of the category codes.
 CODING_SCHEME = "99SDMAD"
+#: What a reader of the SR must know before acting on it (an Algorithm Parameter of every finding).
+INTENDED_USE = "intended_use=research only, not for diagnostic use"
 #: Default SeriesNumber of the SR series.
 DEFAULT_SERIES_NUMBER = 9901
 
@@ -276,7 +281,13 @@ def build_sr(
         [str(ds.SOPInstanceUID) for ds in source_datasets],
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
-        name=algorithm.name, version=algorithm.version, parameters=list(algorithm.parameters)
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=[
+            *algorithm.parameters,
+            f"slices_analysed={result.axis} {format_slice_ranges(result.slice_indices)}",
+            INTENDED_USE,
+        ],
     )
     groups = []
     for finding in result.findings:

@@ -16,6 +16,7 @@ from pydicom.uid import ComprehensiveSRStorage
 from sdmad_monai.deploy.demo import write_dicom_series
 from sdmad_monai.deploy.sr import (
     ALGORITHM_NAME,
+    INTENDED_USE,
     AlgorithmInfo,
     build_sr,
     detector_fingerprint,
@@ -100,6 +101,9 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
         ]
         assert f"backbone={result.model['backbone']}" in parameters
         assert f"checkpoint=sha256:{algorithm.fingerprint}" in parameters
+        # what a reader needs besides the model: which slices were looked at, and that it is not a diagnosis
+        assert parameters[-2:] == [f"slices_analysed=axial {','.join(map(str, SLICES))}", INTENDED_USE]
+        assert "not for diagnostic use" in INTENDED_USE
         images = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
         assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [
             h.SOPInstanceUID for h in slice_headers
