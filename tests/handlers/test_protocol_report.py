@@ -30,6 +30,30 @@ from sdmad_monai.handlers import ProtocolReport, protocol_metrics
 from sdmad_monai.transforms.slices import slice_geometry
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_metrics_json_matches_sklearn(run_report, variant):
+    _, folder, _ = run_report
+    results = json.loads((folder / "metrics.json").read_text())
+    assert results["num_slices"] == LABELS.shape[0]  # not doubled by the second epoch
+    assert results["num_normal_slices"] == 3
+    assert results["positives_per_category"] == {"Craniotomy": 3, "Lesion": 3, "Ventricles": 0}
+    assert results["categories"] == CATEGORIES
+    assert results["run"] == {"checkpoint": "model.pt"}
+    assert set(results["variants"]) == set(VARIANTS)
+    got, expected = results["variants"][variant], expected_metrics(variant)
+    for key in ("image_auroc", "hamming_score", "subset_accuracy", "mean_category_auroc"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key  # Hamming/subset are float32 means
+    assert 0 < got["subset_accuracy"] < 1
+    assert got["num_categories_in_mean"] == expected["num_categories_in_mean"] == 2
+    assert set(got["category_auroc"]) == set(CATEGORIES)
+    for name in CATEGORIES[:2]:
+        assert got["category_auroc"][name] == pytest.approx(expected["category_auroc"][name], abs=1e-9)
+    assert got["category_auroc"]["Ventricles"] is None  # one class only: undefined (null in the file), excluded from the mean
+    assert got["mean_category_auroc"] == pytest.approx(
+        (got["category_auroc"]["Craniotomy"] + got["category_auroc"]["Lesion"]) / 2
+    )
+
+
 def test_engine_metrics(run_report):
     engine, folder, _ = run_report
     results = json.loads((folder / "metrics.json").read_text())
