@@ -197,8 +197,20 @@ def test_train_mode_keeps_backbone_in_eval(detector):
     detector.eval()
 
 
-def test_deepcopy_keeps_working(detector):
+def test_deepcopy_runs_its_own_adapters_and_switch(detector):
+    """A deep copy's hooks must call the copy's adapters and read the copy's switch: hooks that closed over the
+    original's (the bug this guards against) give the copy the original's outputs whatever is done to the copy."""
     clone = copy.deepcopy(detector)
-    images, _ = batch(size=1)
+    images, _ = batch(size=2)
     with torch.no_grad():
-        assert torch.equal(clone(images), detector(images))
+        before = detector(images)
+        assert torch.equal(clone(images), before)
+        for parameter in clone.image_adapters.parameters():  # change the copy's image adapters only
+            parameter.add_(0.5)
+        assert not torch.allclose(clone(images), before, atol=1e-4)
+        assert torch.equal(detector(images), before)  # the original is untouched
+        clone.adapters_enabled = False  # the copy's switch, not the original's
+        with detector.adapters_disabled():
+            zero_shot = detector(images)
+        assert torch.equal(clone(images), zero_shot) and not torch.allclose(zero_shot, before, atol=1e-4)
+        assert torch.equal(detector(images), before)
