@@ -176,11 +176,20 @@ def test_infer_volumes_writes_files(detector, volumes, tmp_path):
     ]
     assert len(slice_rows) == 1 + 2 * 3
     assert [int(r[2]) for r in slice_rows[1:]] == [0, 5, 10, 0, 5, 10]
+    # the values are the results' own: per slice, the image score, every category's score and prediction
+    for row, (result, i) in zip(slice_rows[1:], [(r, i) for r in results for i in range(3)]):
+        assert row[0] == result.source and row[1] == "axial"
+        assert float(row[3]) == pytest.approx(float(result.image_scores[i]), abs=1e-6)
+        assert [float(v) for v in row[4:4 + len(labels)]] == pytest.approx(result.scores[i].tolist(), abs=1e-6)
+        assert [int(float(v)) for v in row[4 + len(labels):]] == [int(v) for v in result.predictions[i].tolist()]
     with open(output / "findings.csv", newline="") as handle:
-        finding_rows = list(csv.reader(handle))
-    assert finding_rows[0][:4] == ["source", "label", "display_name", "finding"]
-    assert len(finding_rows) == 1 + 2 * 6
-    assert [r[1] for r in finding_rows[1:7]] == labels
+        finding_rows = list(csv.DictReader(handle))
+    assert list(finding_rows[0])[:4] == ["source", "label", "display_name", "finding"]
+    assert len(finding_rows) == 2 * 6
+    assert [r["label"] for r in finding_rows[:6]] == labels
+    for row, finding in zip(finding_rows, [f for r in results for f in r.findings]):
+        assert int(row["finding"]) == finding["finding"]
+        assert float(row["score"]) == pytest.approx(finding["score"], abs=1e-6)
     assert not list(output.rglob("*.tmp"))
 
 
