@@ -243,6 +243,7 @@ def selection_with_fallback(
     prompt_categories: torch.Tensor,
     num_categories: int,
     category_names: Sequence[str] | None = None,
+    warn: bool = True,
 ) -> torch.Tensor:
     """Give a category whose prompts were all discarded by :func:`select_signs` back all of its prompts.
 
@@ -254,6 +255,7 @@ def selection_with_fallback(
         prompt_categories: ``[P]`` category index per prompt, ``-1`` for normal prompts.
         num_categories: number of anomaly categories ``K``.
         category_names: optional names used in the warning.
+        warn: warn for each category that fell back (``False`` where the mask is not used for scoring).
 
     Returns:
         ``[P]`` bool mask in which every category ``0..K-1`` has at least one kept prompt.
@@ -262,11 +264,13 @@ def selection_with_fallback(
     for category in range(num_categories):
         members = prompt_categories == category
         if members.any() and not (keep & members).any():
-            name = category_names[category] if category_names is not None else f"category {category}"
-            warnings.warn(
-                f"Sign selection kept no prompt of {name!r}; using all {int(members.sum())} of its prompts instead.",
-                stacklevel=2,
-            )
+            if warn:
+                name = category_names[category] if category_names is not None else f"category {category}"
+                warnings.warn(
+                    f"Sign selection kept no prompt of {name!r}; using all {int(members.sum())} of its prompts "
+                    "instead.",
+                    stacklevel=2,
+                )
             keep |= members
     return keep
 

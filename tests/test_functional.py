@@ -1,6 +1,7 @@
 """Hand-computed checks of the paper's equations in sdmad_monai.functional (2-D vectors, answers worked out below)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -118,6 +119,9 @@ def test_selection_fallback_restores_all_prompts_with_warning():
     with pytest.warns(UserWarning, match="Craniotomy"):
         fixed = selection_with_fallback(keep, categories, 2, ["Craniotomy", "Lesion"])
     assert fixed.tolist() == [True, True, True, True, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: the same mask and no warning
+        assert selection_with_fallback(keep, categories, 2, warn=False).tolist() == fixed.tolist()
 
 
 def test_category_scores_require_a_kept_prompt_per_category():

@@ -352,7 +352,9 @@ class SignDrivenDetector(nn.Module):
             and any(p.requires_grad for p in self.text_adapter.parameters())
         )
         if grad_needed:
-            return self._compute_text_state()
+            # a training step: sign selection is an inference step (the losses use every prompt), so a category
+            # that falls back here is not reported; validation and inference compute (and report) their own state
+            return self._compute_text_state(warn=False)
         key = self._text_cache_key()
         state = self._text_cache.get(key)
         if state is None:
@@ -364,13 +366,14 @@ class SignDrivenDetector(nn.Module):
             self._text_cache[key] = state
         return state
 
-    def _compute_text_state(self) -> TextState:
+    def _compute_text_state(self, warn: bool = True) -> TextState:
         features = self._text_path.encode(self.tokens)
         categories = self.prompt_categories
         anchor = anchor_feature_from_normal_prompts(features, categories)
         if self.sign_selection:
             keep = selection_with_fallback(
-                select_signs(features.detach(), categories), categories, self.num_categories, self.category_labels
+                select_signs(features.detach(), categories), categories, self.num_categories, self.category_labels,
+                warn=warn,
             )
         else:
             keep = torch.ones_like(categories, dtype=torch.bool)

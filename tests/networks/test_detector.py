@@ -1,6 +1,7 @@
 """SignDrivenDetector on the tiny random-initialised backbone: gradients, caching, checkpoints, switches, errors."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -214,3 +215,18 @@ def test_deepcopy_runs_its_own_adapters_and_switch(detector):
             zero_shot = detector(images)
         assert torch.equal(clone(images), zero_shot) and not torch.allclose(zero_shot, before, atol=1e-4)
         assert torch.equal(detector(images), before)
+
+
+def test_fallback_is_reported_by_evaluation_not_by_training_steps():
+    """Sign selection is an inference step: a training forward (text adapter trained) does not warn about a category
+    that falls back; switching to eval mode, which computes the inference text state, does (the random tiny model
+    falls back for some categories)."""
+    detector = SignDrivenDetector.from_preset("tiny")
+    images, _ = batch(size=2)
+    detector.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detector(images, output="all", maps=False)["scores"].sum().backward()
+    with pytest.warns(UserWarning, match="Sign selection kept no prompt"), torch.no_grad():
+        detector.eval()
+        detector(images)
