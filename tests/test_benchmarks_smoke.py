@@ -109,3 +109,18 @@ def test_gpu_throughput_refuses_cpu_device(tmp_path):
     with pytest.raises(SystemExit) as refusal:
         _load("bench_gpu_throughput").main(["--device", "cpu", "--output", str(tmp_path)])
     assert refusal.value.code == 2
+
+
+def test_probe_demo_prior_smoke(tmp_path):
+    result = _run("probe_demo_prior", tmp_path)
+    (row,) = result["summary"]
+    assert row["pretrained"] == "none" and result["settings"]["slices_total"] == 72  # 24 volumes x slices 0/5/10
+    for key in ("zero_shot_all_prompts", "zero_shot_sign_selection", "probe", "headroom"):
+        assert len(row[key]) == 6, key
+    for probe, zero_shot, headroom in zip(row["probe"], row["zero_shot_all_prompts"], row["headroom"]):
+        if probe is None or zero_shot is None:  # too few positive volumes for the folds, or a single class
+            assert headroom is None
+        else:
+            assert 0.0 <= probe <= 1.0 and 0.0 <= zero_shot <= 1.0
+            assert abs(headroom - (probe - zero_shot)) < 1e-9
+    assert any(p is not None for p in row["probe"])
