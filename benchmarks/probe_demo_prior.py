@@ -64,9 +64,8 @@ def demo_slices(num_volumes: int, demo_seed: int) -> tuple[Any, Any, Any]:
     import numpy as np
     import torch
 
-    from sdmad_monai.data import FASTMRI_BRAIN_CATEGORIES
     from sdmad_monai.data.demo import assign_categories, load_template, render_volume
-    from sdmad_monai.data.report_corpus import volume_slices_for_clip
+    from sdmad_monai.data.report_corpus import slice_labels_from_rows, volume_slices_for_clip
 
     template, affine = load_template()
     assignment = assign_categories(num_volumes, np.random.default_rng(demo_seed))
@@ -74,13 +73,10 @@ def demo_slices(num_volumes: int, demo_seed: int) -> tuple[Any, Any, Any]:
     for index, categories in enumerate(assignment):
         data, rows = render_volume(template, affine, categories, np.random.default_rng([demo_seed, index]))
         slices = volume_slices_for_clip(data)
+        slice_labels = torch.from_numpy(slice_labels_from_rows(rows, len(slices)))
         for z in SLICES:
-            label = torch.zeros(len(FASTMRI_BRAIN_CATEGORIES))
-            for row_slice, _, name in rows:
-                if row_slice == z and name in FASTMRI_BRAIN_CATEGORIES:
-                    label[FASTMRI_BRAIN_CATEGORIES.index(name)] = 1.0
             images.append(slices[z])
-            labels.append(label)
+            labels.append(slice_labels[z])
             volumes.append(index)
     return torch.stack(images), torch.stack(labels), np.asarray(volumes)
 

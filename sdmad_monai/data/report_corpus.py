@@ -57,6 +57,7 @@ __all__ = [
     "REPORT_PHRASES",
     "REPORT_TERMS",
     "category_mentions",
+    "slice_labels_from_rows",
     "ReportCorpus",
     "build_report_corpus",
     "volume_slices_for_clip",
@@ -366,8 +367,17 @@ class ReportCorpus:
         return len(self.reports)
 
 
-def _slice_labels(rows: Sequence[tuple[int, tuple | None, str]], num_slices: int) -> np.ndarray:
-    """``[Z, K]`` labels: a box row marks its slice; a study-level row (small vessel change) marks slice 0."""
+def slice_labels_from_rows(rows: Sequence[tuple[int, tuple | None, str]], num_slices: int) -> np.ndarray:
+    """Slice labels of a generated volume from its fastMRI+ rows (:func:`~sdmad_monai.data.demo.render_volume`).
+
+    Args:
+        rows: ``(slice, box or None, label)`` rows; labels that are not categories (``Normal for age``) are ignored.
+        num_slices: the volume's number of axial slices.
+
+    Returns:
+        ``[Z, K]`` float32 multi-hot (:data:`FASTMRI_BRAIN_CATEGORIES` order): a box row marks its slice, a study-level
+        row (small vessel change, written at slice 0) marks slice 0.
+    """
     labels = np.zeros((num_slices, len(FASTMRI_BRAIN_CATEGORIES)), dtype=np.float32)
     for z, _box, label in rows:
         if label in FASTMRI_BRAIN_CATEGORIES:
@@ -441,7 +451,7 @@ def build_report_corpus(
         data = (data / max(float(data.max()), 1.0)) ** gamma
         if rng.uniform() < CORPUS_INVERTED:
             data = 1.0 - data
-        slice_labels = _slice_labels(rows, data.shape[2])
+        slice_labels = slice_labels_from_rows(rows, data.shape[2])
         images.append(volume_slices_for_clip(data, image_size, mean, std).to(torch.float16))
         for z in range(data.shape[2]):
             present = [FASTMRI_BRAIN_CATEGORIES[k] for k in np.flatnonzero(slice_labels[z])]

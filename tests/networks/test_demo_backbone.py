@@ -12,7 +12,7 @@ import torch
 
 from sdmad_monai.data import FASTMRI_BRAIN_CATEGORIES
 from sdmad_monai.data.demo import assign_categories, load_template, render_volume
-from sdmad_monai.data.report_corpus import build_report_corpus, volume_slices_for_clip
+from sdmad_monai.data.report_corpus import build_report_corpus, slice_labels_from_rows, volume_slices_for_clip
 from sdmad_monai.metrics import compute_auroc
 from sdmad_monai.networks import SignDrivenDetector, load_clip
 from sdmad_monai.networks.backbone import DEMO_PRETRAINED, TINY_MODEL_NAME
@@ -40,13 +40,10 @@ def held_out():
     for index, cats in enumerate(categories):
         data, rows = render_volume(template, affine, cats, np.random.default_rng([HELD_OUT_KEY, index]))
         slices = volume_slices_for_clip(data)
+        slice_labels = torch.from_numpy(slice_labels_from_rows(rows, len(slices)))
         for z in (0, 5, 10):
-            label = torch.zeros(len(FASTMRI_BRAIN_CATEGORIES))
-            for row_slice, _, name in rows:
-                if row_slice == z and name in FASTMRI_BRAIN_CATEGORIES:
-                    label[FASTMRI_BRAIN_CATEGORIES.index(name)] = 1
             images.append(slices[z])
-            labels.append(label)
+            labels.append(slice_labels[z])
     return torch.stack(images), torch.stack(labels)
 
 
