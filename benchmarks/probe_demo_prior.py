@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {"volumes": args.volumes, "demo_seed": args.demo_seed, "slices": list(SLICES), "folds": args.folds,
                      "probe_c": args.probe_c, "categories": list(FASTMRI_BRAIN_CATEGORIES),
                      "positives": labels.sum(0).int().tolist(), "slices_total": len(labels)},
-        "summary": json_safe(rows),
+        "summary": rows,
     }
     return bu.finish(NAME, json_safe(result), args.smoke, args.output)
 
