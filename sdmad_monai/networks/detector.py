@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -531,6 +532,15 @@ class SignDrivenDetector(nn.Module):
         """Forget the memory bank: maps use the zero-shot branch only."""
         self._require_maps().clear_memory_bank()
 
+    # ------------------------------------------------------------------ TorchScript export
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(detector)`` compiles (MONAI's ``ckpt_export`` scripts ``network_def``): the
+        detector's Python side (cached text states, adapter hooks, sign selection, checkpoint checks) is not
+        TorchScript, so the scripted module is :class:`ExportedScores`, the score path ``image [B, 3, S, S] ->
+        Eq. 7 scores [B, K]`` (``forward``'s default) traced at the current adapters and prompts in eval mode: the
+        prompt features are constants of the export, and its outputs equal ``detector(image)`` (tested)."""
+        return ExportedScores(self)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
         """Adapters and the detector's description only; the frozen backbone is rebuilt from its spec on load."""
@@ -586,7 +596,8 @@ class SignDrivenDetector(nn.Module):
             raise DetectorStateError(
                 f"Checkpoint was trained with prompt bank {theirs.name!r} (categories {theirs.labels}) but this "
                 f"detector uses {self.prompt_bank.name!r} (categories {self.category_labels}) with different prompts "
-                "or order. Build the detector with the checkpoint's bank (SignDrivenDetector.load does this)."
+                "or order. Evaluate or infer with the config files it was trained with (e.g. with "
+                "configs/train_bmad.json for a BMAD checkpoint), or rebuild it with SignDrivenDetector.load."
             )
         theirs_sha, mine_sha = state.get("backbone_weights_sha256"), mine["backbone_weights_sha256"]
         if mine_sha is not None and theirs_sha != mine_sha:
@@ -596,14 +607,24 @@ class SignDrivenDetector(nn.Module):
                 "adapters do not fit them. Retrain: python -m monai.bundle run training --config_file "
                 "configs/train.json."
             )
+        # the seed initialises the adapters (replaced by the checkpoint's) and, only for pretrained=None, the
+        # backbone: with pretrained weights a checkpoint of any seed (e.g. a sweep's) fits, and records its own
+        keys = _ARCHITECTURE_KEYS if mine["config"]["pretrained"] is None else tuple(
+            k for k in _ARCHITECTURE_KEYS if k != "seed"
+        )
         differing = {
             key: (state["config"].get(key), mine["config"][key])
-            for key in _ARCHITECTURE_KEYS
+            for key in keys
             if state["config"].get(key) != mine["config"][key]
         }
         if differing:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs detector {b!r}" for k, (a, b) in differing.items())
-            raise DetectorStateError(f"Checkpoint was trained on another backbone or adapter layout ({detail}).")
+            raise DetectorStateError(
+                f"Checkpoint was trained on another backbone or adapter layout ({detail}); evaluate or infer with the "
+                "config files and overrides it was trained with (e.g. with configs/paper.json), or rebuild it with "
+                "SignDrivenDetector.load."
+            )
+        self.config["seed"] = int(state["config"].get("seed", self.config["seed"]))
 
     def save(self, path: str | Path) -> Path:
         """Write adapters + prompt bank + backbone spec + version to ``path`` atomically (megabytes, no backbone)."""
@@ -673,3 +694,40 @@ class SignDrivenDetector(nn.Module):
             detector.config["pretrained"] = extra["config"]["pretrained"]
         detector.load_state_dict(state)
         return detector.to(map_location)
+
+
+class ExportedScores(nn.Module):
+    """A detector's score path (``detector(image)``: Eq. 7 scores ``[B, K]``) as a traced TorchScript module inside
+    a scriptable wrapper: what :meth:`SignDrivenDetector.__prepare_scriptable__` gives ``torch.jit.script``.
+
+    The trace runs in eval mode on a 2-image batch at the detector's input size; batch size is free afterwards.
+    Prompt features (with sign selection as configured) are computed once and become constants.
+
+    Args:
+        detector: the detector with its trained adapters loaded.
+    """
+
+    def __init__(self, detector: SignDrivenDetector) -> None:
+        super().__init__()
+        detector.eval()
+        parameter = next(detector.parameters())
+        size = int(detector.image_size)
+        example = torch.zeros(2, 3, size, size, device=parameter.device, dtype=parameter.dtype)
+        with torch.no_grad(), warnings.catch_warnings():
+            detector.text_state()  # prompt side computed (and cached) before tracing: constants of the export
+            # the tracer warns about Python-side checks it freezes: tensor-shape checks (open_clip's attention,
+            # ours) and nothing that depends on the image values (checked), so the trace holds for any batch
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            self.scores = torch.jit.trace(_ScorePath(detector), example, check_trace=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.scores(image)
+
+
+class _ScorePath(nn.Module):
+    def __init__(self, detector: SignDrivenDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.detector(image, output="scores")

@@ -163,6 +163,34 @@ def test_checkpoint_from_other_bank_or_backbone_is_refused(tmp_path):
         SignDrivenDetector.read_checkpoint(tmp_path / "foreign.pt")
 
 
+def test_seed_must_match_only_where_it_builds_the_backbone(tmp_path):
+    # pretrained=None: the seed draws the backbone, so another seed is another network
+    random_init = SignDrivenDetector.from_preset("tiny", seed=3).save(tmp_path / "random.pt")
+    with pytest.raises(DetectorStateError, match="seed: checkpoint 3 vs detector 0"):
+        SignDrivenDetector.from_preset("tiny").load_state_dict(SignDrivenDetector.read_checkpoint(random_init))
+    # pretrained weights: the seed only initialised the adapters the checkpoint replaces (a sweep's seeds)
+    trained = SignDrivenDetector.from_preset("tiny", pretrained="demo", seed=3)
+    train_steps(trained)
+    built = SignDrivenDetector.from_preset("tiny", pretrained="demo", seed=0)
+    built.load_state_dict(SignDrivenDetector.read_checkpoint(trained.save(tmp_path / "demo.pt")))
+    assert built.config["seed"] == 3
+    images, _ = batch(seed=5)
+    trained.eval(), built.eval()
+    with torch.no_grad():
+        assert torch.equal(trained(images), built(images))
+
+
+def test_torchscript_export_is_the_score_path():
+    detector = SignDrivenDetector.from_preset("tiny")
+    train_steps(detector)
+    scripted = torch.jit.script(detector)  # what MONAI's ckpt_export does with network_def
+    images, _ = batch(size=3, seed=4)
+    detector.eval()
+    with torch.no_grad():
+        assert torch.allclose(scripted(images), detector(images), atol=1e-5)
+        assert scripted(images[:1]).shape == (1, 6)
+
+
 def test_image_size_240_on_tiny_model():
     detector = SignDrivenDetector.from_preset("tiny", image_size=240)
     assert detector.image_size == 240
