@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from sdmad_monai.data import generate_bmad_like_dataset
 from sdmad_monai.networks import SignDrivenDetector
+from sdmad_monai.prompts import load_bmad_prompt_bank
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -20,15 +21,18 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def run_protocol(root: Path, dataset: Path, **override):
     workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate_bmad.json")],
+        # evaluated with the config set it was trained with: the network is built from the configs, the workflow
+        # loads the checkpoint into it (DetectorCheckpointLoader)
+        config_file=[str(CONFIGS / name) for name in ("train.json", "train_bmad.json", "evaluate_bmad.json")],
         meta_file=str(CONFIGS / "metadata.json"),
         run_id="evaluating",
         bundle_root=str(root),
         dataset_dir=str(dataset),
-        checkpoint=str(root / "model.pt"),
-        pretrained=None,  # the checkpoint below is the random-weight tiny detector, not one on the demo backbone
+        checkpoint=str(checkpoint_for(root, dataset)),
+        pretrained=None,  # the checkpoints below are random-weight tiny detectors, not ones on the demo backbone
         overlays_top=2,
         overlays_random=2,
+        k_shot=1,  # train_bmad.json's support set, resolved for the prompt bank; the small valid/ split holds 3
         **override,
     )
     workflow.initialize()
@@ -37,11 +41,18 @@ def run_protocol(root: Path, dataset: Path, **override):
     return json.loads((root / "eval_bmad" / "metrics.json").read_text())
 
 
+def checkpoint_for(root: Path, dataset: Path) -> Path:
+    """An untrained tiny detector with the dataset's single-category BMAD bank, as train_bmad.json builds it."""
+    path = root / f"{dataset.name}.pt"
+    if not path.exists():
+        bank = load_bmad_prompt_bank(dataset.name)
+        SignDrivenDetector.from_preset("tiny", prompt_bank=bank, categories=bank.labels).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bmad_bundle")
-    SignDrivenDetector.from_preset("tiny").save(root / "model.pt")
-    return root
+    return tmp_path_factory.mktemp("bmad_bundle")
 
 
 def test_brainmri_image_and_pixel_auroc(bundle):
