@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 from .anomaly_volume import anomaly_volume, write_anomaly_volume
 from .errors import is_user_error, one_line
@@ -45,15 +46,25 @@ from .utils import atomic_write_json, atomic_write_text, ensure_writable_folder
 from .visualize import OverlayItem, OverlaySelector, display_image, write_overlays
 
 __all__ = [
+    "FailedVolume",
     "NotAssessableError",
+    "PrepareVolumed",
+    "PreparedVolume",
     "VolumeResult",
+    "VolumeResultsCollector",
     "VolumesFailedError",
+    "check_volume_inputs",
     "clear_previous_outputs",
+    "collate_volumes",
     "find_volumes",
     "infer_volume",
     "infer_volumes",
+    "prepare_volume",
+    "prepare_volume_batch",
+    "score_volume",
     "slice_problem",
     "study_findings",
+    "volume_datalist",
     "volume_stem",
     "write_volume_maps",
     "write_volume_results",
@@ -227,7 +238,225 @@ def _model_description(detector: SignDrivenDetector) -> dict[str, Any]:
     }
 
 
+@dataclass
+class PreparedVolume:
+    """One volume read, checked and preprocessed for the detector: what :func:`score_volume` takes.
+
+    Attributes:
+        source: the volume's path (or ``meta["filename_or_obj"]`` of an in-memory volume).
+        axis: slicing axis.
+        images: ``[N, 3, S, S]`` float32 CLIP inputs of the slices to score.
+        slice_indices: their ``N`` canonical slice indices.
+        not_assessed: slices left out of a scan because they cannot be assessed, with the reason.
+        slice_shape: ``(rows, cols)`` of the slices before resizing.
+        volume_affine: the scan's 4x4 RAS+ affine.
+        volume_shape: the scan's three spatial sizes.
+    """
+
+    source: str
+    axis: str
+    images: torch.Tensor
+    slice_indices: list[int]
+    not_assessed: dict[int, str]
+    slice_shape: tuple[int, int]
+    volume_affine: np.ndarray
+    volume_shape: tuple[int, int, int]
+
+
+def prepare_volume(
+    path: str | Path | MetaTensor,
+    image_size: int,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    axis: str = "axial",
+    indices: Sequence[int] | None = None,
+    positions: Sequence[float] | None = None,
+    stride: int | None = None,
+) -> PreparedVolume:
+    """Read the chosen slices of one volume, refuse the ones that cannot be assessed and preprocess them.
+
+    Only the requested slices are read. With no index policy given, every slice is taken. Arguments as in
+    :func:`infer_volume`; ``image_size``, ``image_mean`` and ``image_std`` are the detector's.
+
+    Raises:
+        NotAssessableError: a slice asked for by index is blank, constant or mostly NaN (when scanning with
+            ``stride``/``positions``, such slices are left out and listed in ``not_assessed`` unless none is left).
+    """
+    scanning = indices is None
+    if indices is None and positions is None and stride is None:
+        stride = 1
+    if isinstance(path, MetaTensor):
+        slices = ExtractSlices(axis, indices, positions, stride)(path)
+        source = str(path.meta.get("filename_or_obj", "") or "<in-memory volume>")
+    else:
+        slices = LoadSlices(axis, indices, positions, stride)(path)
+        source = str(path)
+    problems = {int(s.meta["slice_index"]): p for s in slices if (p := slice_problem(s)) is not None}
+    if problems and (not scanning or len(problems) == len(slices)):
+        listed = "; ".join(f"slice {k}: {v}" for k, v in problems.items())
+        raise NotAssessableError(
+            f"{source}: cannot be assessed ({listed}); no findings are reported for it (a blank or corrupt image is "
+            "not a normal one)."
+        )
+    if problems:
+        logger.warning("%s: %d slice(s) left out, they cannot be assessed: %s", source, len(problems), problems)
+        slices = [s for s in slices if int(s.meta["slice_index"]) not in problems]
+    preprocess = clip_slice_transforms("image", image_size, image_mean, image_std)
+    first = slices[0].meta
+    return PreparedVolume(
+        source=source,
+        axis=axis,
+        images=torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices]).float(),
+        slice_indices=[int(s.meta["slice_index"]) for s in slices],
+        not_assessed=problems,
+        slice_shape=tuple(int(v) for v in first["spatial_shape"]),
+        volume_affine=np.asarray(first["volume_affine"], dtype=np.float64),
+        volume_shape=tuple(int(v) for v in first["volume_spatial_shape"]),
+    )
+
+
 @torch.no_grad()
+def score_volume(
+    detector: SignDrivenDetector,
+    volume: PreparedVolume,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    anomaly_maps: bool = False,
+) -> VolumeResult:
+    """Score a :class:`PreparedVolume`: Eq. 7 scores, Eq. 8 predictions and study findings per volume.
+
+    Args:
+        detector: the trained detector (switched to eval mode here).
+        volume: from :func:`prepare_volume` (with this detector's image size and normalisation).
+        batch_size: slices per forward pass.
+        device: where to run; defaults to the detector's device.
+        anomaly_maps: keep the detector's ``"anomaly_map"`` output per slice (same backbone pass as the scores) and
+            the slices as seen, for the 3D map and the overlays.
+
+    Raises:
+        ValueError: ``anomaly_maps`` is asked for but the detector gives no ``"anomaly_map"``.
+        NotAssessableError: the model gives non-finite scores.
+    """
+    detector.eval()
+    device = device or next(detector.parameters()).device
+    source, images = volume.source, volume.images
+    keys = ("scores", "predictions", "image_score") + (("anomaly_map",) if anomaly_maps else ())
+    outputs: list[dict[str, torch.Tensor]] = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
+        result = detector(batch, output="all", maps=anomaly_maps)
+        if anomaly_maps and "anomaly_map" not in result:
+            raise ValueError(
+                f"{source}: anomaly maps were asked for but the detector gives none; build it with map layers "
+                "(SignDrivenDetector(map_layers=None or a list), not map_layers=[])."
+            )
+        outputs.append({k: result[k].cpu() for k in keys})
+    scores = torch.cat([o["scores"] for o in outputs])
+    predictions = torch.cat([o["predictions"] for o in outputs])
+    image_scores = torch.cat([o["image_score"] for o in outputs])
+    if not (torch.isfinite(scores).all() and torch.isfinite(image_scores).all()):
+        raise NotAssessableError(
+            f"{source}: the model gave non-finite (NaN or infinite) scores; no findings are reported. Check the "
+            "checkpoint and the device."
+        )
+    maps: dict[str, Any] = {}
+    if anomaly_maps:
+        maps = {
+            "anomaly_maps": torch.cat([o["anomaly_map"] for o in outputs]).to(torch.float32),
+            "display_images": np.stack([display_image(x, detector.image_mean, detector.image_std) for x in images]),
+            "slice_shape": volume.slice_shape,
+            "volume_affine": volume.volume_affine,
+            "volume_shape": volume.volume_shape,
+        }
+    return VolumeResult(
+        source=source,
+        axis=volume.axis,
+        slice_indices=list(volume.slice_indices),
+        scores=scores,
+        predictions=predictions,
+        image_scores=image_scores,
+        findings=study_findings(
+            volume.slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names
+        ),
+        category_labels=detector.category_labels,
+        model=_model_description(detector),
+        not_assessed=dict(volume.not_assessed),
+        **maps,
+    )
+
+
+@dataclass
+class FailedVolume:
+    """A volume that could not be processed, with the reason (one line): what the bundle's inference carries for
+    it instead of a result, so that it never sinks the other volumes and is listed in ``findings.json``."""
+
+    source: str
+    error: str
+
+
+class PrepareVolumed(MapTransform):
+    """Dictionary transform of the bundle's inference: ``d[key]`` (a volume path) -> ``d["volume"]``, the
+    :class:`PreparedVolume` of :func:`prepare_volume`, or a :class:`FailedVolume` when the volume is the user's
+    problem (unreadable, not assessable, missing slices: :func:`~sdmad_monai.errors.is_user_error`); other errors
+    (bugs) propagate.
+
+    Catching here is what keeps one bad volume from sinking a run read by a ``DataLoader`` (the error would
+    otherwise end the evaluator). Arguments as in :func:`prepare_volume`.
+    """
+
+    def __init__(
+        self,
+        keys: str,
+        image_size: int,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        axis: str = "axial",
+        indices: Sequence[int] | None = None,
+        positions: Sequence[float] | None = None,
+        stride: int | None = None,
+        output_key: str = "volume",
+    ) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"PrepareVolumed takes one key (the volume path), got {list(self.keys)}.")
+        self.settings = dict(
+            image_size=int(image_size), image_mean=tuple(image_mean), image_std=tuple(image_std), axis=axis,
+            indices=None if indices is None else list(indices), positions=positions, stride=stride,
+        )
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        (key,) = self.keys
+        source = str(d[key])
+        try:
+            d[self.output_key] = prepare_volume(d[key], **self.settings)
+        except Exception as error:
+            if not is_user_error(error):
+                raise
+            d[self.output_key] = FailedVolume(source, one_line(error))
+        return d
+
+
+def volume_datalist(inputs: Iterable[str | Path]) -> list[dict[str, str]]:
+    """``[{"image": path}, ...]`` for the bundle's inference dataset, after :func:`check_volume_inputs`."""
+    return [{"image": str(p)} for p in check_volume_inputs(inputs)]
+
+
+def collate_volumes(batch: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``collate_fn`` of the inference ``DataLoader``: volumes have different slice counts, so a batch is the list
+    of its items (each volume is scored in slice batches of its own)."""
+    return list(batch)
+
+
+def prepare_volume_batch(
+    batchdata: Sequence[Mapping[str, Any]], device: Any = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[list[PreparedVolume | FailedVolume], None]:
+    """``prepare_batch`` of the inference evaluator: the prepared volumes of a batch, no target (the inferer moves
+    each slice batch to the network's device)."""
+    return [item["volume"] for item in batchdata], None
+
+
 def infer_volume(
     detector: SignDrivenDetector,
     path: str | Path | MetaTensor,
@@ -240,7 +469,7 @@ def infer_volume(
     anomaly_maps: bool = False,
 ) -> VolumeResult:
     """Score the chosen slices of one volume (NIfTI file, DICOM series folder, fastMRI ``.h5``, or a volume in
-    memory).
+    memory): :func:`prepare_volume` then :func:`score_volume`.
 
     Only the requested slices are read. With no index policy given, every slice is scored.
 
@@ -267,74 +496,10 @@ def infer_volume(
             ``stride``/``positions``, such slices are left out and listed in ``not_assessed`` unless none is left),
             or the model gives non-finite scores.
     """
-    scanning = indices is None
-    if indices is None and positions is None and stride is None:
-        stride = 1
-    detector.eval()
-    device = device or next(detector.parameters()).device
-    if isinstance(path, MetaTensor):
-        slices = ExtractSlices(axis, indices, positions, stride)(path)
-        source = str(path.meta.get("filename_or_obj", "") or "<in-memory volume>")
-    else:
-        slices = LoadSlices(axis, indices, positions, stride)(path)
-        source = str(path)
-    problems = {int(s.meta["slice_index"]): p for s in slices if (p := slice_problem(s)) is not None}
-    if problems and (not scanning or len(problems) == len(slices)):
-        listed = "; ".join(f"slice {k}: {v}" for k, v in problems.items())
-        raise NotAssessableError(
-            f"{source}: cannot be assessed ({listed}); no findings are reported for it (a blank or corrupt image is "
-            "not a normal one)."
-        )
-    if problems:
-        logger.warning("%s: %d slice(s) left out, they cannot be assessed: %s", source, len(problems), problems)
-        slices = [s for s in slices if int(s.meta["slice_index"]) not in problems]
-    preprocess = clip_slice_transforms("image", detector.image_size, detector.image_mean, detector.image_std)
-    images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices])
-    slice_indices = [int(s.meta["slice_index"]) for s in slices]
-    keys = ("scores", "predictions", "image_score") + (("anomaly_map",) if anomaly_maps else ())
-    outputs: list[dict[str, torch.Tensor]] = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
-        result = detector(batch, output="all", maps=anomaly_maps)
-        if anomaly_maps and "anomaly_map" not in result:
-            raise ValueError(
-                f"{source}: anomaly maps were asked for but the detector gives none; build it with map layers "
-                "(SignDrivenDetector(map_layers=None or a list), not map_layers=[])."
-            )
-        outputs.append({k: result[k].cpu() for k in keys})
-    scores = torch.cat([o["scores"] for o in outputs])
-    predictions = torch.cat([o["predictions"] for o in outputs])
-    image_scores = torch.cat([o["image_score"] for o in outputs])
-    if not (torch.isfinite(scores).all() and torch.isfinite(image_scores).all()):
-        raise NotAssessableError(
-            f"{source}: the model gave non-finite (NaN or infinite) scores; no findings are reported. Check the "
-            "checkpoint and the device."
-        )
-    maps: dict[str, Any] = {}
-    if anomaly_maps:
-        first = slices[0].meta
-        maps = {
-            "anomaly_maps": torch.cat([o["anomaly_map"] for o in outputs]).to(torch.float32),
-            "display_images": np.stack([display_image(x, detector.image_mean, detector.image_std) for x in images]),
-            "slice_shape": tuple(int(v) for v in first["spatial_shape"]),
-            "volume_affine": np.asarray(first["volume_affine"], dtype=np.float64),
-            "volume_shape": tuple(int(v) for v in first["volume_spatial_shape"]),
-        }
-    return VolumeResult(
-        source=source,
-        axis=axis,
-        slice_indices=slice_indices,
-        scores=scores,
-        predictions=predictions,
-        image_scores=image_scores,
-        findings=study_findings(
-            slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names
-        ),
-        category_labels=detector.category_labels,
-        model=_model_description(detector),
-        not_assessed=problems,
-        **maps,
+    volume = prepare_volume(
+        path, detector.image_size, detector.image_mean, detector.image_std, axis, indices, positions, stride
     )
+    return score_volume(detector, volume, batch_size=batch_size, device=device, anomaly_maps=anomaly_maps)
 
 
 def volume_stem(source: str) -> str:
@@ -539,6 +704,99 @@ def clear_previous_outputs(output_dir: str | Path) -> list[Path]:
     return removed
 
 
+class VolumeResultsCollector:
+    """The output side of inference over many volumes, for every loop that runs it (:func:`infer_volumes`, the
+    bundle's :class:`~sdmad_monai.handlers.VolumeResultsWriter`): the output folder checked and cleared of the
+    previous run's maps before any work, each volume's maps and overlays written as soon as it is scored (memory
+    stays one volume's), failures collected with their reasons, and at the end ``findings.json`` / CSVs
+    (:func:`write_volume_results`), one line saying where everything is, and :class:`VolumesFailedError` if any
+    volume failed (after the others' results are written).
+
+    Args:
+        output_dir: where the JSON and CSV files (and maps and overlays) go.
+        total: number of volumes of the run (for the ``[n/total]`` progress lines).
+        overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
+        overlays_random: with maps: seeded random slices per volume drawn.
+        seed: seed of the random overlay sample.
+    """
+
+    def __init__(
+        self, output_dir: str | Path, total: int, overlays_top: int = 5, overlays_random: int = 5, seed: int = 0
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.total = int(total)
+        self.overlays_top, self.overlays_random, self.seed = int(overlays_top), int(overlays_random), int(seed)
+        self.results: list[VolumeResult] = []
+        self.failed: dict[str, str] = {}
+        self._stems: dict[str, int] = {}
+        ensure_writable_folder(self.output_dir)  # before the work, not after it
+        clear_previous_outputs(self.output_dir)
+
+    @property
+    def count(self) -> int:
+        """Volumes handled so far, scored or failed."""
+        return len(self.results) + len(self.failed)
+
+    def add(self, result: VolumeResult) -> None:
+        """Take one scored volume: write its maps and overlays now (when it has maps) and let the arrays go."""
+        if result.anomaly_maps is not None:
+            stem = _unique_stem(self._stems, result.source)
+            result.map_files = write_volume_maps(
+                result, self.output_dir, stem, self.overlays_top, self.overlays_random, self.seed
+            )
+            result.anomaly_maps = result.display_images = None
+        self.results.append(result)
+        positives = [f["display_name"] for f in result.findings if f["finding"]]
+        logger.info("[%d/%d] %s: %d slices, findings: %s", self.count, self.total, result.source,
+                    len(result.slice_indices), ", ".join(positives) or "none")
+
+    def fail(self, source: str, error: str | BaseException) -> None:
+        """Record a volume that could not be processed, with the reason (one line)."""
+        self.failed[str(source)] = error if isinstance(error, str) else one_line(error)
+        logger.error("[%d/%d] %s: not processed: %s", self.count, self.total, source, self.failed[str(source)])
+
+    def finish(self) -> list[VolumeResult]:
+        """Write ``findings.json`` and the CSVs, say where the outputs are.
+
+        Raises:
+            VolumesFailedError: some volumes failed (their reasons are in the message and in ``findings.json``).
+        """
+        results, failed, output_dir = self.results, self.failed, self.output_dir
+        paths = write_volume_results(
+            results, output_dir, self.overlays_top, self.overlays_random, self.seed, failed=failed
+        )
+        maps = [r.map_files for r in results if r.map_files]
+        where = f"findings {paths['json']} (per slice: {paths['slices_csv']}, per finding: {paths['findings_csv']})"
+        if maps:
+            where += f"; 3D anomaly maps in {output_dir / 'maps'}"
+            if any(m.get("overlays") for m in maps):
+                where += f", overlays in {output_dir / 'overlays'}"
+        logger.info("Inference done for %d of %d volume(s): %s.", len(results), self.count, where)
+        if failed:
+            raise VolumesFailedError(
+                f"{len(failed)} of {self.count} volume(s) could not be processed ("
+                + "; ".join(v if v.startswith(k) else f"{k}: {v}" for k, v in failed.items())
+                + f"); the results of the other {len(results)} are in {paths['json']} (which lists the failures too)."
+            )
+        return results
+
+
+def check_volume_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """The volume paths of a run, refused before any work when there are none or some do not exist.
+
+    Raises:
+        ValueError: no input.
+        FileNotFoundError: some inputs do not exist (all are listed).
+    """
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("No input volume given: pass at least one NIfTI file, DICOM folder or fastMRI .h5 file.")
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"Input volumes not found: {missing}.")
+    return inputs
+
+
 def infer_volumes(
     detector: SignDrivenDetector,
     inputs: Iterable[str | Path],
@@ -548,7 +806,8 @@ def infer_volumes(
     seed: int = 0,
     **kwargs: Any,
 ) -> list[VolumeResult]:
-    """:func:`infer_volume` over several volumes, logging progress, then :func:`write_volume_results`.
+    """:func:`infer_volume` over several volumes, one after the other, with the outputs of
+    :class:`VolumeResultsCollector` (``configs/inference.json`` runs the same steps in a MONAI evaluator).
 
     Args:
         detector: the trained detector.
@@ -558,47 +817,19 @@ def infer_volumes(
         overlays_random: with maps: seeded random slices per volume drawn.
         seed: seed of the random overlay sample.
         kwargs: slice policy, batching and ``anomaly_maps``, passed to :func:`infer_volume`.
+
+    Raises:
+        VolumesFailedError: some volumes could not be processed (the others' results are written first).
     """
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise ValueError("No input volume given: pass at least one NIfTI file, DICOM folder or fastMRI .h5 file.")
-    missing = [str(p) for p in inputs if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"Input volumes not found: {missing}.")
-    ensure_writable_folder(output_dir)  # before the work, not after it
-    clear_previous_outputs(output_dir)
-    results = []
-    failed: dict[str, str] = {}
-    used: dict[str, int] = {}
-    for number, path in enumerate(inputs, start=1):
+    inputs = check_volume_inputs(inputs)
+    collector = VolumeResultsCollector(output_dir, len(inputs), overlays_top, overlays_random, seed)
+    for path in inputs:
         try:
             result = infer_volume(detector, path, **kwargs)
-            if result.anomaly_maps is not None:  # write now and let the arrays go: memory stays one volume's
-                stem = _unique_stem(used, result.source)
-                result.map_files = write_volume_maps(result, output_dir, stem, overlays_top, overlays_random, seed)
-                result.anomaly_maps = result.display_images = None
         except Exception as error:  # one bad volume never sinks the others; a bug still stops the run
             if not is_user_error(error):
                 raise
-            failed[str(path)] = one_line(error)
-            logger.error("[%d/%d] %s: not processed: %s", number, len(inputs), path, failed[str(path)])
+            collector.fail(str(path), error)
             continue
-        positives = [f["display_name"] for f in result.findings if f["finding"]]
-        logger.info("[%d/%d] %s: %d slices, findings: %s", number, len(inputs), path, len(result.slice_indices),
-                    ", ".join(positives) or "none")
-        results.append(result)
-    paths = write_volume_results(results, output_dir, overlays_top, overlays_random, seed, failed=failed)
-    maps = [r.map_files for r in results if r.map_files]
-    where = f"findings {paths['json']} (per slice: {paths['slices_csv']}, per finding: {paths['findings_csv']})"
-    if maps:
-        where += f"; 3D anomaly maps in {Path(output_dir) / 'maps'}"
-        if any(m.get("overlays") for m in maps):
-            where += f", overlays in {Path(output_dir) / 'overlays'}"
-    logger.info("Inference done for %d of %d volume(s): %s.", len(results), len(inputs), where)
-    if failed:
-        raise VolumesFailedError(
-            f"{len(failed)} of {len(inputs)} volume(s) could not be processed ("
-            + "; ".join(v if v.startswith(k) else f"{k}: {v}" for k, v in failed.items())
-            + f"); the results of the other {len(results)} are in {paths['json']} (which lists the failures too)."
-        )
-    return results
+        collector.add(result)
+    return collector.finish()

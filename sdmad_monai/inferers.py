@@ -17,7 +17,7 @@ from torch import nn
 
 from .networks.detector import SignDrivenDetector
 
-__all__ = ["DetectorInferer", "ProtocolInferer", "VARIANTS"]
+__all__ = ["DetectorInferer", "ProtocolInferer", "VARIANTS", "VolumeInferer"]
 
 #: Evaluation variants of :class:`ProtocolInferer`, in the order of the paper's table columns.
 VARIANTS = ("clip", "sdmad_no_ss", "sdmad")
@@ -84,3 +84,38 @@ class ProtocolInferer(Inferer):
                 )
                 results["clip"]["sign_selection_keep"] = text.keep
         return {variant: results[variant] for variant in self.variants}
+
+
+class VolumeInferer(Inferer):
+    """Score whole volumes: for each :class:`~sdmad_monai.inference.PreparedVolume` of a batch,
+    :func:`~sdmad_monai.inference.score_volume` (the slices in batches of ``batch_size``); a
+    :class:`~sdmad_monai.inference.FailedVolume` passes through, and a volume whose scoring fails for a reason of
+    the user's (non-finite scores) becomes one. Returns the list of :class:`~sdmad_monai.inference.VolumeResult` /
+    ``FailedVolume``, in the batch's order.
+
+    Args:
+        batch_size: slices per forward pass.
+        anomaly_maps: compute the per-slice anomaly maps too (for the 3D map and the overlays).
+    """
+
+    def __init__(self, batch_size: int = 16, anomaly_maps: bool = False) -> None:
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.anomaly_maps = bool(anomaly_maps)
+
+    def __call__(self, inputs: Sequence[Any], network: nn.Module, *args: Any, **kwargs: Any) -> list[Any]:
+        from .errors import is_user_error, one_line
+        from .inference import FailedVolume, score_volume
+
+        outcomes: list[Any] = []
+        for volume in inputs:
+            if isinstance(volume, FailedVolume):
+                outcomes.append(volume)
+                continue
+            try:
+                outcomes.append(score_volume(network, volume, self.batch_size, anomaly_maps=self.anomaly_maps))
+            except Exception as error:
+                if not is_user_error(error):
+                    raise
+                outcomes.append(FailedVolume(volume.source, one_line(error)))
+        return outcomes

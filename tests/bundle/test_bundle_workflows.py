@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 
+from sdmad_monai.inference import VolumesFailedError
 from sdmad_monai.networks import SignDrivenDetector
 from sdmad_monai.prompts import PromptBankError
 from sdmad_monai.workflows import DatasetError
@@ -18,6 +19,15 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 SMALL = {"demo_volumes": 24, "k_shot": 1, "max_epochs": 2, "val_interval": 1, "validation_fraction": 0.3}
+
+
+def causes(error):
+    """The error and the ones it was raised from (the bundle wraps errors in ConfigExpression failures)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
 
 
 def workflow(config_files, root, workflow_type=None, run_id="run", **override):
@@ -59,8 +69,10 @@ def test_training_writes_checkpoint_summary_and_logs(trained):
 
 
 def test_evaluate_writes_the_three_protocols(trained):
-    evaluate = workflow(["train.json", "evaluate.json"], trained, run_id="evaluating")
+    evaluate = workflow(["train.json", "evaluate.json"], trained, workflow_type="infer", run_id="evaluating")
     evaluate.initialize()
+    missing = evaluate.check_properties()
+    assert missing == [], f"evaluate.json lacks MONAI infer properties: {missing}"
     evaluate.run()
     evaluate.finalize()
     out = trained / "eval"
@@ -69,6 +81,8 @@ def test_evaluate_writes_the_three_protocols(trained):
     for values in metrics["variants"].values():
         assert {"image_auroc", "hamming_score", "subset_accuracy", "category_auroc", "mean_category_auroc"} <= set(values)
         assert 0.0 <= values["hamming_score"] <= 1.0
+    # the workflow loaded the trained adapters (DetectorCheckpointLoader): the trained variants differ from clip
+    assert metrics["variants"]["sdmad_no_ss"] != metrics["variants"]["clip"]
     splits = json.loads((trained / ".sdmad_cache" / "splits.json").read_text())
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -76,18 +90,66 @@ def test_evaluate_writes_the_three_protocols(trained):
     assert {"file", "slice", "sdmad:score:Craniotomy", "clip:prediction:Craniotomy"} <= set(rows[0])
     for name in ("roc.png", "similarity_heatmap.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    detector = SignDrivenDetector.load(trained / "models" / "model.pt")
+    test_item = splits["test"][0]
+    row = next(r for r in rows if r["file"] == test_item["file"] and int(r["slice"]) == int(test_item["slice"]))
+    from sdmad_monai.inference import infer_volume
+
+    direct = infer_volume(detector, test_item["image"], indices=[int(test_item["slice"])])
+    assert float(row["sdmad:score:Craniotomy"]) == pytest.approx(float(direct.scores[0, 0]), abs=1e-5)
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_layout(trained):
+    evaluate = workflow(
+        ["train.json", "evaluate.json"], trained, run_id="evaluating", image_adapter_layers=[5, 6],
+        eval_dir=str(trained / "eval_other"),
+    )
+    evaluate.initialize()
+    with pytest.raises(Exception) as info:
+        evaluate.run()
+    chain = [str(e) for e in causes(info.value)]
+    assert any("image_adapter_layers: checkpoint [2, 3, 5, 6] vs detector [5, 6]" in text for text in chain), chain
+    assert not (trained / "eval_other" / "metrics.json").exists()
+
+
+def inference(root, output_dir, workflow_type="infer", **override):
+    return ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        output_dir=str(output_dir),
+        **override,
+    )
+
+
+def run(workflow):
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def tree(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_inference_architecture_is_train_json_s():
+    train, infer = (json.loads((CONFIGS / name).read_text()) for name in ("train.json", "inference.json"))
+    assert set(infer["network_def"]) == set(train["network_def"]) - {"activation_checkpointing"}
+    for key, value in infer["network_def"].items():
+        if key != "_target_":
+            name = value.lstrip("@")
+            assert infer[name] == train[name], f"inference.json {name} {infer[name]!r} != train.json {train[name]!r}"
 
 
 def test_inference_on_volumes(trained, tmp_path):
-    images = sorted((trained / ".sdmad_cache" / "demo" / "images").glob("*.nii.gz"))[:2]
-    infer = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"),
-        workflow_type=None,
-        bundle_root=str(trained),
-        input_files=[str(p) for p in images],
-        output_dir=str(tmp_path / "inference"),
-    )
+    images = sorted((trained / ".sdmad_cache" / "demo" / "images").glob("*.nii.gz"))[:3]
+    infer = inference(trained, tmp_path / "inference", input_files=[str(p) for p in images])
     infer.initialize()
+    missing = infer.check_properties()
+    assert missing == [], f"inference.json lacks MONAI infer properties: {missing}"
     infer.run()
     infer.finalize()
     findings = json.loads((tmp_path / "inference" / "findings.json").read_text())
@@ -95,38 +157,70 @@ def test_inference_on_volumes(trained, tmp_path):
     for volume in findings["volumes"]:
         assert [s["slice"] for s in volume["slices"]] == [0, 5, 10]
         assert len(volume["findings"]) == 6
-    assert (tmp_path / "inference" / "slices.csv").read_text().count("\n") == 1 + 2 * 3
+    assert (tmp_path / "inference" / "slices.csv").read_text().count("\n") == 1 + 3 * 3
+    # the evaluator run writes exactly what infer_volumes writes, and so does reading ahead in a worker
+    from sdmad_monai.inference import infer_volumes
+
+    detector = SignDrivenDetector.load(trained / "models" / "model.pt")
+    infer_volumes(detector, images, tmp_path / "direct", indices=[0, 5, 10], anomaly_maps=True, overlays_top=5,
+                  overlays_random=5, seed=0)
+    run(inference(trained, tmp_path / "workers", input_files=[str(p) for p in images], num_workers=1))
+    expected = tree(tmp_path / "direct")
+    assert any(name.suffix == ".png" for name in expected) and any(name.name.endswith(".nii.gz") for name in expected)
+    assert tree(tmp_path / "inference") == expected
+    assert tree(tmp_path / "workers") == expected
 
 
-def test_verify_net_in_out_as_the_zoo_runs_it(tmp_path):
+def test_inference_lists_a_bad_volume_and_keeps_the_others(trained, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    good = sorted((trained / ".sdmad_cache" / "demo" / "images").glob("*.nii.gz"))[:2]
+    blank = tmp_path / "blank.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 16), dtype=np.float32), np.eye(4)), blank)
+    inputs = [str(good[0]), str(blank), str(good[1])]
+    with pytest.raises(Exception) as info:
+        run(inference(trained, tmp_path / "out", input_files=inputs, anomaly_maps=False))
+    failure = next(e for e in causes(info.value) if isinstance(e, VolumesFailedError))
+    assert str(failure).startswith("1 of 3 volume(s) could not be processed")
+    findings = json.loads((tmp_path / "out" / "findings.json").read_text())
+    assert [v["source"] for v in findings["volumes"]] == [str(good[0]), str(good[1])]
+    assert [f["source"] for f in findings["failed"]] == [str(blank)]
+    assert "cannot be assessed" in findings["failed"][0]["error"]
+    assert not (tmp_path / "out" / "maps").exists()
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_verify_net_in_out_as_the_zoo_runs_it(tmp_path, config):
     # no override: metadata describes the default config's 3x64x64 input and 6 category scores
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "train.json"),
+        config_file=str(CONFIGS / config),
         device="cpu",
         bundle_root=str(tmp_path),
     )
 
 
-def test_ckpt_export_torchscript_gives_the_same_scores(trained, tmp_path):
-    exported = tmp_path / "model.ts"
+def test_ckpt_export_as_the_zoo_runs_it_gives_the_same_scores(trained, tmp_path):
+    # the model zoo's verify_export_torchscript: inference.json, scripting (no use_trace), the checkpoint as written
+    exported = tmp_path / "verify_model.ts"
     ckpt_export(
         net_id="network_def",
         filepath=str(exported),
         ckpt_file=str(trained / "models" / "model.pt"),
         meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "train.json"),
-        key_in_ckpt="",
-        use_trace=True,
-        input_shape=[2, 3, 64, 64],
-        bundle_root=str(tmp_path),
+        config_file=str(CONFIGS / "inference.json"),
+        bundle_root=str(trained),
     )
     scripted = torch.jit.load(str(exported))
-    detector = SignDrivenDetector.load(trained / "models" / "model.pt")
+    detector = SignDrivenDetector.load(trained / "models" / "model.pt").eval()
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(scripted(images), detector(images), atol=1e-5)
+        expected = detector(images)
+        assert not torch.allclose(expected, SignDrivenDetector.from_preset("tiny", pretrained="demo")(images))
+        assert torch.allclose(scripted(images), expected, atol=1e-5)
+        assert torch.allclose(scripted(images[:1]), expected[:1], atol=1e-5)  # any batch size
 
 
 @pytest.mark.parametrize(
@@ -141,10 +235,7 @@ def test_bad_input_stops_before_training(tmp_path, override, error, message):
     with pytest.raises(Exception) as info:
         train.initialize()
         train.run()
-    chain, cause = [], info.value
-    while cause is not None:
-        chain.append(cause)
-        cause = cause.__cause__
+    chain = causes(info.value)
     assert any(isinstance(e, error) and message in str(e) for e in chain), chain
     assert not (tmp_path / "models" / "model.pt").exists()
 

@@ -44,6 +44,12 @@ class SDMADInferTask(BundleInferTask):
         self.settings = inference_settings(self.bundle_config)
         self._config.update({"axis": self.settings["axis"]})
 
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> list:
+        """None: :func:`~sdmad_monai.label.classify_volume` reads and prepares the volume itself with the bundle's
+        own preparation (``inference.json``'s ``PrepareVolumed`` runs the same
+        :func:`~sdmad_monai.inference.prepare_volume`), at the axis the request asks for."""
+        return []
+
     def run_inferer(
         self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"
     ) -> dict:
