@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar
 
@@ -13,7 +14,8 @@ __all__ = ["LossProgressBar"]
 def _loss(output: Any) -> dict[str, float]:
     if isinstance(output, list):  # decollated output: every item carries the batch loss
         output = output[0]
-    return {"loss": float(output["loss"])}
+    loss = output["loss"]  # the trainer's loss still carries its graph: read the value, not the graph
+    return {"loss": float(loss.detach() if isinstance(loss, torch.Tensor) else loss)}
 
 
 class LossProgressBar(ProgressBar):
