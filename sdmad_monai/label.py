@@ -3,9 +3,11 @@
 The MONAI Label tasks in ``bundle/monailabel_app/lib`` are thin subclasses of MONAI Label's ``BundleInferTask`` and
 ``BundleTrainTask``; what they compute lives here so that it is tested without ``monailabel`` installed.
 
-Inference (:func:`classify_volume`) goes through :func:`sdmad_monai.inference.infer_volume`, the one volume-level
+Inference (:func:`segment_volume`) goes through :func:`sdmad_monai.inference.infer_volume`, the one volume-level
 path: the per-category scores MONAI Label reports are the study scores of :func:`sdmad_monai.inference.study_findings`
-(per category, the highest slice score, Eq. 7), in the detector's category order.
+(per category, the highest slice score, Eq. 7), in the detector's category order; the label image it returns, which
+3D Slicer and OHIF display over the scan, is the 3D anomaly map thresholded on the slices with a finding, labelled
+with the slice's top predicted category (:func:`finding_label_volume`).
 
 A MONAI Label label for this bundle is a JSON file (saved in the datastore with ``PUT /datastore/label``) that lists,
 for each labelled slice of the volume, the categories present on it; a slice listed with no category is a normal
@@ -24,23 +26,29 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from .anomaly_volume import anomaly_volume
 from .inference import VolumeResult, infer_volume
 from .networks.detector import SignDrivenDetector
 from .utils import atomic_write_json
 
 __all__ = [
+    "LabelAnswer",
     "LabelFileError",
-    "classify_volume",
     "datastore_datalist",
+    "finding_label_volume",
     "inference_settings",
+    "label_values",
     "read_slice_labels",
     "slice_labels_from_items",
+    "segment_volume",
     "split_by_volume",
     "study_scores",
     "write_slice_labels",
@@ -76,27 +84,77 @@ def study_scores(result: VolumeResult) -> torch.Tensor:
     )
 
 
-def classify_volume(
+def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.ndarray:
+    """The 3D anomaly map as a label volume on the scan's grid, one label per category where the slice predictions
+    allow: on each processed slice with at least one Eq. 8 finding, the voxels whose anomaly map is at least
+    ``threshold`` get ``1 + k``, ``k`` the slice's highest-scoring predicted category (the other predicted categories
+    of that slice are in the findings, not in the label); 0 elsewhere (slices not processed or without a finding,
+    map below the threshold).
+
+    Args:
+        result: :func:`~sdmad_monai.inference.infer_volume` with ``anomaly_maps=True``.
+        threshold: anomaly-map value (the maps are in [0, 1]) from which a voxel is labelled.
+
+    Returns:
+        ``[X, Y, Z]`` uint8, on the scan's voxel grid (its affine is ``result.volume_affine``).
+
+    Raises:
+        ValueError: the result has no anomaly maps, or ``threshold`` is outside [0, 1].
+    """
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"The anomaly-map threshold must be in [0, 1] (the maps' range), got {threshold}.")
+    maps = result.anomaly_volume()
+    classes = torch.zeros_like(torch.as_tensor(result.anomaly_maps), dtype=torch.float32)
+    for row in range(len(result.slice_indices)):
+        positive = result.predictions[row] > 0
+        if positive.any():
+            scores = result.scores[row].masked_fill(~positive, float("-inf"))
+            classes[row] = float(int(scores.argmax()) + 1)
+    # the same placement as the map (a constant plane stays constant through the resize back to the slice size)
+    class_volume = anomaly_volume(
+        classes, result.slice_indices, result.slice_shape, result.volume_affine, result.volume_shape,
+        axis=result.axis, source=result.source,
+    )
+    labelled = (maps >= float(threshold)) & (class_volume > 0.5)
+    return np.where(labelled, np.rint(class_volume), 0).astype(np.uint8)
+
+
+@dataclass
+class LabelAnswer:
+    """What the MONAI Label infer task answers for one volume.
+
+    Attributes:
+        label: ``[X, Y, Z]`` uint8 :func:`finding_label_volume`, a ``MetaTensor`` with the scan's affine.
+        details: JSON-ready: :meth:`~sdmad_monai.inference.VolumeResult.to_dict` (``source``, ``axis``, ``model``,
+            ``findings``, ``slices``) plus ``prediction`` (``idx``, ``label``, ``score``: the study score per
+            category, :func:`study_scores`) and ``label_volume`` (``labels`` value per category, ``threshold``,
+            ``labelled_slices``).
+    """
+
+    label: Any
+    details: dict[str, Any]
+
+
+def segment_volume(
     detector: SignDrivenDetector,
     image: str | Path | Any,
     axis: str = "axial",
     indices: Sequence[int] | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Per-category study scores and the full result of one volume, for a MONAI Label classification answer.
+    threshold: float = 0.5,
+) -> LabelAnswer:
+    """Per-category study scores, findings and the finding label volume of one volume, for a MONAI Label answer
+    that 3D Slicer and OHIF display.
 
     Args:
-        detector: the trained detector.
+        detector: the trained detector (with map layers).
         image: a NIfTI file, a DICOM series folder, a fastMRI ``.h5`` file, or a loaded ``MetaTensor`` volume.
         axis: slicing axis.
         indices: slice indices (``None``: every slice).
         batch_size: slices per forward pass.
         device: where to run.
-
-    Returns:
-        ``(scores, details)``: ``scores`` ``[K]`` study scores (:func:`study_scores`); ``details`` the JSON-ready
-        :meth:`VolumeResult.to_dict` (``source``, ``axis``, ``model``, ``findings``, ``slices``).
+        threshold: anomaly-map value from which a voxel is labelled (:func:`finding_label_volume`).
 
     Raises:
         TypeError: ``image`` is neither a path nor a ``MetaTensor``.
@@ -114,14 +172,29 @@ def classify_volume(
             f"Image {image} does not exist (expected a NIfTI file, DICOM folder or .h5 file)."
         )
     result = infer_volume(
-        detector,
-        image,
-        axis=axis,
-        indices=indices,
-        batch_size=batch_size,
-        device=device,
+        detector, image, axis=axis, indices=indices, batch_size=batch_size, device=device, anomaly_maps=True
     )
-    return study_scores(result), result.to_dict()
+    label = finding_label_volume(result, threshold)
+    scores = study_scores(result)
+    details = result.to_dict()
+    details["prediction"] = [
+        {"idx": k, "label": name, "score": float(scores[k])} for k, name in enumerate(result.category_labels)
+    ]
+    details["label_volume"] = {
+        "labels": label_values(result.category_labels),
+        "threshold": float(threshold),
+        "labelled_slices": [
+            int(index) for row, index in enumerate(result.slice_indices) if bool(result.predictions[row].any())
+        ],
+    }
+    return LabelAnswer(
+        label=MetaTensor(torch.from_numpy(label), affine=torch.as_tensor(result.volume_affine)), details=details
+    )
+
+
+def label_values(categories: Sequence[str]) -> dict[str, int]:
+    """The label value of each category in :func:`finding_label_volume` (0 is background)."""
+    return {str(name): k + 1 for k, name in enumerate(categories)}
 
 
 def write_slice_labels(

@@ -1,22 +1,24 @@
-"""sdmad_monai.label without MONAI Label: classification answers through infer_volume, label files, datastore
+"""sdmad_monai.label without MONAI Label: answers (scores, findings, label volume) through infer_volume, label files, datastore
 datalists and the split by volume."""
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from sdmad_monai.anomaly_volume import anomaly_volume
 from sdmad_monai.data import build_fastmri_datalist, generate_demo_dataset
 from sdmad_monai.data.demo import DEMO_SUFFIX
 from sdmad_monai.inference import infer_volume
 from sdmad_monai.label import (
     LabelFileError,
-    classify_volume,
     datastore_datalist,
     inference_settings,
     read_slice_labels,
+    segment_volume,
     slice_labels_from_items,
     split_by_volume,
     study_scores,
@@ -33,29 +35,57 @@ def demo(tmp_path_factory):
     return generate_demo_dataset(tmp_path_factory.mktemp("demo"), num_volumes=7, seed=0)
 
 
-def test_classify_volume_gives_infer_volumes_study_scores(demo):
+def test_segment_volume_gives_infer_volumes_study_scores_and_a_label_on_the_scans_grid(demo):
+    import nibabel as nib
+
     detector = SignDrivenDetector.from_preset("tiny")
     volume = min(demo["images_dir"].iterdir())
-    scores, details = classify_volume(
-        detector, volume, axis="axial", indices=[0, 5, 10]
-    )
-    reference = infer_volume(detector, volume, axis="axial", indices=[0, 5, 10])
-    assert scores.shape == (6,)
+    reference = infer_volume(detector, volume, axis="axial", indices=[0, 5, 10], anomaly_maps=True)
+    threshold = float(reference.anomaly_maps.median())  # about half of each map above it, half below
+    answer = segment_volume(detector, volume, axis="axial", indices=[0, 5, 10], threshold=threshold)
+    details = answer.details
     # study score = highest slice score per category (study_findings)
+    scores = torch.tensor([p["score"] for p in details["prediction"]])
     assert torch.allclose(scores, reference.scores.max(dim=0).values)
-    assert details["findings"] == reference.findings and details["source"] == str(
-        volume
-    )
-    assert [s["slice"] for s in details["slices"]] == [0, 5, 10]
     assert torch.equal(study_scores(reference), scores)
+    assert [p["label"] for p in details["prediction"]] == reference.category_labels
+    assert details["findings"] == reference.findings and details["source"] == str(volume)
+    assert [s["slice"] for s in details["slices"]] == [0, 5, 10]
+    scan = nib.load(str(volume))
+    assert tuple(answer.label.shape) == scan.shape
+    assert np.allclose(answer.label.affine.numpy(), scan.affine, atol=1e-4)
+    assert details["label_volume"]["labels"] == {name: k + 1 for k, name in enumerate(reference.category_labels)}
+    maps = reference.anomaly_volume()
+    label = answer.label.numpy()
+    for row, index in enumerate(reference.slice_indices):
+        plane = np.zeros_like(reference.anomaly_maps)
+        plane[row] = 1.0
+        on_slice = anomaly_volume(plane, reference.slice_indices, reference.slice_shape, reference.volume_affine,
+                                  reference.volume_shape) > 0.5  # fmt: skip
+        positive = reference.predictions[row] > 0
+        if not positive.any():
+            assert index not in details["label_volume"]["labelled_slices"] and not label[on_slice].any()
+            continue
+        top = int(reference.scores[row].masked_fill(~positive, -2).argmax()) + 1
+        assert index in details["label_volume"]["labelled_slices"]
+        assert np.array_equal(label[on_slice] > 0, maps[on_slice] >= threshold)  # thresholded map on the slice
+        assert set(np.unique(label[on_slice])) <= {0, top}
+    assert details["label_volume"]["labelled_slices"] and 0 < (label > 0).sum() < label.size
+    assert not label[(maps == 0)].any()  # nothing off the processed slices
 
 
-def test_classify_volume_rejects_what_is_not_a_volume(tmp_path):
+def test_threshold_outside_the_maps_range_is_refused(demo):
+    detector = SignDrivenDetector.from_preset("tiny")
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+        segment_volume(detector, min(demo["images_dir"].iterdir()), indices=[0], threshold=1.5)
+
+
+def test_segment_volume_rejects_what_is_not_a_volume(tmp_path):
     detector = SignDrivenDetector.from_preset("tiny")
     with pytest.raises(TypeError, match="expects the image as a path"):
-        classify_volume(detector, torch.zeros(1, 8, 8, 8))
+        segment_volume(detector, torch.zeros(1, 8, 8, 8))
     with pytest.raises(FileNotFoundError, match="missing.nii.gz does not exist"):
-        classify_volume(detector, tmp_path / "missing.nii.gz")
+        segment_volume(detector, tmp_path / "missing.nii.gz")
 
 
 def test_inference_settings_read_the_bundle_config(tmp_path):

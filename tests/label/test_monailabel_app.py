@@ -1,5 +1,6 @@
 """The bundle in MONAI Label 0.8.5, in-process: the sample app (loaded as ``monailabel start_server`` loads it), its
-infer task answering infer_volume's per-category scores, and its train task running configs/train.json.
+infer task answering infer_volume's per-category scores with a label volume on the scan's grid, and its train task
+running configs/train.json.
 
 Run in the MONAI Label environment (``.ci/test_monailabel.sh``); skipped where monailabel is not installed, unless
 ``SDMAD_REQUIRE_LABEL=1``, where a missing monailabel is an error.
@@ -73,16 +74,24 @@ def demo(tmp_path_factory):
     return slice_labels_from_items(items, CATEGORIES)
 
 
-def load_app(bundle: Path, studies: Path):
-    """The app class found in main.py the way MONAI Label's server finds it, then instantiated."""
+def load_app(bundle: Path, studies: Path, app_dir: Path | None = None, models: str = "sdmad"):
+    """The app class found in main.py the way MONAI Label's server finds it, then instantiated on a copy of the app
+    folder (the app keeps its model in ``<app>/model/``)."""
+    app_dir = app_dir or studies.parent / "app"
+    if not app_dir.exists():
+        shutil.copytree(APP, app_dir, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
     app_class = get_class_of_subclass_from_file(
-        "main", str(APP / "main.py"), "MONAILabelApp"
+        "main", str(app_dir / "main.py"), "MONAILabelApp"
     )
     return app_class(
-        app_dir=str(APP),
+        app_dir=str(app_dir),
         studies=str(studies),
-        conf={"models": "sdmad", "bundle": str(bundle)},
+        conf={"models": models, "bundle": str(bundle)},
     )
+
+
+def app_model(instance) -> Path:
+    return Path(instance.app_dir) / "model" / "sdmad"
 
 
 def make_studies(folder: Path, demo, labelled: bool) -> Path:
@@ -110,7 +119,8 @@ def make_studies(folder: Path, demo, labelled: bool) -> Path:
 def app(tmp_path_factory, demo, monailabel_settings):
     root = tmp_path_factory.mktemp("label")
     bundle = make_bundle(root / "bundle")
-    return load_app(bundle, make_studies(root / "studies", demo, labelled=True)), bundle
+    instance = load_app(bundle, make_studies(root / "studies", demo, labelled=True))
+    return instance, app_model(instance)
 
 
 def assert_scores_are_infer_volumes(params, checkpoint: Path, image: Path):
@@ -130,12 +140,27 @@ def assert_scores_are_infer_volumes(params, checkpoint: Path, image: Path):
     return reference
 
 
-def test_app_serves_a_classifier_with_the_six_categories(app):
+def assert_label_is_on_the_scans_grid(label_file, params, image: Path):
+    """The label image loads as a label volume with the scan's shape and affine, its labels the categories'."""
+    import nibabel as nib
+    import numpy as np
+
+    label, scan = nib.load(str(label_file)), nib.load(str(image))
+    assert label.shape == scan.shape
+    assert np.allclose(label.affine, scan.affine, atol=1e-4)
+    values = set(np.unique(np.asarray(label.dataobj)).tolist())
+    assert values <= {0} | set(params["label_volume"]["labels"].values())
+    assert params["label_volume"]["labels"] == {name: k + 1 for k, name in enumerate(CATEGORIES)}
+    return np.asarray(label.dataobj)
+
+
+def test_app_serves_a_segmentation_model_the_viewers_list(app):
     instance, _ = app
     info = instance.info()
     model = info["models"]["sdmad"]
-    assert model["type"] == "classification"
-    assert model["labels"] == {name: k for k, name in enumerate(CATEGORIES)}
+    assert model["type"] == "segmentation"  # 3D Slicer's and OHIF's MONAI Label panels list segmentation models
+    assert model["labels"] == {name: k + 1 for k, name in enumerate(CATEGORIES)}
+    assert model["config"]["threshold"] == 0.5
     assert "sdmad" in info["trainers"]
 
 
@@ -144,11 +169,14 @@ def test_infer_on_a_datastore_image_returns_infer_volumes_scores(app, demo):
     image = Path(min(demo))
     image_id = image.name[: -len(DEMO_SUFFIX)]
     result = instance.infer({"model": "sdmad", "image": image_id, "device": "cpu"})
-    assert result["label"] is None  # a classification answer has no label image
     params = result["params"]
-    assert params["label_names"] == {name: k for k, name in enumerate(CATEGORIES)}
     assert params["source"].endswith(image.name)
-    assert_scores_are_infer_volumes(params, bundle / "models" / "model.pt", image)
+    reference = assert_scores_are_infer_volumes(params, bundle / "models" / "model.pt", image)
+    label = assert_label_is_on_the_scans_grid(result["label"], params, image)
+    assert bool(label.any()) == bool(reference.predictions.any())
+    # threshold 1 keeps only saturated voxels: never more than at the default
+    strict = instance.infer({"model": "sdmad", "image": image_id, "device": "cpu", "threshold": 1.0})
+    assert (assert_label_is_on_the_scans_grid(strict["label"], strict["params"], image) > 0).sum() <= (label > 0).sum()
 
 
 def test_infer_task_class_on_a_file_outside_the_datastore(app, demo):
@@ -161,8 +189,8 @@ def test_infer_task_class_on_a_file_outside_the_datastore(app, demo):
     label, params = SDMADInferTask(str(bundle), {})(
         {"image": str(image), "device": "cpu"}
     )
-    assert label is None
     assert_scores_are_infer_volumes(params, bundle / "models" / "model.pt", image)
+    assert_label_is_on_the_scans_grid(label, params, image)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SDMADInferTask(str(bundle), {})(
             {"image": str(image) + ".missing.nii.gz", "device": "cpu"}
@@ -173,9 +201,11 @@ def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(
     tmp_path, demo, monailabel_settings
 ):
     bundle = make_bundle(tmp_path / "bundle")
+    cli_checkpoint = (bundle / "models" / "model.pt").read_bytes()
     instance = load_app(bundle, make_studies(tmp_path / "studies", demo, labelled=True))
-    checkpoint = bundle / "models" / "model.pt"
+    checkpoint = app_model(instance) / "models" / "model.pt"
     before = checkpoint.read_bytes()
+    assert before == cli_checkpoint  # the app's model starts from the bundle's checkpoint
     summary = instance.train(
         {
             "model": "sdmad",
@@ -191,8 +221,13 @@ def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(
         Path(summary["checkpoint"]) == checkpoint.resolve()
         and checkpoint.read_bytes() != before
     )
+    # the command line's checkpoint is not MONAI Label's: training through MONAI Label leaves it alone
+    assert (bundle / "models" / "model.pt").read_bytes() == cli_checkpoint
     # no demo data was generated: the datastore was the training data
-    assert not (bundle / ".sdmad_cache" / "demo").exists()
+    assert not (app_model(instance) / ".sdmad_cache" / "demo").exists()
+    # a restart keeps the trained model (configs are refreshed from the bundle, the checkpoint is the app's)
+    restarted = load_app(bundle, tmp_path / "studies", app_dir=Path(instance.app_dir))
+    assert (app_model(restarted) / "models" / "model.pt").read_bytes() == checkpoint.read_bytes()
     image = Path(sorted(demo)[2])
     result = instance.infer(
         {"model": "sdmad", "image": image.name[: -len(DEMO_SUFFIX)], "device": "cpu"}
@@ -212,11 +247,11 @@ def test_train_on_the_bundles_demo_data(tmp_path, demo, monailabel_settings):
         }
     )  # fmt: skip
     assert summary["best_validation_epoch"] == 1
-    splits = json.loads((bundle / ".sdmad_cache" / "splits.json").read_text())
+    splits = json.loads((app_model(instance) / ".sdmad_cache" / "splits.json").read_text())
     assert (
         splits["settings"]["demo_volumes"] == 24 and splits["settings"]["k_shot"] == 1
     )
-    SignDrivenDetector.load(bundle / "models" / "model.pt")
+    SignDrivenDetector.load(app_model(instance) / "models" / "model.pt")
 
 
 def test_train_refuses_bad_datastore_labels_before_training(
@@ -224,15 +259,92 @@ def test_train_refuses_bad_datastore_labels_before_training(
 ):
     bundle = make_bundle(tmp_path / "bundle")
     checkpoint = (bundle / "models" / "model.pt").read_bytes()
-    instance = load_app(bundle, make_studies(tmp_path / "empty", demo, labelled=False))
+    instance = load_app(bundle, make_studies(tmp_path / "empty", demo, labelled=False), app_dir=tmp_path / "app")
     with pytest.raises(LabelFileError, match="no labelled image"):
         instance.train({"model": "sdmad", "device": "cpu", "max_epochs": 1})
     studies = make_studies(tmp_path / "studies", demo, labelled=True)
     bad = next((studies / "labels" / "final").glob("*.json"))
     bad.write_text(json.dumps({"slices": {"0": ["Tumour"]}}))
-    instance = load_app(bundle, studies)
+    instance = load_app(bundle, studies, app_dir=tmp_path / "app")
     with pytest.raises(LabelFileError, match=r"unknown categories \['Tumour'\]"):
         instance.train({"model": "sdmad", "device": "cpu", "max_epochs": 1})
     with pytest.raises(ValueError, match="dataset must be one of"):
         instance.train({"model": "sdmad", "device": "cpu", "dataset": "pacs"})
-    assert (bundle / "models" / "model.pt").read_bytes() == checkpoint
+    assert (app_model(instance) / "models" / "model.pt").read_bytes() == checkpoint
+
+
+def test_conf_models_follows_monai_label(tmp_path, demo, monailabel_settings):
+    bundle = make_bundle(tmp_path / "bundle")
+    studies = make_studies(tmp_path / "studies", demo, labelled=False)
+    assert list(load_app(bundle, studies, models="all").info()["models"]) == ["sdmad"]
+    for models, message in [("", "Pass the models to serve"), ("spleen,sdmad", r"Unknown model\(s\) \['spleen'\]")]:
+        with pytest.raises(ValueError, match=message):
+            load_app(bundle, studies, models=models)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_monailabel_start_server_answers_over_rest(tmp_path, demo):
+    """Once, for real: ``monailabel start_server`` on the app, ``GET /info/`` and ``POST /infer/sdmad`` as 3D Slicer's
+    MONAI Label module calls them; the server (127.0.0.1 only) is stopped by its process group."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import nibabel as nib
+    import requests
+
+    bundle = make_bundle(tmp_path / "bundle")
+    studies = make_studies(tmp_path / "studies", demo, labelled=False)
+    app_dir = tmp_path / "app"
+    shutil.copytree(APP, app_dir, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
+    port = free_port()
+    command = [
+        sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies),
+        "--conf", "models", "sdmad", "--conf", "bundle", str(bundle), "--conf", "skip_trainers", "true",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, f"the server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}"
+            try:
+                info = requests.get(f"{url}/info/", timeout=5)
+                if info.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"no answer from the server:\n{log_path.read_text()[-3000:]}"
+            time.sleep(1)
+        assert info.json()["models"]["sdmad"]["type"] == "segmentation"
+        image = Path(min(demo))
+        image_id = image.name[: -len(DEMO_SUFFIX)]
+        form = {"params": json.dumps({"device": "cpu"})}
+        answer = requests.post(f"{url}/infer/sdmad?image={image_id}&output=json", data=form, timeout=120)
+        assert answer.status_code == 200, answer.text
+        params = answer.json()
+        assert_scores_are_infer_volumes(params, app_dir / "model" / "sdmad" / "models" / "model.pt", image)
+        label = requests.post(f"{url}/infer/sdmad?image={image_id}&output=image", data=form, timeout=120)
+        assert label.status_code == 200, label.text
+        label_file = tmp_path / "label.nii.gz"
+        label_file.write_bytes(label.content)
+        assert nib.load(str(label_file)).shape == nib.load(str(image)).shape
+        assert_label_is_on_the_scans_grid(label_file, params, image)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

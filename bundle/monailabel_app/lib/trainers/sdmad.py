@@ -34,9 +34,9 @@ class SDMADTrainTask(BundleTrainTask):
     ``dataset="datastore"`` (the default) trains on every labelled slice of the datastore's volumes (label files as
     in :mod:`sdmad_monai.label`), split by volume with the request's ``val_split``; the bundle's ``splits`` is
     replaced by that split, so its ``initialize`` checks (prompt bank, categories) run on it. ``dataset="demo"``
-    leaves the data to the bundle (its generated demo set, k-shot selection included). The best checkpoint is
-    written by the bundle to ``models/model.pt``, which the infer task reloads; the answer is the bundle's
-    ``models/training_summary.json``.
+    leaves the data to the bundle (its generated demo set, k-shot selection included). ``path`` is the app's model
+    folder (``<app>/model/sdmad``, see ``main.py``): the best checkpoint is written to its ``models/model.pt``, which
+    the infer task reloads; the answer is its ``models/training_summary.json``.
     """
 
     def __init__(self, path: str, conf: dict[str, str], **kwargs: Any) -> None:
