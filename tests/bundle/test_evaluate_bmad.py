@@ -26,6 +26,7 @@ def run_protocol(root: Path, dataset: Path, **override):
         config_file=[str(CONFIGS / name) for name in ("train.json", "train_bmad.json", "evaluate_bmad.json")],
         meta_file=str(CONFIGS / "metadata.json"),
         run_id="evaluating",
+        workflow_type="infer",
         bundle_root=str(root),
         dataset_dir=str(dataset),
         checkpoint=str(checkpoint_for(root, dataset)),
@@ -36,6 +37,8 @@ def run_protocol(root: Path, dataset: Path, **override):
         **override,
     )
     workflow.initialize()
+    missing = workflow.check_properties()
+    assert missing == [], f"evaluate_bmad.json lacks MONAI infer properties: {missing}"
     workflow.run()
     workflow.finalize()
     return json.loads((root / "eval_bmad" / "metrics.json").read_text())
