@@ -29,7 +29,15 @@ from .data import (
 from .data.demo import DEMO_SUFFIX
 from .utils import atomic_write_json
 
-__all__ = ["prepare_splits", "split_items", "check_categories", "report_training", "DatasetError", "PrepareBatchWithMasks"]
+__all__ = [
+    "DatasetError",
+    "PrepareBatchWithMasks",
+    "calibrate_checkpoint",
+    "check_categories",
+    "prepare_splits",
+    "report_training",
+    "split_items",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +225,63 @@ def check_categories(splits: dict[str, Any], category_labels: Sequence[str]) -> 
         )
 
 
+def calibrate_checkpoint(
+    checkpoint: str | Path, detector: Any, dataset: Any, batch_size: int = 32, split: str = "validation"
+) -> Any:
+    """After training: fit the per-category calibration (:func:`sdmad_monai.calibration.fit_calibration`) of the best
+    checkpoint on the validation slices and store it in the checkpoint (rewritten atomically).
+
+    The best epoch's adapters are loaded into ``detector`` first (the trainer's network holds the last epoch's), so
+    afterwards ``detector`` is the saved model.
+
+    Args:
+        checkpoint: the best-metric checkpoint the trainer wrote.
+        detector: the training's :class:`~sdmad_monai.networks.SignDrivenDetector` (or its DDP wrapper).
+        dataset: the validation dataset (items with the preprocessed ``image`` and the multi-hot ``label``).
+        batch_size: slices per forward pass.
+        split: name recorded with the calibration.
+
+    Returns:
+        The :class:`~sdmad_monai.calibration.Calibration`.
+    """
+    import torch
+    from monai.data import DataLoader
+
+    from .calibration import calibration_margin, fit_calibration
+    from .networks import SignDrivenDetector
+
+    detector = getattr(detector, "module", detector)
+    detector.load_state_dict(SignDrivenDetector.read_checkpoint(checkpoint))
+    device = next(detector.parameters()).device
+    detector.eval()
+    margins, labels = [], []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            outputs = detector(torch.as_tensor(batch["image"]).to(device), output="all", maps=False)
+            margins.append(calibration_margin(outputs["scores"], outputs["anchor_similarity"]).cpu())
+            labels.append(torch.as_tensor(batch["label"]).cpu())
+    if not margins:
+        raise RuntimeError(f"No {split} slice to calibrate {checkpoint} on.")
+    calibration = fit_calibration(torch.cat(margins), torch.cat(labels), detector.category_labels, split=split)
+    detector.set_calibration(calibration)
+    detector.save(checkpoint)
+    for category in calibration.categories:
+        if category.calibrated:
+            logger.info("Calibration %s: p = sigmoid(%.4g * margin + %.4g) on %d+/%d- %s slices (AUROC %.3f)%s",
+                        category.label, category.slope, category.intercept, category.positives, category.negatives,
+                        split, category.auroc, f"; {category.note}" if category.note else "")
+        else:
+            logger.warning("Calibration %s: none (%s); its findings carry no probability.", category.label,
+                           category.note)
+    return calibration
+
+
 def report_training(
     checkpoint: str | Path,
     evaluator: Any,
     output_file: str | Path | None = None,
     evaluate_configs: Sequence[str] = ("configs/train.json", "configs/evaluate.json"),
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """After training: record the best validation result and say where the checkpoint and metrics are.
 
@@ -230,6 +290,7 @@ def report_training(
         evaluator: the validation ``SupervisedEvaluator`` (its ``state`` holds the best key metric).
         output_file: where to write the summary JSON (default: ``training_summary.json`` beside the checkpoint).
         evaluate_configs: the config files of the matching evaluation, named in the closing message.
+        calibration: the checkpoint's calibration (:func:`calibrate_checkpoint`), summarised in the JSON.
 
     Returns:
         The summary dict.
@@ -250,6 +311,7 @@ def report_training(
         "best_validation_value": float(getattr(state, "best_metric", float("nan"))),
         "best_validation_epoch": int(getattr(state, "best_metric_epoch", -1)),
         "last_validation_metrics": {k: float(v) for k, v in state.metrics.items() if isinstance(v, (int, float))},
+        "calibration": None if calibration is None else calibration.summary(),
     }
     output_file = Path(output_file) if output_file else checkpoint.parent / "training_summary.json"
     atomic_write_json(output_file, summary)

@@ -212,6 +212,7 @@ def test_report_training_summary(tmp_path, capsys):
         "best_validation_value": 0.75,
         "best_validation_epoch": 3,
         "last_validation_metrics": {"val_mean_auroc": 0.7, "sdmad/hamming_score": 0.9},
+        "calibration": None,
     }
     assert json.loads((checkpoint.parent / "training_summary.json").read_text()) == summary
     assert "Best checkpoint" in capsys.readouterr().out

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..calibration import Calibration, OperatingPoint
 from ..functional import (
     anchor_feature_from_normal_prompts,
     anchor_predictions_from_similarities,
@@ -144,6 +145,9 @@ class SignDrivenDetector(nn.Module):
         activation_checkpointing: in training mode, recompute the frozen image blocks after the first adapter during
             backward instead of keeping their activations (:mod:`sdmad_monai.networks.checkpointing`): much less
             memory for about a third more compute per step; same loss and gradients. Inference is unchanged.
+        operating_point: how study decisions are made: ``None`` (Eq. 8, the paper's) or
+            ``{"target_sensitivity": t}`` (calibrated probability >= the threshold reaching ``t`` on the validation
+            slices; needs a calibrated checkpoint), see :class:`~sdmad_monai.calibration.OperatingPoint`.
     """
 
     def __init__(
@@ -166,6 +170,7 @@ class SignDrivenDetector(nn.Module):
         map_few_shot_weight: float = DEFAULT_FEW_SHOT_WEIGHT,
         map_sigma: float = 0.0,
         activation_checkpointing: bool = False,
+        operating_point: Any = None,
     ) -> None:
         super().__init__()
         self.prompt_bank = load_prompt_bank(prompt_bank, categories)
@@ -182,6 +187,11 @@ class SignDrivenDetector(nn.Module):
             "activation_checkpointing": bool(activation_checkpointing),
         }
         self.sign_selection = bool(sign_selection)
+        #: per-category probabilities fitted on validation after training (:mod:`sdmad_monai.calibration`), stored in
+        #: checkpoints; ``None`` until :meth:`set_calibration`
+        self.calibration: Calibration | None = None
+        #: how study decisions are made (runtime switch): Eq. 8 (default) or a validation target sensitivity
+        self.operating_point = OperatingPoint.from_config(operating_point)
         #: sha256 of the demo backbone file this detector runs on (``pretrained="demo"``), recorded in checkpoints so
         #: that adapters are never paired with another build of the demo weights
         self.backbone_weights_sha256: str | None = None
@@ -532,6 +542,29 @@ class SignDrivenDetector(nn.Module):
         """Forget the memory bank: maps use the zero-shot branch only."""
         self._require_maps().clear_memory_bank()
 
+    # ------------------------------------------------------------------ calibration
+    def set_calibration(self, calibration: Calibration | None) -> None:
+        """Attach (or remove) the per-category calibration; it is saved with the checkpoint.
+
+        Raises:
+            ValueError: its categories are not the detector's (in order).
+        """
+        if calibration is not None and calibration.labels != self.category_labels:
+            raise ValueError(
+                f"Calibration categories {calibration.labels} differ from the detector's {self.category_labels}."
+            )
+        self.calibration = calibration
+
+    def decision_rules(self) -> list[dict[str, Any]]:
+        """Per category, how the study decision is made under :attr:`operating_point`
+        (:meth:`~sdmad_monai.calibration.CategoryCalibration.threshold`)."""
+        if self.calibration is None:
+            rule = {"rule": "eq8"}
+            if self.operating_point.target_sensitivity is not None:
+                rule["note"] = "the checkpoint has no calibration (trained before it existed): Eq. 8 decides"
+            return [dict(rule) for _ in self.category_labels]
+        return [c.threshold(self.operating_point) for c in self.calibration.categories]
+
     # ------------------------------------------------------------------ TorchScript export
     def __prepare_scriptable__(self) -> nn.Module:
         """What ``torch.jit.script(detector)`` compiles (MONAI's ``ckpt_export`` scripts ``network_def``): the
@@ -584,6 +617,7 @@ class SignDrivenDetector(nn.Module):
             "prompt_bank": self.prompt_bank.to_dict(),
             "prompt_bank_fingerprint": self.prompt_bank.fingerprint(),
             "backbone_weights_sha256": self.backbone_weights_sha256,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
     def set_extra_state(self, state: Any) -> None:
@@ -625,6 +659,8 @@ class SignDrivenDetector(nn.Module):
                 "SignDrivenDetector.load."
             )
         self.config["seed"] = int(state["config"].get("seed", self.config["seed"]))
+        calibration = state.get("calibration")
+        self.calibration = None if calibration is None else Calibration.from_dict(calibration)
 
     def save(self, path: str | Path) -> Path:
         """Write adapters + prompt bank + backbone spec + version to ``path`` atomically (megabytes, no backbone)."""
