@@ -73,13 +73,31 @@ def _check_device(device: str) -> None:
             raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu.")
 
 
-def _detector_loader(model: str, device: str, pretrained: str | None) -> Callable[[], Any]:
+def _operating_point(target_sensitivity: Any) -> dict[str, float] | None:
+    """``--target_sensitivity`` as the detector's operating point (``None``: Eq. 8 decides)."""
+    if target_sensitivity is None:
+        return None
+    try:
+        value = float(target_sensitivity)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"--target_sensitivity {target_sensitivity!r}: expected a number in (0, 1], e.g. 0.9.")
+    return {"target_sensitivity": value}
+
+
+def _detector_loader(
+    model: str, device: str, pretrained: str | None, target_sensitivity: Any = None
+) -> Callable[[], Any]:
     """A function loading the checkpoint, called only once a series matches the rules (torch is imported then)."""
+    operating_point = _operating_point(target_sensitivity)  # checked now, before any work
 
     def load_detector():
         from .networks.detector import SignDrivenDetector
 
-        return SignDrivenDetector.load(model, map_location=device, pretrained=pretrained)
+        return SignDrivenDetector.load(
+            model, map_location=device, pretrained=pretrained, operating_point=operating_point
+        )
 
     return load_detector
 
@@ -98,6 +116,7 @@ class SdmadCommands:
         device: str = "cpu",
         batch_size: int = 16,
         pretrained: str | None = None,
+        target_sensitivity: float | None = None,
     ) -> list[str]:
         """Write one DICOM SR + JSON per series of ``input_dir`` that matches the series rules.
 
@@ -111,6 +130,8 @@ class SdmadCommands:
             device: torch device for inference.
             batch_size: slices per forward pass.
             pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
+            target_sensitivity: decide each finding by its calibrated probability, at the threshold reaching this
+                sensitivity on the training's validation slices (default: Eq. 8 decides).
 
         Returns:
             The written files.
@@ -125,7 +146,7 @@ class SdmadCommands:
         from .deploy.process import process_dicom_folder
         from .deploy.rules import load_series_rules
 
-        load_detector = _detector_loader(model, device, pretrained)
+        load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         series_rules = load_series_rules(rules)  # a bad rules file fails before anything is read
         written = process_dicom_folder(
             load_detector,
@@ -154,6 +175,7 @@ class SdmadCommands:
         device: str = "cpu",
         batch_size: int = 16,
         pretrained: str | None = None,
+        target_sensitivity: float | None = None,
     ) -> list[str]:
         """Run SD-MAD on one study of a PACS over DICOMweb and store one DICOM SR per matching series back into it.
 
@@ -175,6 +197,8 @@ class SdmadCommands:
             device: torch device for inference.
             batch_size: slices per forward pass.
             pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
+            target_sensitivity: decide each finding by its calibrated probability, at the threshold reaching this
+                sensitivity on the training's validation slices (default: Eq. 8 decides).
 
         Returns:
             One line per selected series (``stored: SR <uid> for series <uid>`` or ``already in PACS: ...``),
@@ -193,7 +217,7 @@ class SdmadCommands:
         from .deploy.dicomweb import DicomWebConnection, process_study
         from .deploy.rules import load_series_rules
 
-        load_detector = _detector_loader(model, device, pretrained)
+        load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         series_rules = load_series_rules(rules)  # a bad rules file fails before the PACS is contacted
         connection = DicomWebConnection(url, retries=retries, backoff=float(backoff), timeout=float(timeout))
         reports = process_study(

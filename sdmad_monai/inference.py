@@ -39,6 +39,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .anomaly_volume import anomaly_volume, write_anomaly_volume
+from .calibration import calibration_margin
 from .errors import is_user_error, one_line
 from .networks.detector import SignDrivenDetector
 from .transforms import ExtractSlices, LoadSlices, clip_slice_transforms
@@ -79,6 +80,8 @@ def study_findings(
     predictions: torch.Tensor,
     category_labels: Sequence[str],
     display_names: Sequence[str] | None = None,
+    probabilities: np.ndarray | None = None,
+    rules: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One study-level finding per category from per-slice results (aggregation documented in the module).
 
@@ -88,9 +91,14 @@ def study_findings(
         predictions: ``[N, K]`` Eq. 8 predictions.
         category_labels: ``K`` labels.
         display_names: ``K`` short names (defaults to the labels).
+        probabilities: ``[N, K]`` calibrated probabilities (:mod:`sdmad_monai.calibration`; ``NaN`` where a
+            category is not calibrated), or ``None`` for a detector without calibration.
+        rules: ``K`` decision rules (:meth:`SignDrivenDetector.decision_rules`); default Eq. 8 for all.
 
     Returns:
-        ``K`` dicts: ``label``, ``display_name``, ``score``, ``finding`` (0/1), ``positive_slices``,
+        ``K`` dicts: ``label``, ``display_name``, ``score`` (Eq. 7, highest slice), ``probability`` (highest slice
+        probability, ``None`` when not calibrated), ``finding`` (0/1 by the category's rule) and its
+        ``positive_slices``, ``eq8_finding`` (0/1, Eq. 8 on any slice), ``decision`` (the rule and its threshold),
         ``max_score_slice``.
     """
     if scores.ndim != 2 or scores.shape != predictions.shape or scores.shape[0] != len(slice_indices):
@@ -100,18 +108,31 @@ def study_findings(
         )
     if scores.shape[0] == 0:
         raise ValueError("No slice was processed: a study-level finding needs at least one slice.")
+    if probabilities is not None and tuple(np.shape(probabilities)) != tuple(scores.shape):
+        raise ValueError(f"probabilities {tuple(np.shape(probabilities))} must be [N, K] like the scores.")
     names = list(display_names) if display_names is not None else list(category_labels)
+    rules = list(rules) if rules is not None else [{"rule": "eq8"}] * len(category_labels)
     best = scores.argmax(dim=0)
     findings = []
     for k, label in enumerate(category_labels):
-        positive = [int(slice_indices[i]) for i in torch.nonzero(predictions[:, k] > 0).flatten().tolist()]
+        eq8 = [int(slice_indices[i]) for i in torch.nonzero(predictions[:, k] > 0).flatten().tolist()]
+        column = None if probabilities is None else np.asarray(probabilities)[:, k]
+        calibrated = column is not None and not np.isnan(column).any()
+        rule = dict(rules[k])
+        if rule.get("rule") == "probability" and calibrated:
+            positive = [int(slice_indices[i]) for i in np.flatnonzero(column >= rule["threshold"]).tolist()]
+        else:
+            positive = eq8
         findings.append(
             {
                 "label": label,
                 "display_name": names[k],
                 "score": float(scores[best[k], k]),
+                "probability": float(column.max()) if calibrated else None,
                 "finding": int(bool(positive)),
                 "positive_slices": positive,
+                "eq8_finding": int(bool(eq8)),
+                "decision": rule,
                 "max_score_slice": int(slice_indices[int(best[k])]),
             }
         )
@@ -174,6 +195,8 @@ class VolumeResult:
         map_files: where :func:`write_volume_maps` wrote the 3D map and overlays (relative paths), once written.
         not_assessed: slices left out of a scan of the volume (``stride``/``positions``) because they cannot be
             assessed (:func:`slice_problem`), with the reason; the findings cover the other slices only.
+        probabilities: ``[N, K]`` calibrated probabilities (``NaN`` for categories not calibrated), or ``None``
+            when the detector has no calibration.
     """
 
     source: str
@@ -192,6 +215,7 @@ class VolumeResult:
     volume_shape: tuple[int, int, int] | None = None
     map_files: dict[str, Any] | None = None
     not_assessed: dict[int, str] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
 
     def anomaly_volume(self) -> np.ndarray:
         """The anomaly maps stacked back onto the scan's voxel grid ``[X, Y, Z]`` (0 on unprocessed slices).
@@ -220,6 +244,9 @@ class VolumeResult:
                     "image_score": float(self.image_scores[row]),
                     "scores": dict(zip(self.category_labels, self.scores[row].tolist())),
                     "predictions": dict(zip(self.category_labels, [int(v) for v in self.predictions[row].tolist()])),
+                    "probabilities": None if self.probabilities is None else dict(zip(
+                        self.category_labels, [None if np.isnan(v) else float(v) for v in self.probabilities[row]]
+                    )),
                 }
                 for row, index in enumerate(self.slice_indices)
             ],
@@ -340,7 +367,7 @@ def score_volume(
     detector.eval()
     device = device or next(detector.parameters()).device
     source, images = volume.source, volume.images
-    keys = ("scores", "predictions", "image_score") + (("anomaly_map",) if anomaly_maps else ())
+    keys = ("scores", "predictions", "image_score", "anchor_similarity") + (("anomaly_map",) if anomaly_maps else ())
     outputs: list[dict[str, torch.Tensor]] = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(device=device, dtype=torch.float32)
@@ -354,6 +381,10 @@ def score_volume(
     scores = torch.cat([o["scores"] for o in outputs])
     predictions = torch.cat([o["predictions"] for o in outputs])
     image_scores = torch.cat([o["image_score"] for o in outputs])
+    probabilities = None
+    if detector.calibration is not None:
+        margins = calibration_margin(scores, torch.cat([o["anchor_similarity"] for o in outputs]))
+        probabilities = detector.calibration.probabilities(margins)
     if not (torch.isfinite(scores).all() and torch.isfinite(image_scores).all()):
         raise NotAssessableError(
             f"{source}: the model gave non-finite (NaN or infinite) scores; no findings are reported. Check the "
@@ -376,8 +407,10 @@ def score_volume(
         predictions=predictions,
         image_scores=image_scores,
         findings=study_findings(
-            volume.slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names
+            volume.slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names,
+            probabilities=probabilities, rules=detector.decision_rules(),
         ),
+        probabilities=probabilities,
         category_labels=detector.category_labels,
         model=_model_description(detector),
         not_assessed=dict(volume.not_assessed),
@@ -620,20 +653,29 @@ def write_volume_results(
     labels = results[0].category_labels if results else []
     writer.writerow(
         ["source", "axis", "slice", "image_score"] + [f"score:{l}" for l in labels] + [f"prediction:{l}" for l in labels]
+        + [f"probability:{l}" for l in labels]
     )
     for result in results:
         for row, index in enumerate(result.slice_indices):
+            probabilities = [""] * len(labels) if result.probabilities is None else [
+                "" if np.isnan(v) else f"{v:.6g}" for v in result.probabilities[row]
+            ]
             writer.writerow(
                 [result.source, result.axis, index, f"{float(result.image_scores[row]):.6g}"]
                 + [f"{v:.6g}" for v in result.scores[row].tolist()]
                 + [int(v) for v in result.predictions[row].tolist()]
+                + probabilities
             )
     paths["slices_csv"] = atomic_write_text(output_dir / "slices.csv", slice_rows.getvalue())
     finding_rows = io.StringIO()
     writer = csv.writer(finding_rows)
-    writer.writerow(["source", "label", "display_name", "finding", "score", "max_score_slice", "positive_slices"])
+    writer.writerow(
+        ["source", "label", "display_name", "finding", "score", "probability", "decision_rule", "threshold",
+         "eq8_finding", "max_score_slice", "positive_slices"]
+    )
     for result in results:
         for finding in result.findings:
+            rule = finding["decision"]
             writer.writerow(
                 [
                     result.source,
@@ -641,6 +683,10 @@ def write_volume_results(
                     finding["display_name"],
                     finding["finding"],
                     f"{finding['score']:.6g}",
+                    "" if finding["probability"] is None else f"{finding['probability']:.6g}",
+                    rule["rule"],
+                    f"{rule['threshold']:.6g}" if "threshold" in rule else "",
+                    finding["eq8_finding"],
                     finding["max_score_slice"],
                     " ".join(str(i) for i in finding["positive_slices"]),
                 ]

@@ -58,16 +58,22 @@ def test_study_findings_by_hand():
             "label": "Lesion",
             "display_name": "lesion",
             "score": pytest.approx(0.40),
+            "probability": None,
             "finding": 0,
             "positive_slices": [],
+            "eq8_finding": 0,
+            "decision": {"rule": "eq8"},
             "max_score_slice": 5,
         },
         {
             "label": "Ventricles",
             "display_name": "ventricles",
             "score": pytest.approx(0.70),
+            "probability": None,
             "finding": 1,
             "positive_slices": [0, 10],
+            "eq8_finding": 1,
+            "decision": {"rule": "eq8"},
             "max_score_slice": 0,
         },
     ]
@@ -76,6 +82,20 @@ def test_study_findings_by_hand():
     assert [f["display_name"] for f in findings] == ["a", "b"]
     assert findings[0]["positive_slices"] == [4] and findings[0]["max_score_slice"] == 4
     assert findings[1]["finding"] == 0 and findings[1]["max_score_slice"] == 3
+
+
+def test_study_findings_with_probabilities_and_a_threshold_rule():
+    indices = [0, 5, 10]
+    scores = torch.tensor([[0.10, 0.70], [0.40, 0.20], [0.30, 0.65]])
+    predictions = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 1.0]])
+    probabilities = np.array([[0.2, 0.9], [0.7, 0.1], [0.4, np.nan]])  # second category: not calibrated
+    rules = [{"rule": "probability", "threshold": 0.35}, {"rule": "eq8"}]
+    first, second = study_findings(indices, scores, predictions, ["a", "b"], probabilities=probabilities, rules=rules)
+    # by the threshold: slices 5 (0.7) and 10 (0.4) are positive, though Eq. 8 predicts none of them
+    assert first["finding"] == 1 and first["positive_slices"] == [5, 10] and first["eq8_finding"] == 0
+    assert first["probability"] == pytest.approx(0.7) and first["decision"] == rules[0]
+    assert second["probability"] is None and second["finding"] == second["eq8_finding"] == 1
+    assert second["positive_slices"] == [0, 10]
 
 
 @pytest.mark.parametrize(
@@ -173,7 +193,7 @@ def test_infer_volumes_writes_files(detector, volumes, tmp_path):
     labels = detector.category_labels
     assert slice_rows[0] == ["source", "axis", "slice", "image_score"] + [f"score:{l}" for l in labels] + [
         f"prediction:{l}" for l in labels
-    ]
+    ] + [f"probability:{l}" for l in labels]
     assert len(slice_rows) == 1 + 2 * 3
     assert [int(r[2]) for r in slice_rows[1:]] == [0, 5, 10, 0, 5, 10]
     # the values are the results' own: per slice, the image score, every category's score and prediction
@@ -181,7 +201,9 @@ def test_infer_volumes_writes_files(detector, volumes, tmp_path):
         assert row[0] == result.source and row[1] == "axial"
         assert float(row[3]) == pytest.approx(float(result.image_scores[i]), abs=1e-6)
         assert [float(v) for v in row[4:4 + len(labels)]] == pytest.approx(result.scores[i].tolist(), abs=1e-6)
-        assert [int(float(v)) for v in row[4 + len(labels):]] == [int(v) for v in result.predictions[i].tolist()]
+        predictions = row[4 + len(labels):4 + 2 * len(labels)]
+        assert [int(float(v)) for v in predictions] == [int(v) for v in result.predictions[i].tolist()]
+        assert row[4 + 2 * len(labels):] == [""] * len(labels)  # an uncalibrated detector has no probability
     with open(output / "findings.csv", newline="") as handle:
         finding_rows = list(csv.DictReader(handle))
     assert list(finding_rows[0])[:4] == ["source", "label", "display_name", "finding"]

@@ -66,6 +66,12 @@ def test_training_writes_checkpoint_summary_and_logs(trained):
     assert not files["training"] & files["test"] and not files["validation"] & files["test"]
     detector = SignDrivenDetector.load(checkpoint)
     assert detector.category_labels == splits["categories"]
+    # calibrated on the validation slices after training, stored in the checkpoint, summarised in the summary
+    assert detector.calibration is not None and detector.calibration.num_slices == len(splits["validation"])
+    assert summary["calibration"] == detector.calibration.summary()
+    for category, name in zip(detector.calibration.categories, splits["categories"]):
+        positives = sum(item["label"][splits["categories"].index(name)] > 0.5 for item in splits["validation"])
+        assert (category.label, category.positives) == (name, positives)
 
 
 def test_evaluate_writes_the_three_protocols(trained):
@@ -169,6 +175,33 @@ def test_inference_on_volumes(trained, tmp_path):
     assert any(name.suffix == ".png" for name in expected) and any(name.name.endswith(".nii.gz") for name in expected)
     assert tree(tmp_path / "inference") == expected
     assert tree(tmp_path / "workers") == expected
+
+
+def test_inference_probabilities_reproduce_from_the_stored_calibration(trained, tmp_path):
+    from sdmad_monai.calibration import calibration_margin
+    from sdmad_monai.inference import prepare_volume
+
+    image = sorted((trained / ".sdmad_cache" / "demo" / "images").glob("*.nii.gz"))[0]
+    run(inference(trained, tmp_path / "op", input_files=[str(image)], anomaly_maps=False,
+                  operating_point={"target_sensitivity": 0.9}))  # fmt: skip
+    (volume,) = json.loads((tmp_path / "op" / "findings.json").read_text())["volumes"]
+    detector = SignDrivenDetector.load(trained / "models" / "model.pt").eval()
+    prepared = prepare_volume(image, detector.image_size, detector.image_mean, detector.image_std, indices=[0, 5, 10])
+    with torch.no_grad():
+        outputs = detector(prepared.images, output="all", maps=False)
+    margins = calibration_margin(outputs["scores"], outputs["anchor_similarity"]).double()
+    for k, (finding, category) in enumerate(zip(volume["findings"], detector.calibration.categories)):
+        if not category.calibrated:
+            assert finding["probability"] is None and finding["decision"]["rule"] == "eq8"
+            continue
+        expected = torch.sigmoid(category.slope * margins[:, k] + category.intercept)  # by hand from the stored a, b
+        slices = [s["probabilities"][finding["label"]] for s in volume["slices"]]
+        assert slices == pytest.approx(expected.tolist(), abs=1e-9)
+        assert finding["probability"] == pytest.approx(max(slices), abs=1e-9)
+        order = torch.argsort(margins[:, k])
+        assert all(a <= b for a, b in zip(expected[order][:-1], expected[order][1:]))  # monotone in the score
+        threshold = finding["decision"]["threshold"]
+        assert finding["finding"] == int(max(slices) >= threshold)
 
 
 def test_inference_lists_a_bad_volume_and_keeps_the_others(trained, tmp_path):
