@@ -16,8 +16,12 @@ Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`
           │  (``slices_analysed=axial 0,5,10``) and the intended use (:data:`INTENDED_USE`)
           ├─ Score (SCT 246262008) = study score (Eq. 7, highest slice score), unit UCUM "1" (no units),
           │  Derivation (DCM 121401) = Maximum (SCT 56851009)
-          ├─ Presence of property (DCM 121052) = Present (SCT 52101004) | Absent (SCT 272519000): the Eq. 8 study
-          │  finding (present when at least one processed slice is predicted positive)
+          ├─ with a calibrated model: Calibrated probability (99SDMAD probability) = highest slice probability in
+          │  [0, 1] (:mod:`sdmad_monai.calibration`), Derivation = Maximum; under a probability operating point
+          │  also Decision threshold (99SDMAD decision-threshold)
+          ├─ Presence of property (DCM 121052) = Present (SCT 52101004) | Absent (SCT 272519000): the study
+          │  finding by the category's decision rule (Eq. 8 by default: present when at least one processed slice
+          │  is predicted positive; under an operating point, probability >= threshold on a slice)
           └─ Source (IMAGE items): the instances of the processed slices, when known
     Current Requested Procedure Evidence Sequence: every instance of the source series.
 
@@ -97,6 +101,9 @@ SR_CODES: dict[str, Code] = {
     "brain": Code("12738006", "SCT", "Brain"),
     "procedure": Code("363679005", "SCT", "Imaging procedure"),
     "title": Code("126000", "DCM", "Imaging Measurement Report"),
+    # no standard code for an algorithm's calibrated probability or its decision threshold: declared local codes
+    "probability": Code("probability", CODING_SCHEME, "Calibrated probability"),
+    "threshold": Code("decision-threshold", CODING_SCHEME, "Decision threshold"),
 }
 
 
@@ -126,9 +133,12 @@ class AlgorithmInfo:
     Attributes:
         version: algorithm version (the ``sdmad_monai_version`` recorded in the checkpoint).
         fingerprint: checkpoint fingerprint (:func:`detector_fingerprint`).
-        parameters: ``key=value`` texts (backbone, weights, prompt bank, sign selection, checkpoint).
+        parameters: ``key=value`` texts (backbone, weights, prompt bank, sign selection, checkpoint, operating
+            point).
         name: algorithm name.
         backbone: backbone architecture name (the device observer's model name).
+        operating_point: how the findings were decided: ``eq8`` or ``target_sensitivity=<t>``; another operating
+            point on the same series gives another SR instance (in the same SR series).
     """
 
     version: str
@@ -136,6 +146,7 @@ class AlgorithmInfo:
     parameters: tuple[str, ...] = ()
     name: str = ALGORITHM_NAME
     backbone: str = ""
+    operating_point: str = "eq8"
 
     @classmethod
     def from_detector(cls, detector: SignDrivenDetector) -> AlgorithmInfo:
@@ -144,6 +155,8 @@ class AlgorithmInfo:
         config = description["config"]
         bank = description["prompt_bank"]
         fingerprint = detector_fingerprint(detector)
+        target = detector.operating_point.target_sensitivity
+        operating_point = "eq8" if target is None else f"target_sensitivity={target:g}"
         return cls(
             version=str(description["sdmad_monai_version"]),
             fingerprint=fingerprint,
@@ -156,8 +169,10 @@ class AlgorithmInfo:
                 ),
                 f"sign_selection={config.get('sign_selection', True)}",
                 f"checkpoint=sha256:{fingerprint}",
+                f"operating_point={operating_point}",
             ),
             backbone=str(config["model_name"]),
+            operating_point=operating_point,
         )
 
 
@@ -199,12 +214,14 @@ def sr_identifiers(
     """UIDs of the SR for source series ``series_instance_uid`` of study ``study_instance_uid``, made from the
     instances ``instance_uids`` of that series.
 
-    Same study, series, instances, algorithm version and checkpoint fingerprint -> same UIDs. The SR's
+    Same study, series, instances, algorithm version, checkpoint fingerprint and operating point -> same UIDs. The SR's
     SeriesInstanceUID does not depend on the instances: every SR of one source series by one model is in one SR
     series, so an SR made once the series is complete sits beside (and supersedes) one made from part of it.
     """
     model = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
     key = (*model, instances_digest(instance_uids))
+    if algorithm.operating_point != "eq8":  # other decisions, other document (Eq. 8 SRs keep their UIDs)
+        key = (*key, algorithm.operating_point)
     return SRIdentifiers(
         series_instance_uid=derive_uid("sr-series", *model),
         sop_instance_uid=derive_uid("sr-instance", *key),
@@ -256,6 +273,28 @@ def _evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return [first] + list(source_datasets[1:])
 
 
+def _measurements(finding: dict[str, Any]) -> list[hd.sr.Measurement]:
+    """Score (Eq. 7), and when the model is calibrated the probability and, under a probability operating point,
+    the threshold the finding was decided with."""
+    measurements = [
+        hd.sr.Measurement(
+            name=SR_CODES["score"], value=float(finding["score"]), unit=SR_CODES["unitless"],
+            derivation=SR_CODES["maximum"],
+        )
+    ]  # fmt: skip
+    if finding.get("probability") is not None:
+        measurements.append(hd.sr.Measurement(
+            name=SR_CODES["probability"], value=float(finding["probability"]), unit=SR_CODES["unitless"],
+            derivation=SR_CODES["maximum"],
+        ))  # fmt: skip
+    rule = finding.get("decision") or {}
+    if rule.get("rule") == "probability":
+        measurements.append(hd.sr.Measurement(
+            name=SR_CODES["threshold"], value=float(rule["threshold"]), unit=SR_CODES["unitless"]
+        ))  # fmt: skip
+    return measurements
+
+
 def build_sr(
     result: VolumeResult,
     source_datasets: Sequence[Dataset],
@@ -305,14 +344,7 @@ def build_sr(
                 finding_type=category_code(finding["label"], finding["display_name"]),
                 finding_sites=[hd.sr.FindingSite(anatomic_location=SR_CODES["brain"])],
                 algorithm_id=algorithm_id,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=SR_CODES["score"],
-                        value=float(finding["score"]),
-                        unit=SR_CODES["unitless"],
-                        derivation=SR_CODES["maximum"],
-                    )
-                ],
+                measurements=_measurements(finding),
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(
                         name=SR_CODES["presence"],
@@ -434,7 +466,8 @@ def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
 
     Returns:
         ``{"algorithm": {"name", "version", "parameters"}, "findings": [{"label", "display_name", "score",
-        "finding"}], "evidence": {series UID: [SOP instance UIDs]}, "study_instance_uid", "sop_instance_uid"}``.
+        "finding"}, and "probability" / "threshold" when the SR has them], "evidence": {series UID: [SOP instance
+        UIDs]}, "study_instance_uid", "sop_instance_uid"}``.
     """
     ds = sr if isinstance(sr, Dataset) else pydicom.dcmread(sr)
     score_code = (SR_CODES["score"].value, SR_CODES["score"].scheme_designator)
@@ -452,6 +485,10 @@ def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
                     entry["display_name"] = str(item.ConceptCodeSequence[0].CodeMeaning)
                 elif name == score_code:
                     entry["score"] = float(item.MeasuredValueSequence[0].NumericValue)
+                elif name == (SR_CODES["probability"].value, CODING_SCHEME):
+                    entry["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
+                elif name == (SR_CODES["threshold"].value, CODING_SCHEME):
+                    entry["threshold"] = float(item.MeasuredValueSequence[0].NumericValue)
                 elif name == presence_code:
                     entry["finding"] = int(_code(item, "ConceptCodeSequence") == ("52101004", "SCT"))
                 elif name == ("111001", "DCM"):

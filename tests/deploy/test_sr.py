@@ -102,7 +102,9 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
         assert f"backbone={result.model['backbone']}" in parameters
         assert f"checkpoint=sha256:{algorithm.fingerprint}" in parameters
         # what a reader needs besides the model: which slices were looked at, and that it is not a diagnosis
-        assert parameters[-2:] == [f"slices_analysed=axial {','.join(map(str, SLICES))}", INTENDED_USE]
+        assert parameters[-3:] == [
+            "operating_point=eq8", f"slices_analysed=axial {','.join(map(str, SLICES))}", INTENDED_USE
+        ]
         assert "not for diagnostic use" in INTENDED_USE
         images = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
         assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [
@@ -162,3 +164,39 @@ def test_source_must_be_one_series(result, series, algorithm):
         build_sr(result, [headers[0], stranger], algorithm)
     with pytest.raises(ValueError, match="No source instance"):
         build_sr(result, [], algorithm)
+
+
+def test_calibrated_probability_and_threshold_in_the_sr(tmp_path, series, dciodvfy):
+    import highdicom as hd
+
+    from sdmad_monai.calibration import fit_calibration
+
+    rng = np.random.default_rng(3)
+    labels = rng.random((120, 6)) < 0.3
+    calibrated = SignDrivenDetector.from_preset("tiny", operating_point={"target_sensitivity": 0.8})
+    calibrated.set_calibration(fit_calibration(rng.normal(0, 0.02, (120, 6)) + 0.03 * labels, labels,
+                                               calibrated.category_labels))  # fmt: skip
+    result = infer_volume(calibrated, series[0], indices=SLICES)
+    headers = series[1]
+    algorithm = AlgorithmInfo.from_detector(calibrated)
+    sr_path, _ = write_sr_report(result, headers, algorithm, tmp_path)
+    assert dciodvfy(sr_path) == []
+    assert "operating_point=target_sensitivity=0.8" in algorithm.parameters
+    eq8 = dataclasses.replace(algorithm, operating_point="eq8")
+    assert build_sr(result, headers, eq8).SOPInstanceUID != pydicom.dcmread(sr_path).SOPInstanceUID
+    read = read_sr_findings(sr_path)
+    rules = calibrated.decision_rules()
+    for got, finding, rule in zip(read["findings"], result.findings, rules):
+        assert 0.0 <= got["probability"] <= 1.0
+        assert got["probability"] == pytest.approx(finding["probability"], abs=1e-6)
+        assert rule["rule"] == "probability" and got["threshold"] == pytest.approx(rule["threshold"], abs=1e-6)
+        assert got["finding"] == finding["finding"] == int(finding["probability"] >= rule["threshold"])
+    # highdicom reads it back, with the declared local codes as measurements of each finding's group
+    report = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(sr_path))
+    groups = report.content.get_image_measurement_groups()
+    assert len(groups) == len(result.findings)
+    for group, finding, rule in zip(groups, result.findings, rules):
+        measured = {(m.name.value, m.name.scheme_designator): m.value for m in group.get_measurements()}
+        assert measured[("probability", "99SDMAD")] == pytest.approx(finding["probability"], abs=1e-6)
+        assert measured[("decision-threshold", "99SDMAD")] == pytest.approx(rule["threshold"], abs=1e-6)
+        assert measured[("246262008", "SCT")] == pytest.approx(finding["score"], abs=1e-6)
