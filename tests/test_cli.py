@@ -82,6 +82,12 @@ def test_failures(tmp_path, model, study):
               "--model", str(model), "--rules", str(bad_rules))
     )
     assert str(bad_rules) in line and "unknown key" in line
+    line = error_line(
+        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
+              "--model", str(model), "--target_sensitivity", "1.5")
+    )
+    assert "--target_sensitivity 1.5" in line and "(0, 1]" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_mistyped_options_are_refused_before_any_work(tmp_path, model, study):
