@@ -67,6 +67,7 @@ __all__ = [
     "study_findings",
     "volume_datalist",
     "volume_stem",
+    "volume_stems",
     "write_volume_maps",
     "write_volume_results",
 ]
@@ -543,6 +544,13 @@ def volume_stem(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "volume"
 
 
+def volume_stems(sources: Sequence[str]) -> list[str]:
+    """The map file names of volumes processed in this order (:func:`volume_stem`, numbered when two sources share
+    a name), the names :class:`VolumeResultsCollector` gives them."""
+    used: dict[str, int] = {}
+    return [_unique_stem(used, str(source)) for source in sources]
+
+
 def _unique_stem(used: dict[str, int], source: str) -> str:
     stem = volume_stem(source)
     used[stem] = used.get(stem, 0) + 1
@@ -764,10 +772,17 @@ class VolumeResultsCollector:
         overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
         overlays_random: with maps: seeded random slices per volume drawn.
         seed: seed of the random overlay sample.
+        clear_previous: remove the previous run's maps first (:func:`clear_previous_outputs`).
     """
 
     def __init__(
-        self, output_dir: str | Path, total: int, overlays_top: int = 5, overlays_random: int = 5, seed: int = 0
+        self,
+        output_dir: str | Path,
+        total: int,
+        overlays_top: int = 5,
+        overlays_random: int = 5,
+        seed: int = 0,
+        clear_previous: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.total = int(total)
@@ -776,17 +791,24 @@ class VolumeResultsCollector:
         self.failed: dict[str, str] = {}
         self._stems: dict[str, int] = {}
         ensure_writable_folder(self.output_dir)  # before the work, not after it
-        clear_previous_outputs(self.output_dir)
+        if clear_previous:  # one process of a distributed run clears, the others must not race it
+            clear_previous_outputs(self.output_dir)
 
     @property
     def count(self) -> int:
         """Volumes handled so far, scored or failed."""
         return len(self.results) + len(self.failed)
 
-    def add(self, result: VolumeResult) -> None:
-        """Take one scored volume: write its maps and overlays now (when it has maps) and let the arrays go."""
+    def add(self, result: VolumeResult, stem: str | None = None) -> None:
+        """Take one scored volume: write its maps and overlays now (when it has maps) and let the arrays go.
+
+        Args:
+            result: the scored volume.
+            stem: the name of its map files (default: from its source, numbered when two sources share a name,
+                in the order the volumes are added; a distributed run passes the names of the whole input list).
+        """
         if result.anomaly_maps is not None:
-            stem = _unique_stem(self._stems, result.source)
+            stem = stem or _unique_stem(self._stems, result.source)
             result.map_files = write_volume_maps(
                 result, self.output_dir, stem, self.overlays_top, self.overlays_random, self.seed
             )

@@ -31,3 +31,42 @@ def test_two_process_training_on_cpu(tmp_path):
     summary = json.loads((tmp_path / "models" / "training_summary.json").read_text())
     assert summary["best_validation_metric"] == "val_mean_category_auroc"
     assert not (tmp_path / "models" / "resume.pt").exists()
+
+
+def test_two_process_inference_writes_what_one_process_writes(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from monai.bundle import ConfigWorkflow
+
+    train = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "train.json"), workflow_type="train", bundle_root=str(tmp_path),
+        demo_volumes=24, k_shot=1, max_epochs=1, val_interval=1, validation_fraction=0.3,
+    )  # fmt: skip
+    train.initialize()
+    train.run()
+    train.finalize()
+    volumes = sorted((tmp_path / ".sdmad_cache" / "demo" / "images").glob("*.nii.gz"))[:5]
+    blank = tmp_path / "blank.nii.gz"  # one that cannot be assessed: listed once, by process 0
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 16), dtype=np.float32), np.eye(4)), blank)
+    inputs = str([str(v) for v in volumes[:2]] + [str(blank)] + [str(v) for v in volumes[2:]])
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    runs = {
+        "one": [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json"],
+        "two": [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+            "-m", "monai.bundle", "run", "inferring",
+            "--config_file", "['configs/inference.json','configs/multi_gpu_inference.json']",
+        ],
+    }  # fmt: skip
+    for name, command in runs.items():
+        command = command + ["--bundle_root", str(tmp_path), "--input_files", inputs,
+                             "--output_dir", str(tmp_path / name)]  # fmt: skip
+        result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0, "a volume that cannot be assessed must fail the run"
+        assert "1 of 6 volume(s) could not be processed" in result.stdout + result.stderr
+    files = {name: {p.relative_to(tmp_path / name): p.read_bytes()
+                    for p in sorted((tmp_path / name).rglob("*")) if p.is_file()} for name in runs}  # fmt: skip
+    assert len([p for p in files["one"] if p.suffix == ".png"]) >= 5 and files["two"] == files["one"]
+    document = json.loads(files["two"][Path("findings.json")])
+    assert [v["source"] for v in document["volumes"]] == [str(v) for v in volumes]
+    assert [f["source"] for f in document["failed"]] == [str(blank)]
