@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import heapq
 import io
-import random
 import re
 import textwrap
 from collections.abc import Callable, Sequence
@@ -274,16 +274,24 @@ class OverlayItem:
     order: int = field(default=0)
 
 
+def _sample_key(seed: int, index: int) -> float:
+    """A seeded uniform number in [0, 1) for slice ``index``: the same for the same (seed, index) in any order of
+    offers and in any process."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode("ascii"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
 class OverlaySelector:
     """Streamed choice of the ``top_n`` highest-scoring slices and a seeded random sample of ``random_n`` other slices.
 
     The two groups are disjoint: the random sample is drawn from the slices that are not in the final top group, so
     ``top`` and ``random`` PNGs never show the same slice. :meth:`offer` builds a slice's arrays (through the callable
     it is given) only when the slice is kept, so memory holds at most ``2 * top_n + random_n`` slices whatever the
-    number offered: the top group, and a reservoir (Algorithm R with ``random.Random(seed)``) of ``random_n + top_n``
-    slices, enough to still hold ``random_n`` slices once those that end up in the top group are removed. The final
-    sample is a seeded uniform draw of ``random_n`` of the reservoir's non-top slices, i.e. a uniform sample of the
-    non-top slices; the same slices for the same order of offers.
+    number offered. The random sample is a bottom-k sample: every slice gets a seeded uniform key from its index
+    (:func:`_sample_key`), the ``random_n + top_n`` smallest keys are kept, and the sample is the ``random_n``
+    smallest among those not in the top group, i.e. a uniform sample of the non-top slices. It depends only on the
+    seed and the slices' indices, not on the order they are offered in, so selectors that saw parts of the data (the
+    processes of a distributed evaluation) :meth:`merge` into exactly the selector that saw it all.
 
     Args:
         top_n: number of highest-scoring slices.
@@ -298,40 +306,61 @@ class OverlaySelector:
         self.reset()
 
     def reset(self) -> None:
-        self._top: list[tuple[float, int, OverlayItem]] = []
-        self._reservoir: list[OverlayItem] = []
+        self._top: list[tuple[float, int, OverlayItem]] = []  # min-heap of (score, -index)
+        self._keyed: list[tuple[float, int, OverlayItem]] = []  # max-heap of keys as (-key, index)
         self._seen = 0
-        self._rng = random.Random(self.seed)
 
     @property
     def _reservoir_size(self) -> int:
         return self.random_n + self.top_n if self.random_n else 0
 
-    def offer(self, score: float, build: Callable[[], OverlayItem]) -> None:
-        """Consider one slice with ranking ``score``; ``build()`` makes its :class:`OverlayItem` if it is kept."""
-        index = self._seen
+    def offer(self, score: float, build: Callable[[], OverlayItem], index: int | None = None) -> None:
+        """Consider one slice with ranking ``score``; ``build()`` makes its :class:`OverlayItem` if it is kept.
+
+        Args:
+            score: ranking score.
+            build: makes the item's arrays.
+            index: the slice's position in the whole data (default: the number of slices offered before it).
+        """
+        index = self._seen if index is None else int(index)
         self._seen += 1
-        item: OverlayItem | None = None
-        score = float(score)
-        if self.top_n and (len(self._top) < self.top_n or score > self._top[0][0]):
-            item = build()
-            item.order = index
-            entry = (score, -index, item)  # earlier slices win ties
+        self._consider(float(score), index, build)
+
+    def _consider(self, score: float, index: int, item: OverlayItem | Callable[[], OverlayItem]) -> None:
+        built: OverlayItem | None = item if isinstance(item, OverlayItem) else None
+
+        def get() -> OverlayItem:
+            nonlocal built
+            if built is None:
+                built = item()
+                built.order = index
+            return built
+
+        if self.top_n and (len(self._top) < self.top_n or (score, -index) > self._top[0][:2]):
+            entry = (score, -index, get())  # earlier slices win ties
             if len(self._top) < self.top_n:
                 heapq.heappush(self._top, entry)
             else:
                 heapq.heapreplace(self._top, entry)
         size = self._reservoir_size
         if size:
-            slot = index if index < size else self._rng.randint(0, index)
-            if slot < size:
-                if item is None:
-                    item = build()
-                    item.order = index
-                if slot == len(self._reservoir):
-                    self._reservoir.append(item)
+            key = _sample_key(self.seed, index)
+            if len(self._keyed) < size or (-key, index) > self._keyed[0][:2]:
+                entry = (-key, index, get())
+                if len(self._keyed) < size:
+                    heapq.heappush(self._keyed, entry)
                 else:
-                    self._reservoir[slot] = item
+                    heapq.heapreplace(self._keyed, entry)
+
+    def merge(self, others: Sequence["OverlaySelector"]) -> None:
+        """Take in what selectors of the same settings kept from other slices (indices unique across all)."""
+        for other in others:
+            if (other.top_n, other.random_n, other.seed) != (self.top_n, self.random_n, self.seed):
+                raise ValueError("OverlaySelector.merge needs selectors with the same top_n, random_n and seed.")
+            items = {item.order: item for _, _, item in other._top + other._keyed}
+            for item in items.values():
+                self._consider(item.score, item.order, item)
+            self._seen += other._seen
 
     @property
     def num_seen(self) -> int:
@@ -342,14 +371,10 @@ class OverlaySelector:
         return [entry[2] for entry in sorted(self._top, key=lambda e: (-e[0], -e[1]))]
 
     def sample(self) -> list[OverlayItem]:
-        """The random slices (none of them in :meth:`top`), in the order they were offered."""
+        """The random slices (none of them in :meth:`top`), in the order of their indices."""
         in_top = {entry[2].order for entry in self._top}
-        candidates = sorted((item for item in self._reservoir if item.order not in in_top), key=lambda i: i.order)
-        if len(candidates) > self.random_n:
-            rng = random.Random()
-            rng.setstate(self._rng.getstate())  # the stream's continuation: the same draw on every call
-            candidates = rng.sample(candidates, self.random_n)
-        return sorted(candidates, key=lambda item: item.order)
+        candidates = sorted((e for e in self._keyed if e[2].order not in in_top), key=lambda e: -e[0])
+        return sorted((e[2] for e in candidates[: self.random_n]), key=lambda item: item.order)
 
 
 def write_overlays(

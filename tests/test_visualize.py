@@ -142,3 +142,20 @@ def test_save_overlay_draws_boxes(tmp_path):
     boxed = save_overlay(tmp_path / "boxed.png", image, amap, title="one box", boxes=[(4.0, 6.0, 10.0, 8.0, "lesion")])
     assert cyan_pixels(plain) == 0
     assert cyan_pixels(boxed) > 200  # the rectangle on both panels and the label's background
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_selectors_of_parts_merge_into_the_selector_of_the_whole(parts):
+    scores = np.random.default_rng(5).random(60)
+    whole = _fill(OverlaySelector(top_n=3, random_n=4, seed=7), scores)
+    pieces = []
+    for rank in range(parts):  # a distributed sampler's split: rank, rank + parts, ...
+        piece = OverlaySelector(top_n=3, random_n=4, seed=7)
+        for i in range(rank, len(scores), parts):
+            piece.offer(scores[i], lambda i=i: _item(scores[i], f"s{i}"), index=i)
+        pieces.append(piece)
+    merged, rest = pieces[0], pieces[1:]
+    merged.merge(rest)
+    assert [i.name for i in merged.top()] == [i.name for i in whole.top()]
+    assert [i.name for i in merged.sample()] == [i.name for i in whole.sample()]
+    assert merged.num_seen == whole.num_seen == 60
