@@ -102,6 +102,12 @@ def all_negative_baseline(labels: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        torch.distributed.get_world_size() > 1
+    )
+
+
 class ProtocolReport:
     """Collect per-slice results of :class:`~sdmad_monai.inferers.ProtocolInferer` and write the report files.
 
@@ -182,11 +188,27 @@ class ProtocolReport:
         self._keep: dict[str, torch.Tensor] = {}
         self._overlay_skipped: str | None = None
         self._box_size_unknown = 0
+        self._indices: list[int] | None = None  # dataset index of each collected row, under torch.distributed
         if self._selector is not None:
             self._selector.reset()
 
+    def _started(self, engine: Engine) -> None:
+        self.reset()
+        if _distributed():
+            sampler = getattr(engine.state.dataloader, "sampler", None)
+            if not isinstance(sampler, torch.utils.data.DistributedSampler):
+                raise TypeError(
+                    "ProtocolReport under torch.distributed needs the evaluation DataLoader to use a "
+                    "DistributedSampler (configs/multi_gpu_evaluate.json sets validate#dataloader#sampler)."
+                )
+            self._indices = [int(i) for i in iter(sampler)]
+
+    def _index(self, row: int) -> int:
+        """The dataset index of collected row ``row`` (the row itself in one process)."""
+        return row if self._indices is None else self._indices[row]
+
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.reset())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
@@ -268,7 +290,7 @@ class ProtocolReport:
                     caption=self._caption(labels[i], predictions[i]),
                 )
 
-            self._selector.offer(scores[i], build)
+            self._selector.offer(scores[i], build, index=self._index(offset + i))
 
     def _slice_names(self, batch: dict, count: int, offset: int) -> list[str]:
         files = batch.get("file")
@@ -278,7 +300,7 @@ class ProtocolReport:
             file = _item_value(files, i)
             index = _item_value(slices, i)
             if file is None:
-                names.append(f"slice_{offset + i:05d}")
+                names.append(f"slice_{self._index(offset + i):05d}")
             else:
                 names.append(f"{file} slice {index}" if index is not None else str(file))
         return names
@@ -330,8 +352,53 @@ class ProtocolReport:
             results["note"] = self.note
         return results
 
-    def write(self, engine: Engine | None = None) -> dict[str, Any]:
-        """Write all report files; returns the metrics dict."""
+    def _gather(self) -> bool:
+        """Under torch.distributed: bring every process's collected rows to process 0, in dataset order, as one
+        process would have collected them (metrics are then computed once, on all slices, never averaged per
+        process). Returns whether this process writes the report."""
+        if not _distributed():
+            return True
+        import torch.distributed as dist
+
+        variants = {v: {k: torch.cat(chunks) for k, chunks in store.items()} for v, store in self._variant.items()}
+        mine = {
+            "indices": list(self._indices or []), "labels": torch.cat(self._labels) if self._labels else None,
+            "meta": self._meta, "variants": variants, "similarity_sum": self._similarity_sum,
+            "similarity_count": self._similarity_count, "keep": self._keep, "skipped": self._overlay_skipped,
+            "box_size_unknown": self._box_size_unknown, "selector": self._selector,
+        }  # fmt: skip
+        shares: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, mine)
+        if dist.get_rank() != 0:
+            return False
+        others = [share["selector"] for share in shares[1:]]  # process 0's own selector is self._selector
+        shares = [share for share in shares if share["labels"] is not None]
+        order = torch.as_tensor([i for share in shares for i in share["indices"]]).argsort().tolist()
+
+        def ordered(values: list) -> list:
+            return [values[i] for i in order]
+
+        self._labels = [torch.cat([share["labels"] for share in shares])[order]]
+        self._meta = {k: ordered([v for share in shares for v in share["meta"][k]]) for k in self._meta}
+        self._variant = {
+            v: {k: [torch.cat([share["variants"][v][k] for share in shares])[order]] for k in store}
+            for v, store in shares[0]["variants"].items()
+        }
+        self._similarity_sum = {v: sum(share["similarity_sum"][v] for share in shares) for v in shares[0]["similarity_sum"]}
+        self._keep = next((share["keep"] for share in shares if share["keep"]), {})
+        self._similarity_count = sum(share["similarity_count"] for share in shares)
+        self._overlay_skipped = next((share["skipped"] for share in shares if share["skipped"]), None)
+        self._box_size_unknown = sum(share["box_size_unknown"] for share in shares)
+        self._indices = None
+        if self._selector is not None:
+            self._selector.merge(others)
+        return True
+
+    def write(self, engine: Engine | None = None) -> dict[str, Any] | None:
+        """Write all report files; returns the metrics dict (``None`` on the processes of a distributed evaluation
+        that do not write it)."""
+        if not self._gather():
+            return None
         results = self.results()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_dir / "metrics.json", results)
