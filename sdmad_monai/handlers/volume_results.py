@@ -40,8 +40,9 @@ class VolumeResultsWriter:
         self.output_dir = Path(output_dir)
         self.overlays_top, self.overlays_random, self.seed = int(overlays_top), int(overlays_random), int(seed)
         self.collector: Any = None
-        self.sources: list[str] = []
-        self._stems: dict[str, list[str]] = {}
+        self._stems: list[str] = []
+        self._order: list[int] = []
+        self._done: list[tuple[int, Any]] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -51,40 +52,42 @@ class VolumeResultsWriter:
     def started(self, engine: Engine) -> None:
         from ..inference import VolumeResultsCollector, volume_stems
 
-        data = getattr(engine.state.dataloader.dataset, "data", None)
-        self.sources = [str(item["image"]) for item in data] if data is not None else []
-        self._stems = {}
-        for source, stem in zip(self.sources, volume_stems(self.sources)):
-            self._stems.setdefault(source, []).append(stem)
-        total = len(self.sources) or engine.state.epoch_length
+        loader = engine.state.dataloader
+        data = list(getattr(loader.dataset, "data", None) or [])
+        self._stems = volume_stems([str(item["image"]) for item in data])  # by dataset index, as one process names
+        # the dataset index of each volume this process scores, in order (all of them in one process)
+        self._order = [int(i) for i in iter(loader.sampler)] if getattr(loader, "sampler", None) is not None else []
+        self._done: list[tuple[int, Any]] = []
         first = not _distributed() or dist.get_rank() == 0
         self.collector = VolumeResultsCollector(
-            self.output_dir, total, self.overlays_top, self.overlays_random, self.seed, clear_previous=first
-        )
+            self.output_dir, len(data) or engine.state.epoch_length, self.overlays_top, self.overlays_random,
+            self.seed, clear_previous=first,
+        )  # fmt: skip
         if _distributed():
             dist.barrier()  # nobody writes before process 0 has cleared
-
-    def _stem(self, source: str) -> str | None:
-        names = self._stems.get(source)
-        return names.pop(0) if names else None
 
     def iteration_completed(self, engine: Engine) -> None:
         from ..inference import FailedVolume
 
         for outcome in engine.state.output["pred"]:
+            position = len(self._done)
+            index = self._order[position] if position < len(self._order) else position
             if isinstance(outcome, FailedVolume):
                 self.collector.fail(outcome.source, outcome.error)
             else:
-                self.collector.add(outcome, stem=self._stem(outcome.source))
+                self.collector.add(outcome, stem=self._stems[index] if index < len(self._stems) else None)
+            self._done.append((index, outcome))
 
     def completed(self, engine: Engine) -> None:
+        from ..inference import FailedVolume
+
+        done = self._done
         if _distributed():
             shares: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(shares, (self.collector.results, self.collector.failed))
+            dist.all_gather_object(shares, done)
             if dist.get_rank() != 0:
                 return
-            order = {source: i for i, source in reversed(list(enumerate(self.sources)))}
-            results = sorted((r for share in shares for r in share[0]), key=lambda r: order.get(r.source, 0))
-            failed = sorted(((k, v) for share in shares for k, v in share[1].items()), key=lambda kv: order.get(kv[0], 0))
-            self.collector.results, self.collector.failed = results, dict(failed)
+            done = sorted((entry for share in shares for entry in share), key=lambda entry: entry[0])
+        self.collector.results = [o for _, o in done if not isinstance(o, FailedVolume)]
+        self.collector.failed = {o.source: o.error for _, o in done if isinstance(o, FailedVolume)}
         self.collector.finish()
