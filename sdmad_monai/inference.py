@@ -1,13 +1,18 @@
 """Volume-level inference: one function from a volume on disk to per-slice results and study-level findings.
 
-Every inference entry point (``configs/inference.json``, and later the MONAI Deploy operator, the MONAI Label task and
-the PACS command) calls :func:`infer_volume`; none re-implements preprocessing or scoring.
+Every inference entry point runs the same two steps, :func:`prepare_volume` (read the requested slices, refuse what
+cannot be assessed, preprocess) and :func:`score_volume` (Eq. 7 scores, Eq. 8 predictions, calibrated probabilities,
+study findings): the MONAI Deploy operator, the MONAI Label task and the PACS commands through :func:`infer_volume`,
+``configs/inference.json`` as a MONAI evaluator (:class:`PrepareVolumed`, :class:`~sdmad_monai.inferers.VolumeInferer`,
+:class:`~sdmad_monai.handlers.VolumeResultsWriter`); none re-implements preprocessing or scoring.
 
 Study-level aggregation (:func:`study_findings`), per category over the processed slices:
 
 - study score = the highest slice score (Eq. 7): a finding is as strong as its clearest slice;
-- study finding = 1 if at least one slice is predicted positive by the anchor rule (Eq. 8); the slices that are
-  positive are listed, so a reader can go to them.
+- study probability = the highest slice probability, for a calibrated checkpoint (:mod:`sdmad_monai.calibration`);
+- study finding = 1 if at least one slice is positive by the category's decision rule (Eq. 8, the anchor rule, by
+  default; a calibrated-probability threshold under an operating point); the positive slices are listed, so a
+  reader can go to them; ``eq8_finding`` is always Eq. 8's.
 
 With ``anomaly_maps=True`` the detector's per-slice anomaly maps are kept too, and :func:`write_volume_results` writes
 for each volume a 3D anomaly-map NIfTI on the scan's voxel grid with the scan's affine
