@@ -10,7 +10,10 @@ image features hold. This script measures both on the demo dataset's slices 0, 5
   cross-validated by volume (``StratifiedGroupKFold``: the slices of one subject are never split between training
   and held-out folds), so it uses far more labelled slices than the k-shot step ever sees: an estimate of what the
   frozen features hold, not a target;
-- **headroom** = probe - zero-shot (all prompts), per category and on the mean.
+- **headroom** = probe - zero-shot (all prompts), per category and on the mean;
+- **k-shot probe** (``--k-shot``, ``--k-shot-seeds``): the same logistic regression fitted on the bundle's k-shot
+  support set only (``prepare_splits``, seeded draws), tested on its test split beside zero-shot on the same slices:
+  whether what the few-shot step sees can beat the prompts at all.
 
 Each backbone in ``--pretrained`` is measured side by side (default: the demo weights and the random
 initialisation, ``none``). A backbone whose zero-shot mean is already at its probe's mean leaves the adapters
@@ -44,6 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-c", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--k-shot", type=int, default=4, help="support set size of the k-shot probe (train.json's)")
+    parser.add_argument("--k-shot-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="seeds (k-shot draws) of the k-shot probe; none to skip it")
+    parser.add_argument("--work-dir", default=None, help="where the demo splits are written (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="24 volumes, 3 folds, random backbone only")
     args = parser.parse_args(argv)
     if args.volumes < 7:
@@ -51,7 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.folds < 2:
         parser.error(f"--folds must be at least 2, got {args.folds}.")
     if args.smoke:
-        args.pretrained, args.volumes, args.folds = ["none"], 24, 3
+        args.pretrained, args.volumes, args.folds, args.k_shot, args.k_shot_seeds = ["none"], 24, 3, 1, [0]
     return args
 
 
@@ -139,6 +146,54 @@ def measure(pretrained: str, images: Any, labels: Any, volumes: Any, folds: int,
     return result
 
 
+def k_shot_probe(pretrained: str, k: int, seed: int, volumes: int, demo_seed: int, work_dir: str) -> dict[str, Any]:
+    """The probe trained on the k-shot support set only (the bundle's ``prepare_splits``: what SD-MAD's few-shot step
+    sees), tested on the test split, against zero-shot on the same test slices: can k shots beat the prompts at all?"""
+    import numpy as np
+    import torch
+    from monai.data import Dataset
+    from monai.transforms import Compose, EnsureTyped
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    import sdmad_monai.transforms as T
+    from sdmad_monai.data import FASTMRI_BRAIN_CATEGORIES
+    from sdmad_monai.networks import SignDrivenDetector
+    from sdmad_monai.workflows import prepare_splits
+
+    splits = prepare_splits(f"{work_dir}/k{k}_s{seed}", categories=FASTMRI_BRAIN_CATEGORIES, slices=list(SLICES),
+                            k_shot=k, seed=seed, validation_fraction=0.4, demo_volumes=volumes, demo_seed=demo_seed)
+    detector = SignDrivenDetector(
+        prompt_bank="fastmri_brain", categories=FASTMRI_BRAIN_CATEGORIES, model_name="sdmad-tiny",
+        pretrained=None if pretrained == "none" else pretrained, image_size=64, image_adapter_layers=[2, 3, 5, 6],
+        map_layers=[],
+    ).eval()  # fmt: skip
+    transform = Compose([T.LoadSlicesd(keys="image", axis="axial", index_key="slice"),
+                         EnsureTyped(keys="label", dtype=torch.float32),
+                         T.clip_slice_transforms("image", 64, detector.image_mean, detector.image_std)])  # fmt: skip
+
+    def embed(items: list) -> tuple[Any, Any, Any]:
+        data = list(Dataset(items, transform))
+        images = torch.stack([torch.as_tensor(d["image"]) for d in data])
+        with torch.no_grad(), detector.adapters_disabled():
+            out = detector(images, output="all", maps=False)
+        return out["image_features"].numpy(), out["scores"].numpy(), torch.stack([d["label"] for d in data]).numpy()
+
+    (f_train, _, y_train), (f_test, s_test, y_test) = embed(splits["training"]), embed(splits["test"])
+    zero_shot, probe = [], []
+    for c in range(y_test.shape[1]):
+        both = 0 < y_test[:, c].sum() < len(y_test)
+        zero_shot.append(float(roc_auc_score(y_test[:, c], s_test[:, c])) if both else float("nan"))
+        if both and 0 < y_train[:, c].sum() < len(y_train):
+            model = LogisticRegression(C=1.0, max_iter=2000).fit(f_train, y_train[:, c])
+            probe.append(float(roc_auc_score(y_test[:, c], model.decision_function(f_test))))
+        else:
+            probe.append(float("nan"))
+    return {"pretrained": pretrained, "k_shot": k, "seed": seed, "training_slices": len(y_train),
+            "test_slices": len(y_test), "zero_shot": zero_shot, "k_shot_probe": probe,
+            "mean_zero_shot": float(np.nanmean(zero_shot)), "mean_k_shot_probe": float(np.nanmean(probe))}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     bu.set_threads(args.threads)
@@ -155,6 +210,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{row['mean_headroom']:+.3f}")
         for name, z, p in zip(short, row["zero_shot_all_prompts"], row["probe"]):
             print(f"  {name:7s} zero-shot {z:.3f}  probe {p:.3f}")
+    k_rows = []
+    if args.k_shot_seeds:
+        import contextlib
+        import tempfile
+
+        with contextlib.ExitStack() as stack:  # the demo splits go to --work-dir, or to a folder removed afterwards
+            work = args.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="probe_k_shot_"))
+            for pretrained in args.pretrained:
+                for seed in args.k_shot_seeds:
+                    row = k_shot_probe(pretrained, args.k_shot, seed, args.volumes, args.demo_seed, work)
+                    k_rows.append(row)
+                    print(f"pretrained={pretrained} k={args.k_shot} seed {seed}: test zero-shot "
+                          f"{row['mean_zero_shot']:.3f}, probe on the {row['training_slices']} k-shot slices "
+                          f"{row['mean_k_shot_probe']:.3f}")
     result = {
         "benchmark": NAME,
         "command": bu.command_line(argv),
@@ -163,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "probe_c": args.probe_c, "categories": list(FASTMRI_BRAIN_CATEGORIES),
                      "positives": labels.sum(0).int().tolist(), "slices_total": len(labels)},
         "summary": rows,
+        "k_shot_probe": k_rows,
     }
     return bu.finish(NAME, json_safe(result), args.smoke, args.output)
 

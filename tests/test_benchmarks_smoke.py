@@ -123,4 +123,7 @@ def test_probe_demo_prior_smoke(tmp_path):
         else:
             assert 0.0 <= probe <= 1.0 and 0.0 <= zero_shot <= 1.0
             assert abs(headroom - (probe - zero_shot)) < 1e-9
+    (k_row,) = result["k_shot_probe"]  # smoke: k = 1, seed 0, on the bundle's own k-shot split
+    assert (k_row["k_shot"], k_row["seed"]) == (1, 0) and k_row["training_slices"] > 0 and k_row["test_slices"] > 0
+    assert len(k_row["zero_shot"]) == len(k_row["k_shot_probe"]) == 6
     assert any(p is not None for p in row["probe"])
