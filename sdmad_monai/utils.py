@@ -94,3 +94,10 @@ def json_safe(data: Any) -> Any:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented, valid JSON (see :func:`json_safe`) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def distributed_run() -> bool:
+    """Whether this process is one of several of an initialised ``torch.distributed`` run (torchrun)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

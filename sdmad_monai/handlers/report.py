@@ -42,7 +42,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..metrics import binary_auroc, compute_auroc, compute_hamming_score, compute_subset_accuracy
-from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from ..utils import atomic_path, atomic_write_json, atomic_write_text, distributed_run
 from ..visualize import OverlayItem, OverlaySelector, box_to_input_frame, display_image, write_overlays
 from .report_figures import HeatmapRows, backbone_note, heatmap_figure, heatmap_rows, roc_figure
 
@@ -100,12 +100,6 @@ def all_negative_baseline(labels: torch.Tensor) -> dict[str, Any]:
         "subset_accuracy": float(compute_subset_accuracy(none, labels).mean()),
         "predicts": "no finding on any slice",
     }
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1
-    )
 
 
 class ProtocolReport:
@@ -194,7 +188,7 @@ class ProtocolReport:
 
     def _started(self, engine: Engine) -> None:
         self.reset()
-        if _distributed():
+        if distributed_run():
             sampler = getattr(engine.state.dataloader, "sampler", None)
             if not isinstance(sampler, torch.utils.data.DistributedSampler):
                 raise TypeError(
@@ -356,7 +350,7 @@ class ProtocolReport:
         """Under torch.distributed: bring every process's collected rows to process 0, in dataset order, as one
         process would have collected them (metrics are then computed once, on all slices, never averaged per
         process). Returns whether this process writes the report."""
-        if not _distributed():
+        if not distributed_run():
             return True
         import torch.distributed as dist
 

@@ -8,11 +8,9 @@ from typing import Any
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from ..utils import distributed_run
+
 __all__ = ["VolumeResultsWriter"]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class VolumeResultsWriter:
@@ -58,12 +56,12 @@ class VolumeResultsWriter:
         # the dataset index of each volume this process scores, in order (all of them in one process)
         self._order = [int(i) for i in iter(loader.sampler)] if getattr(loader, "sampler", None) is not None else []
         self._done: list[tuple[int, Any]] = []
-        first = not _distributed() or dist.get_rank() == 0
+        first = not distributed_run() or dist.get_rank() == 0
         self.collector = VolumeResultsCollector(
             self.output_dir, len(data) or engine.state.epoch_length, self.overlays_top, self.overlays_random,
             self.seed, clear_previous=first,
         )  # fmt: skip
-        if _distributed():
+        if distributed_run():
             dist.barrier()  # nobody writes before process 0 has cleared
 
     def iteration_completed(self, engine: Engine) -> None:
@@ -82,7 +80,7 @@ class VolumeResultsWriter:
         from ..inference import FailedVolume
 
         done = self._done
-        if _distributed():
+        if distributed_run():
             shares: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(shares, done)
             if dist.get_rank() != 0:
