@@ -557,13 +557,19 @@ class SignDrivenDetector(nn.Module):
 
     def decision_rules(self) -> list[dict[str, Any]]:
         """Per category, how the study decision is made under :attr:`operating_point`
-        (:meth:`~sdmad_monai.calibration.CategoryCalibration.threshold`)."""
-        if self.calibration is None:
-            rule = {"rule": "eq8"}
-            if self.operating_point.target_sensitivity is not None:
-                rule["note"] = "the checkpoint has no calibration (trained before it existed): Eq. 8 decides"
-            return [dict(rule) for _ in self.category_labels]
-        return [c.threshold(self.operating_point) for c in self.calibration.categories]
+        (:meth:`~sdmad_monai.calibration.CategoryCalibration.threshold`). Computed once per calibration and
+        operating point (a threshold sorts the stored validation margins), not per volume."""
+        cached = getattr(self, "_decision_rules", None)  # (calibration, operating point, rules)
+        if cached is None or cached[0] is not self.calibration or cached[1] != self.operating_point:
+            if self.calibration is None:
+                rule = {"rule": "eq8"}
+                if self.operating_point.target_sensitivity is not None:
+                    rule["note"] = "the checkpoint has no calibration (trained before it existed): Eq. 8 decides"
+                rules = [dict(rule) for _ in self.category_labels]
+            else:
+                rules = [c.threshold(self.operating_point) for c in self.calibration.categories]
+            cached = self._decision_rules = (self.calibration, self.operating_point, rules)
+        return [dict(rule) for rule in cached[2]]
 
     # ------------------------------------------------------------------ TorchScript export
     def __prepare_scriptable__(self) -> nn.Module:

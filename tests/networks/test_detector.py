@@ -258,3 +258,24 @@ def test_fallback_is_reported_by_evaluation_not_by_training_steps():
     with pytest.warns(UserWarning, match="Sign selection kept no prompt"), torch.no_grad():
         detector.eval()
         detector(images)
+
+
+def test_decision_rules_follow_the_calibration_and_operating_point():
+    import numpy as np
+
+    from sdmad_monai.calibration import OperatingPoint, fit_calibration
+
+    detector = SignDrivenDetector.from_preset("tiny")
+    assert detector.decision_rules() == [{"rule": "eq8"}] * 6
+    detector.operating_point = OperatingPoint(0.9)
+    assert all("no calibration" in rule["note"] for rule in detector.decision_rules())
+    rng = np.random.default_rng(0)
+    labels = rng.random((80, 6)) < 0.4
+    detector.set_calibration(fit_calibration(rng.normal(0, 0.02, (80, 6)) + 0.03 * labels, labels,
+                                             detector.category_labels))  # fmt: skip
+    first = detector.decision_rules()
+    assert [r["rule"] for r in first] == ["probability"] * 6
+    first[0]["threshold"] = -1.0  # callers get copies
+    assert detector.decision_rules()[0]["threshold"] > 0
+    detector.operating_point = OperatingPoint()
+    assert detector.decision_rules() == [{"rule": "eq8"}] * 6
