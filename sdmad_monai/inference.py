@@ -387,15 +387,15 @@ def score_volume(
     scores = torch.cat([o["scores"] for o in outputs])
     predictions = torch.cat([o["predictions"] for o in outputs])
     image_scores = torch.cat([o["image_score"] for o in outputs])
-    probabilities = None
-    if detector.calibration is not None:
-        margins = calibration_margin(scores, torch.cat([o["anchor_similarity"] for o in outputs]))
-        probabilities = detector.calibration.probabilities(margins)
     if not (torch.isfinite(scores).all() and torch.isfinite(image_scores).all()):
         raise NotAssessableError(
             f"{source}: the model gave non-finite (NaN or infinite) scores; no findings are reported. Check the "
             "checkpoint and the device."
         )
+    probabilities = None
+    if detector.calibration is not None:
+        margins = calibration_margin(scores, torch.cat([o["anchor_similarity"] for o in outputs]))
+        probabilities = detector.calibration.probabilities(margins)
     maps: dict[str, Any] = {}
     if anomaly_maps:
         maps = {
@@ -431,6 +431,14 @@ class FailedVolume:
 
     source: str
     error: str
+
+    @classmethod
+    def from_error(cls, source: str, error: Exception) -> "FailedVolume":
+        """The failure of ``source`` when ``error`` is the user's (:func:`~sdmad_monai.errors.is_user_error`);
+        any other error (a bug) is raised again."""
+        if not is_user_error(error):
+            raise error
+        return cls(str(source), one_line(error))
 
 
 class PrepareVolumed(MapTransform):
@@ -471,9 +479,7 @@ class PrepareVolumed(MapTransform):
         try:
             d[self.output_key] = prepare_volume(d[key], **self.settings)
         except Exception as error:
-            if not is_user_error(error):
-                raise
-            d[self.output_key] = FailedVolume(source, one_line(error))
+            d[self.output_key] = FailedVolume.from_error(source, error)
         return d
 
 
@@ -900,9 +906,8 @@ def infer_volumes(
         try:
             result = infer_volume(detector, path, **kwargs)
         except Exception as error:  # one bad volume never sinks the others; a bug still stops the run
-            if not is_user_error(error):
-                raise
-            collector.fail(str(path), error)
+            failure = FailedVolume.from_error(str(path), error)
+            collector.fail(failure.source, failure.error)
             continue
         collector.add(result)
     return collector.finish()

@@ -104,7 +104,6 @@ class VolumeInferer(Inferer):
         self.anomaly_maps = bool(anomaly_maps)
 
     def __call__(self, inputs: Sequence[Any], network: nn.Module, *args: Any, **kwargs: Any) -> list[Any]:
-        from .errors import is_user_error, one_line
         from .inference import FailedVolume, score_volume
 
         outcomes: list[Any] = []
@@ -115,7 +114,5 @@ class VolumeInferer(Inferer):
             try:
                 outcomes.append(score_volume(network, volume, self.batch_size, anomaly_maps=self.anomaly_maps))
             except Exception as error:
-                if not is_user_error(error):
-                    raise
-                outcomes.append(FailedVolume(volume.source, one_line(error)))
+                outcomes.append(FailedVolume.from_error(volume.source, error))
         return outcomes
