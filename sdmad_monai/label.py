@@ -46,6 +46,7 @@ __all__ = [
     "finding_label_volume",
     "inference_settings",
     "label_values",
+    "positive_slice_categories",
     "read_slice_labels",
     "slice_labels_from_items",
     "segment_volume",
@@ -86,7 +87,8 @@ def study_scores(result: VolumeResult) -> torch.Tensor:
 
 def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.ndarray:
     """The 3D anomaly map as a label volume on the scan's grid, one label per category where the slice predictions
-    allow: on each processed slice with at least one Eq. 8 finding, the voxels whose anomaly map is at least
+    allow: on each processed slice positive for at least one category (:func:`positive_slice_categories`: by the
+    findings' decision rule, Eq. 8 by default), the voxels whose anomaly map is at least
     ``threshold`` get ``1 + k``, ``k`` the slice's highest-scoring predicted category (the other predicted categories
     of that slice are in the findings, not in the label); 0 elsewhere (slices not processed or without a finding,
     map below the threshold).
@@ -105,8 +107,7 @@ def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.nda
         raise ValueError(f"The anomaly-map threshold must be in [0, 1] (the maps' range), got {threshold}.")
     maps = result.anomaly_volume()
     classes = torch.zeros_like(torch.as_tensor(result.anomaly_maps), dtype=torch.float32)
-    for row in range(len(result.slice_indices)):
-        positive = result.predictions[row] > 0
+    for row, positive in enumerate(positive_slice_categories(result)):
         if positive.any():
             scores = result.scores[row].masked_fill(~positive, float("-inf"))
             classes[row] = float(int(scores.argmax()) + 1)
@@ -117,6 +118,18 @@ def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.nda
     )
     labelled = (maps >= float(threshold)) & (class_volume > 0.5)
     return np.where(labelled, np.rint(class_volume), 0).astype(np.uint8)
+
+
+def positive_slice_categories(result: VolumeResult) -> torch.Tensor:
+    """``[N, K]`` bool: the categories each processed slice is positive for, by the findings' decision rule (the
+    ``positive_slices`` of :func:`~sdmad_monai.inference.study_findings`: Eq. 8 by default, the calibrated threshold
+    under an operating point), so the label volume shows what the findings report."""
+    rows = {int(index): row for row, index in enumerate(result.slice_indices)}
+    positive = torch.zeros(len(result.slice_indices), len(result.category_labels), dtype=torch.bool)
+    for k, finding in enumerate(result.findings):
+        for index in finding["positive_slices"]:
+            positive[rows[int(index)], k] = True
+    return positive
 
 
 @dataclass
@@ -184,7 +197,8 @@ def segment_volume(
         "labels": label_values(result.category_labels),
         "threshold": float(threshold),
         "labelled_slices": [
-            int(index) for row, index in enumerate(result.slice_indices) if bool(result.predictions[row].any())
+            int(index) for index, positive in zip(result.slice_indices, positive_slice_categories(result))
+            if bool(positive.any())
         ],
     }
     return LabelAnswer(

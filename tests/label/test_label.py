@@ -175,3 +175,31 @@ def test_split_by_volume_keeps_volumes_whole():
         split_by_volume(items[:2], 0.5)
     with pytest.raises(LabelFileError, match=r"val_split must be in \(0, 1\)"):
         split_by_volume(items, -1)
+
+
+def test_label_volume_follows_the_findings_decision_rule(demo):
+    from sdmad_monai.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((90, 6)) < 0.4
+    detector = SignDrivenDetector.from_preset("tiny", operating_point={"target_sensitivity": 1.0})
+    detector.set_calibration(fit_calibration(rng.normal(0, 0.02, (90, 6)) + 0.03 * labels, labels,
+                                             detector.category_labels))  # fmt: skip
+    volume = min(demo["images_dir"].iterdir())
+    answer = segment_volume(detector, volume, indices=[0, 5, 10], threshold=0.0)
+    findings = answer.details["findings"]
+    by_rule = sorted({i for f in findings for i in f["positive_slices"]})
+    assert all(f["decision"]["rule"] == "probability" for f in findings)
+    assert answer.details["label_volume"]["labelled_slices"] == by_rule
+    reference = infer_volume(detector, volume, indices=[0, 5, 10], anomaly_maps=True)
+    for row, index in enumerate(reference.slice_indices):
+        plane = np.zeros_like(reference.anomaly_maps)
+        plane[row] = 1.0
+        on_slice = anomaly_volume(plane, reference.slice_indices, reference.slice_shape, reference.volume_affine,
+                                  reference.volume_shape) > 0.5  # fmt: skip
+        positive = torch.tensor([index in f["positive_slices"] for f in findings])
+        values = set(np.unique(answer.label.numpy()[on_slice]).tolist())
+        if positive.any():  # threshold 0: the whole slice carries the rule's top category
+            assert values == {int(reference.scores[row].masked_fill(~positive, -2).argmax()) + 1}
+        else:
+            assert values == {0}

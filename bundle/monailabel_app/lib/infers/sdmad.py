@@ -26,8 +26,8 @@ class SDMADInferTask(BundleInferTask):
     of ``inference.json`` (``axis``, ``slices``, ``batch_size``) and the anomaly maps: no preprocessing is
     re-implemented here.
 
-    The answer: the label image (NIfTI, uint8, on the scan's grid with the scan's affine): on the slices with an
-    Eq. 8 finding, the voxels whose anomaly map is at least ``threshold`` (a request option, default 0.5), labelled
+    The answer: the label image (NIfTI, uint8, on the scan's grid with the scan's affine): on the slices with a
+    finding (by the findings' decision rule, Eq. 8 by default), the voxels whose anomaly map is at least ``threshold`` (a request option, default 0.5), labelled
     with the slice's top predicted category (labels ``1..6`` in category order, 0 background); and the JSON with
     ``prediction`` (``idx``, ``label``, ``score``: the study score per category), ``findings`` (score, binary finding
     and positive slices per category), ``slices`` (per-slice scores), ``label_volume``, ``model`` and ``source``.
