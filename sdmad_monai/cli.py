@@ -7,15 +7,16 @@ Commands:
     plus a JSON copy per series::
 
         sdmad process_folder --input_dir study/ --output_dir out/ --model models/model.pt \\
-            [--rules rules.json] [--slices 0,5,10 | --slices all] [--axis axial] [--device cpu]
+            [--rules rules.json] [--finding_codes codes.json] [--slices 0,5,10 | --slices all] [--axis axial] \\
+            [--device cpu]
 
 ``process_study``
     The same for one study on a PACS, over DICOMweb (QIDO-RS search, WADO-RS retrieval of the selected series only,
     STOW-RS of the SRs; an SR already on the PACS is not stored again)::
 
         sdmad process_study --url http://127.0.0.1:8042/dicom-web --study_uid 1.2.3... --model models/model.pt \\
-            [--rules rules.json] [--slices 0,5,10] [--output_dir local_copy/] [--retries 3] [--backoff 1.0] \\
-            [--timeout 30]
+            [--rules rules.json] [--finding_codes codes.json] [--slices 0,5,10] [--output_dir local_copy/] \\
+            [--retries 3] [--backoff 1.0] [--timeout 30]
 
 ``write_demo_study``
     Write a NIfTI volume (e.g. one of the demo dataset) as a synthetic axial brain MR DICOM series, to try the
@@ -33,7 +34,7 @@ Commands:
             [--output_dir sweep] [--override max_epochs=10 --override k_shot=1 ...] [--force] [--quiet]
 
 Errors (an unknown command or option, a value of the wrong type -- refused before any work --, missing model or
-folder, bad rules file, no matching series, a broken series, study not found, PACS not
+folder, bad rules or finding-codes file, no matching series, a broken series, study not found, PACS not
 reachable after the retries, bad sweep arguments, a failed seed of a sweep) end the command with one line on stderr,
 ``sdmad: error: ...``, and exit status 1.
 """
@@ -111,6 +112,7 @@ class SdmadCommands:
         output_dir: str,
         model: str = "models/model.pt",
         rules: str | None = None,
+        finding_codes: str | None = None,
         slices: Any = "0,5,10",
         axis: str = "axial",
         device: str = "cpu",
@@ -125,6 +127,8 @@ class SdmadCommands:
             output_dir: where ``sdmad_sr_<SeriesInstanceUID>.dcm`` and ``.json`` are written.
             model: detector checkpoint (``SignDrivenDetector.save`` or a bundle checkpoint).
             rules: series rules JSON (default: the shipped axial brain MR rules).
+            finding_codes: finding-codes JSON: how the SR codes each category (default: the shipped
+                ``sdmad_monai/deploy/finding_codes.json``, standard SCT / DCM codes where DICOM has them).
             slices: canonical slice indices, e.g. ``0,5,10`` (the fastMRI+ policy), or ``all``.
             axis: slicing axis: axial, coronal or sagittal.
             device: torch device for inference.
@@ -143,16 +147,19 @@ class SdmadCommands:
         _check_device(device)
         ensure_writable_folder(output_dir, "--output_dir")
         # imported here so that the checks above answer without loading torch
+        from .deploy.codes import load_finding_codes
         from .deploy.process import process_dicom_folder
         from .deploy.rules import load_series_rules
 
         load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         series_rules = load_series_rules(rules)  # a bad rules file fails before anything is read
+        codes = load_finding_codes(finding_codes)  # so does a bad finding-codes file
         written = process_dicom_folder(
             load_detector,
             input_dir,
             output_dir,
             rules=series_rules,
+            finding_codes=codes,
             slices=_parse_slices(slices),
             axis=axis,
             strict=True,
@@ -166,6 +173,7 @@ class SdmadCommands:
         study_uid: Any,
         model: str = "models/model.pt",
         rules: str | None = None,
+        finding_codes: str | None = None,
         slices: Any = "0,5,10",
         axis: str = "axial",
         output_dir: str | None = None,
@@ -187,6 +195,8 @@ class SdmadCommands:
             study_uid: StudyInstanceUID of the study.
             model: detector checkpoint (``SignDrivenDetector.save`` or a bundle checkpoint).
             rules: series rules JSON (default: the shipped axial brain MR rules).
+            finding_codes: finding-codes JSON: how the SR codes each category (default: the shipped
+                ``sdmad_monai/deploy/finding_codes.json``, standard SCT / DCM codes where DICOM has them).
             slices: canonical slice indices, e.g. ``0,5,10`` (the fastMRI+ policy), or ``all``.
             axis: slicing axis: axial, coronal or sagittal.
             output_dir: keep a local copy of each SR and its JSON here (default: none).
@@ -214,17 +224,20 @@ class SdmadCommands:
         _check_device(device)
         if output_dir is not None:
             ensure_writable_folder(output_dir, "--output_dir")
+        from .deploy.codes import load_finding_codes
         from .deploy.dicomweb import DicomWebConnection, process_study
         from .deploy.rules import load_series_rules
 
         load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         series_rules = load_series_rules(rules)  # a bad rules file fails before the PACS is contacted
+        codes = load_finding_codes(finding_codes)  # so does a bad finding-codes file
         connection = DicomWebConnection(url, retries=retries, backoff=float(backoff), timeout=float(timeout))
         reports = process_study(
             connection,
             str(study_uid),
             load_detector,
             rules=series_rules,
+            finding_codes=codes,
             slices=_parse_slices(slices),
             axis=axis,
             output_dir=output_dir,

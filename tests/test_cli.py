@@ -82,6 +82,13 @@ def test_failures(tmp_path, model, study):
               "--model", str(model), "--rules", str(bad_rules))
     )
     assert str(bad_rules) in line and "unknown key" in line
+    bad_codes = tmp_path / "codes.json"
+    bad_codes.write_text('{"categories": {"Craniotomy": {"finding": {"scheme": "SCT", "value": "1", "meaning": "x"}}}}')
+    line = error_line(
+        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
+              "--model", str(model), "--finding_codes", str(bad_codes))
+    )
+    assert str(bad_codes) in line and "'1' is not a SNOMED CT concept identifier" in line
     line = error_line(
         sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
               "--model", str(model), "--target_sensitivity", "1.5")

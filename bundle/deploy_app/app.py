@@ -4,7 +4,7 @@ series out, and with ``--anomaly-map`` the series' 3D anomaly map as a DICOM Par
 Run locally (CPU or GPU)::
 
     python bundle/deploy_app -i <dicom folder> -o <output folder> -m <SignDrivenDetector checkpoint>
-        [--rules site_rules.json] [--slices 0,5,10|all] [--axis axial] [--device auto|cpu|cuda]
+        [--rules site_rules.json] [--finding-codes site_codes.json] [--slices 0,5,10|all] [--axis axial] [--device auto|cpu|cuda]
         [--batch-size 16] [--allow-no-match] [--anomaly-map]
 
 The SDK's ``-i/-o/-m`` may also come from ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` /
@@ -153,18 +153,19 @@ class _OutcomeWriterOperator(Operator):
     Named input: ``outcome``.
     """
 
-    #: ``write_outputs(outcome, output_folder)`` from :mod:`sdmad_monai.deploy.app_logic`
+    #: ``write_outputs(outcome, output_folder, **write_options)`` from :mod:`sdmad_monai.deploy.app_logic`
     write_outputs: Any = None
 
-    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any):
-        self._output_folder = Path(output_folder)
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path,
+                 write_options: dict[str, Any] | None = None, **kwargs: Any):
+        self._output_folder, self._write_options = Path(output_folder), dict(write_options or {})
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
         spec.input("outcome")
 
     def compute(self, op_input, op_output, context):
-        type(self).write_outputs(op_input.receive("outcome"), self._output_folder)
+        type(self).write_outputs(op_input.receive("outcome"), self._output_folder, **self._write_options)
 
 
 class SDMADSRWriterOperator(_OutcomeWriterOperator):
@@ -191,8 +192,9 @@ class SDMADApp(Application):
         input_path, output_path = Path(app_context.input_path), Path(app_context.output_path)
         model_path = resolve_checkpoint(app_context.model_path)  # a missing checkpoint fails before any DICOM is read
         rules = options.series_rules()  # so does a bad rules file
-        logger.info("SD-MAD app: input %s, output %s, model %s, rules %s, options %s", input_path, output_path,
-                    model_path, rules.source, options)
+        self._finding_codes = options.finding_code_map()  # and a bad finding-codes file
+        logger.info("SD-MAD app: input %s, output %s, model %s, rules %s, finding codes %s, options %s", input_path,
+                    output_path, model_path, rules.source, self._finding_codes.source, options)
 
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, must_load=False,
                                          name="study_loader_op")
@@ -214,7 +216,8 @@ class SDMADApp(Application):
         operators: list[Operator] = []
         if options.anomaly_map:
             operators.append(SDMADAnomalyMapWriterOperator(self, output_folder=output_path, name="map_writer_op"))
-        operators.append(SDMADSRWriterOperator(self, output_folder=output_path, name="sr_writer_op"))
+        operators.append(SDMADSRWriterOperator(self, output_folder=output_path, name="sr_writer_op",
+                                               write_options={"finding_codes": self._finding_codes}))
         return operators
 
 

@@ -2,6 +2,7 @@
 folder-to-SR operator logic.
 
 - :mod:`.rules`: which series of a study are processed (an editable JSON file).
+- :mod:`.codes`: how the SR codes each category (standard SCT / DCM codes in an editable JSON file, checked on load).
 - :mod:`.sr`: the SD-MAD findings as a DICOM Comprehensive SR (TID 1500) with deterministic UIDs, and a JSON copy.
 - :mod:`.process`: :func:`process_dicom_folder`, DICOM folder in, SR + JSON per selected series out.
 - :mod:`.demo`: a volume written as a synthetic DICOM series (demos, tests).
@@ -34,6 +35,7 @@ _EXPORTS = {
         "select_series",
         "series_orientation",
     ],
+    "codes": ["DEFAULT_CODES_PATH", "FindingCodes", "FindingCodesError", "load_finding_codes"],
     "sr": [
         "ALGORITHM_NAME",
         "SR_CODES",
@@ -66,6 +68,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 __all__ = [
     "ALGORITHM_NAME",
+    "DEFAULT_CODES_PATH",
     "DEFAULT_RULES_PATH",
     "DEFAULT_SLICES",
     "SR_CODES",
@@ -73,6 +76,8 @@ __all__ = [
     "DeployAppOptions",
     "DicomWebConnection",
     "DicomWebError",
+    "FindingCodes",
+    "FindingCodesError",
     "NoMatchingSeriesError",
     "PacsUnreachableError",
     "SeriesProcessingError",
@@ -87,6 +92,7 @@ __all__ = [
     "explain_series",
     "image_to_metatensor",
     "infer_series_volumes",
+    "load_finding_codes",
     "load_series_rules",
     "process_dicom_folder",
     "process_study",

@@ -60,6 +60,7 @@ from .process import (
     _as_indices,
     _slice_images,
 )
+from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,6 +98,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: is configured through its environment).
 ENVIRONMENT_VARIABLES = {
     "rules": "SDMAD_SERIES_RULES",
+    "finding_codes": "SDMAD_FINDING_CODES",
     "slices": "SDMAD_SLICES",
     "axis": "SDMAD_AXIS",
     "device": "SDMAD_DEVICE",
@@ -118,6 +120,8 @@ class DeployAppOptions:
 
     Attributes:
         rules: series rules JSON of the site (``None``: the shipped axial brain MR rules).
+        finding_codes: finding-codes JSON of the site: how the SR codes each category (``None``: the shipped
+            codes, :mod:`~sdmad_monai.deploy.codes`).
         slices: canonical slice indices (``"0,5,10"``, the fastMRI+ policy) or ``"all"``.
         axis: slicing axis: ``axial``, ``coronal`` or ``sagittal``.
         device: torch device; ``auto`` takes CUDA when available, else the CPU.
@@ -129,6 +133,7 @@ class DeployAppOptions:
     """
 
     rules: str | None = None
+    finding_codes: str | None = None
     slices: str = ",".join(str(i) for i in DEFAULT_SLICES)
     axis: str = "axial"
     device: str = "auto"
@@ -153,6 +158,10 @@ class DeployAppOptions:
     def series_rules(self) -> SeriesRules:
         """The rules file, read and validated (:func:`~sdmad_monai.deploy.rules.load_series_rules`)."""
         return load_series_rules(self.rules)
+
+    def finding_code_map(self) -> FindingCodes:
+        """The finding-codes file, read and validated (:func:`~sdmad_monai.deploy.codes.load_finding_codes`)."""
+        return load_finding_codes(self.finding_codes)
 
     def torch_device(self) -> str:
         """``device``, with ``auto`` resolved to ``cuda`` when a GPU is usable, else ``cpu``."""
@@ -184,6 +193,7 @@ class DeployAppOptions:
         environ = os.environ if environ is None else environ
         parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         parser.add_argument("--rules")
+        parser.add_argument("--finding-codes", dest="finding_codes")
         parser.add_argument("--slices")
         parser.add_argument("--axis")
         parser.add_argument("--device")
@@ -609,9 +619,16 @@ def infer_series_volumes(
     return outcome
 
 
-def write_inference_outcome(outcome: InferenceOutcome, output_dir: str | Path) -> list[Path]:
+def write_inference_outcome(
+    outcome: InferenceOutcome, output_dir: str | Path, finding_codes: FindingCodes | str | Path | None = None
+) -> list[Path]:
     """Write the SR and its JSON copy of every processed series (:func:`~sdmad_monai.deploy.sr.write_sr_report`),
     then report the failed series.
+
+    Args:
+        outcome: the inference operator's outcome.
+        output_dir: where the files go.
+        finding_codes: how the SR codes the categories (``None``: the shipped codes).
 
     Returns:
         The written paths (SR, JSON per series).
@@ -625,7 +642,7 @@ def write_inference_outcome(outcome: InferenceOutcome, output_dir: str | Path) -
     written: list[Path] = []
     for findings in outcome.findings:
         paths = write_sr_report(findings.result, findings.datasets, findings.algorithm, output_dir,
-                                source_images=findings.source_images)
+                                source_images=findings.source_images, finding_codes=finding_codes)
         logger.info("Series %s: wrote %s", findings.name, ", ".join(str(p) for p in paths))
         written.extend(paths)
     if outcome.failures:

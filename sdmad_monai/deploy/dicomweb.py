@@ -55,6 +55,7 @@ from .process import (
     SeriesProcessingError,
     process_dicom_folder,
 )
+from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -352,6 +353,7 @@ def process_study(
     retries: int = 3,
     backoff: float = 1.0,
     timeout: float = 30.0,
+    finding_codes: FindingCodes | str | Path | None = None,
     **infer_kwargs: Any,
 ) -> list[StoredReport]:
     """Run SD-MAD on the series of one study on a DICOMweb server that match the rules; store one SR per series.
@@ -374,6 +376,8 @@ def process_study(
         retries: see :class:`DicomWebConnection` (used when ``connection`` is a URL).
         backoff: see :class:`DicomWebConnection`.
         timeout: see :class:`DicomWebConnection`.
+        finding_codes: how the SR codes the categories (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
+            finding-codes JSON file, or ``None`` for the shipped codes; read and checked before the server is asked.
         infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
 
     Returns:
@@ -393,6 +397,7 @@ def process_study(
     url = connection.url
     study_instance_uid = str(study_instance_uid).strip()
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
+    finding_codes = finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)
 
     series = connection.search_series(study_instance_uid)
     if not series:
@@ -428,7 +433,7 @@ def process_study(
     superseded: dict[str, tuple[str, ...]] = {}
     for uid in selected:
         instances = [str(ds.SOPInstanceUID) for ds in metadata[uid] if "SOPInstanceUID" in ds]
-        ids = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels, instances)
+        ids = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels, instances, finding_codes)
         sop_uid = ids.sop_instance_uid
         earlier = tuple(u for u in connection.instance_uids(study_instance_uid, ids.series_instance_uid) if u != sop_uid)
         if earlier:
@@ -457,7 +462,8 @@ def process_study(
         failure: SeriesProcessingError | None = None
         try:
             written = process_dicom_folder(
-                detector, series_root, out, rules=rules, slices=slices, axis=axis, strict=True, **infer_kwargs
+                detector, series_root, out, rules=rules, slices=slices, axis=axis, strict=True,
+                finding_codes=finding_codes, **infer_kwargs,
             )
         except SeriesProcessingError as error:
             failure, written = error, error.written

@@ -29,6 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,6 +181,7 @@ def process_dicom_folder(
     slices: Sequence[int] | str | None = DEFAULT_SLICES,
     axis: str = "axial",
     strict: bool = False,
+    finding_codes: FindingCodes | str | Path | None = None,
     **infer_kwargs: Any,
 ) -> list[Path]:
     """Run SD-MAD on every series under ``input_dir`` that matches the rules; write one SR + JSON per series.
@@ -194,6 +196,8 @@ def process_dicom_folder(
             ``None``/``"all"`` for every slice.
         axis: slicing axis passed to :func:`~sdmad_monai.inference.infer_volume`.
         strict: raise :class:`NoMatchingSeriesError` when no series matches, instead of returning ``[]``.
+        finding_codes: how the SR codes the categories (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
+            finding-codes JSON file, or ``None`` for the shipped codes; read and checked before any series.
         infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
 
     Returns:
@@ -208,6 +212,7 @@ def process_dicom_folder(
     """
     indices = _as_indices(slices)
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
+    finding_codes = finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)
     output_dir = Path(output_dir)
     all_series = read_dicom_headers(input_dir, exclude=[output_dir])
     reasons = explain_series({uid: [f.header for f in fs] for uid, fs in all_series.items()}, rules)
@@ -261,7 +266,9 @@ def process_dicom_folder(
                 ]
             folders = sorted({str(f.path.parent) for f in files})
             result.source = folders[0] if len(folders) == 1 else str(input_dir)
-            outputs = write_sr_report(result, ordered, algorithm, output_dir, source_images=source_images)
+            outputs = write_sr_report(
+                result, ordered, algorithm, output_dir, source_images=source_images, finding_codes=finding_codes
+            )
         except (ValueError, IndexError) as error:
             failures.append(f"series {name}: {error}")
             logger.error("[%d/%d] series %s failed: %s", number, len(selected), name, error)

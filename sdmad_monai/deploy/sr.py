@@ -8,8 +8,10 @@ Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`
     └─ Imaging Measurements (DCM 126010)
        └─ one Measurement Group (DCM 125007, TID 1501) per category, in the detector's category order
           ├─ Tracking Identifier "SD-MAD: <display name>" + Tracking Unique Identifier (deterministic)
-          ├─ Finding (DCM 121071) = category code (99SDMAD, <category label>, <display name>)
-          ├─ Finding Site (SCT 363698007) = Brain (SCT 12738006)
+          ├─ Finding (DCM 121071) = the category's finding code and
+          ├─ Finding Site (SCT 363698007) = its finding site, both from the finding-codes file
+          │  (:mod:`sdmad_monai.deploy.codes`: standard SCT / DCM codes where DICOM PS3.16 has one, else the
+          │  declared private 99SDMAD code <category label>)
           ├─ Algorithm Name (DCM 111001) "SD-MAD (sdmad_monai)", Algorithm Version (DCM 111003) = the
           │  ``sdmad_monai_version`` of ``detector.description()``, Algorithm Parameters (DCM 111002): backbone,
           │  weights, prompt bank, sign selection, checkpoint fingerprint, then the slices analysed
@@ -25,12 +27,14 @@ Document layout (DICOM PS3.16 TID 1500 "Measurement Report", built with :class:`
           └─ Source (IMAGE items): the instances of the processed slices, when known
     Current Requested Procedure Evidence Sequence: every instance of the source series.
 
-``99SDMAD`` is a private coding scheme (DICOM reserves ``99`` prefixes for local schemes): its code values are the
-prompt bank's category labels (long labels go to LongCodeValue), its meanings the display names.
+``99SDMAD`` is a private coding scheme (DICOM reserves ``99`` prefixes for local schemes), declared in the Coding
+Scheme Identification Sequence with every other private scheme the finding codes use: its code values are the
+prompt bank's category labels (long labels go to LongCodeValue), its meanings the display names, for the categories
+without a standard code; it also names the calibrated probability and the decision threshold.
 
 UIDs are derived deterministically (name-based ``2.25.`` UIDs, :func:`derive_uid`) from the source
 StudyInstanceUID and SeriesInstanceUID, the algorithm version and the checkpoint fingerprint, and (all but the SR's
-SeriesInstanceUID) the set of source SOPInstanceUIDs: running the same model on the same series again gives the
+SeriesInstanceUID) the set of source SOPInstanceUIDs, the operating point and the category codes: running the same model on the same series again gives the
 same SR (a PACS then replaces the earlier copy instead of storing a duplicate); another model or checkpoint, or the
 same series once more instances have arrived, gives another SR (in the same SR series for the same model).
 """
@@ -55,6 +59,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ..anomaly_volume import format_slice_ranges
+from .codes import PRIVATE_SCHEME, CodedTerm, FindingCodes, load_finding_codes
 from ..utils import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +74,6 @@ __all__ = [
     "AlgorithmInfo",
     "SRIdentifiers",
     "build_sr",
-    "category_code",
     "derive_uid",
     "detector_fingerprint",
     "findings_document",
@@ -82,8 +86,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "SD-MAD (sdmad_monai)"
-#: Private coding scheme of the category codes.
-CODING_SCHEME = "99SDMAD"
+#: Private coding scheme of the categories without a standard code and of the probability / threshold codes.
+CODING_SCHEME = PRIVATE_SCHEME
 #: What a reader of the SR must know before acting on it (an Algorithm Parameter of every finding).
 INTENDED_USE = "intended_use=research only, not for diagnostic use"
 #: Default SeriesNumber of the SR series.
@@ -98,7 +102,7 @@ SR_CODES: dict[str, Code] = {
     "present": Code("52101004", "SCT", "Present"),
     "absent": Code("272519000", "SCT", "Absent"),
     "finding": Code("121071", "DCM", "Finding"),
-    "brain": Code("12738006", "SCT", "Brain"),
+    "finding_site": Code("363698007", "SCT", "Finding Site"),
     "procedure": Code("363679005", "SCT", "Imaging procedure"),
     "title": Code("126000", "DCM", "Imaging Measurement Report"),
     # no standard code for an algorithm's calibrated probability or its decision threshold: declared local codes
@@ -210,16 +214,20 @@ def sr_identifiers(
     algorithm: AlgorithmInfo,
     category_labels: Sequence[str],
     instance_uids: Sequence[str],
+    finding_codes: FindingCodes | str | Path | None = None,
 ) -> SRIdentifiers:
     """UIDs of the SR for source series ``series_instance_uid`` of study ``study_instance_uid``, made from the
-    instances ``instance_uids`` of that series.
+    instances ``instance_uids`` of that series, coding the categories with ``finding_codes`` (``None``: the shipped
+    codes).
 
-    Same study, series, instances, algorithm version, checkpoint fingerprint and operating point -> same UIDs. The SR's
+    Same study, series, instances, algorithm version, checkpoint fingerprint, operating point and category codes ->
+    same UIDs. The SR's
     SeriesInstanceUID does not depend on the instances: every SR of one source series by one model is in one SR
     series, so an SR made once the series is complete sits beside (and supersedes) one made from part of it.
     """
     model = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
-    key = (*model, instances_digest(instance_uids))
+    codes_digest = _finding_codes(finding_codes).digest(category_labels)
+    key = (*model, instances_digest(instance_uids), codes_digest)
     if algorithm.operating_point != "eq8":  # other decisions, other document (Eq. 8 SRs keep their UIDs)
         key = (*key, algorithm.operating_point)
     return SRIdentifiers(
@@ -230,9 +238,12 @@ def sr_identifiers(
     )
 
 
-def category_code(label: str, display_name: str | None = None) -> hd.sr.CodedConcept:
-    """The private (``99SDMAD``) code of a category: value = label, meaning = display name (at most 64 chars)."""
-    return hd.sr.CodedConcept(value=label, scheme_designator=CODING_SCHEME, meaning=(display_name or label)[:64])
+def _concept(term: CodedTerm) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=term.value, scheme_designator=term.scheme, meaning=term.meaning)
+
+
+def _finding_codes(finding_codes: FindingCodes | str | Path | None) -> FindingCodes:
+    return finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -302,6 +313,7 @@ def build_sr(
     source_images: Sequence[Dataset] | None = None,
     series_number: int = DEFAULT_SERIES_NUMBER,
     institution_name: str | None = None,
+    finding_codes: FindingCodes | str | Path | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one series' study-level findings (layout and codes in the module docstring).
 
@@ -313,11 +325,17 @@ def build_sr(
             source); ``None`` when the slices do not map to instances (slicing across the acquisition planes).
         series_number: SeriesNumber of the SR.
         institution_name: optional InstitutionName.
+        finding_codes: the categories' codes (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
+            finding-codes file, or ``None`` for the shipped file.
     """
     study_uid, series_uid = _check_source(source_datasets)
+    finding_codes = _finding_codes(finding_codes)
+    coded = finding_codes.resolve(
+        [f["label"] for f in result.findings], [f["display_name"] for f in result.findings]
+    )
     ids = sr_identifiers(
         study_uid, series_uid, algorithm, [f["label"] for f in result.findings],
-        [str(ds.SOPInstanceUID) for ds in source_datasets],
+        [str(ds.SOPInstanceUID) for ds in source_datasets], finding_codes,
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -329,7 +347,7 @@ def build_sr(
         ],
     )
     groups = []
-    for finding in result.findings:
+    for finding, codes_of in zip(result.findings, coded):
         references = [
             hd.sr.SourceImageForMeasurementGroup(
                 referenced_sop_class_uid=ds.SOPClassUID, referenced_sop_instance_uid=ds.SOPInstanceUID
@@ -341,8 +359,8 @@ def build_sr(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     uid=ids.tracking_uids[finding["label"]], identifier=f"SD-MAD: {finding['display_name']}"
                 ),
-                finding_type=category_code(finding["label"], finding["display_name"]),
-                finding_sites=[hd.sr.FindingSite(anatomic_location=SR_CODES["brain"])],
+                finding_type=_concept(codes_of.finding),
+                finding_sites=[hd.sr.FindingSite(anatomic_location=_concept(codes_of.finding_site))],
                 algorithm_id=algorithm_id,
                 measurements=_measurements(finding),
                 qualitative_evaluations=[
@@ -382,11 +400,8 @@ def build_sr(
         series_description="SD-MAD anomaly findings (research use only)",
         institution_name=institution_name,
         coding_schemes=[
-            CodingSchemeIdentificationItem(
-                designator=CODING_SCHEME,
-                name="SD-MAD prompt-bank categories (code value = category label)",
-                responsible_organization="sdmad_monai",
-            )
+            CodingSchemeIdentificationItem(designator=designator, name=name, responsible_organization="sdmad_monai")
+            for designator, name in finding_codes.declared_schemes(coded).items()
         ],
         is_complete=True,
         is_final=False,
@@ -395,10 +410,17 @@ def build_sr(
 
 
 def findings_document(
-    result: VolumeResult, sr: Dataset, algorithm: AlgorithmInfo, source_datasets: Sequence[Dataset]
+    result: VolumeResult,
+    sr: Dataset,
+    algorithm: AlgorithmInfo,
+    source_datasets: Sequence[Dataset],
+    finding_codes: FindingCodes | str | Path | None = None,
 ) -> dict[str, Any]:
-    """The JSON copy of an SR: identifiers, model, per-category findings and per-slice results."""
+    """The JSON copy of an SR: identifiers, model, the codes used (per category: finding and finding site),
+    per-category findings and per-slice results."""
     first = source_datasets[0]
+    finding_codes = _finding_codes(finding_codes)
+    categories = [finding_codes.for_category(f["label"], f["display_name"]) for f in result.findings]
     return {
         "study_instance_uid": str(first.StudyInstanceUID),
         "series_instance_uid": str(first.SeriesInstanceUID),
@@ -412,6 +434,7 @@ def findings_document(
         "algorithm": asdict(algorithm) | {"parameters": list(algorithm.parameters)},
         "codes": {name: {"value": c.value, "scheme": c.scheme_designator, "meaning": c.meaning}
                   for name, c in SR_CODES.items()},
+        "finding_codes": {"source": finding_codes.source} | {c.label: c.to_dict() for c in categories},
         **result.to_dict(),
     }
 
@@ -431,18 +454,19 @@ def write_sr_report(
 
     Args:
         source_name: what to record as the JSON's ``source`` (e.g. the input folder) instead of ``result.source``.
-        kwargs: passed to :func:`build_sr`.
+        kwargs: passed to :func:`build_sr` (``finding_codes`` also to :func:`findings_document`).
 
     Returns:
         ``[sr_path, json_path]``.
     """
+    kwargs["finding_codes"] = _finding_codes(kwargs.get("finding_codes"))
     sr = build_sr(result, source_datasets, algorithm, source_images=source_images, **kwargs)
     stem = f"sdmad_sr_{source_datasets[0].SeriesInstanceUID}"
     output_dir = Path(output_dir)
     sr_path = output_dir / f"{stem}.dcm"
     with atomic_path(sr_path) as temporary:
         sr.save_as(temporary, enforce_file_format=True)
-    document = findings_document(result, sr, algorithm, source_datasets)
+    document = findings_document(result, sr, algorithm, source_datasets, kwargs["finding_codes"])
     if source_name is not None:
         document["source"] = source_name
     document["sr"]["file"] = sr_path.name
@@ -461,8 +485,14 @@ def _items(container: Dataset) -> list[Dataset]:
     return list(getattr(container, "ContentSequence", []))
 
 
-def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
+def read_sr_findings(sr: str | Path | Dataset, finding_codes: FindingCodes | str | Path | None = None) -> dict[str, Any]:
     """Read back an SR written by :func:`write_sr_report` by walking its content tree with pydicom.
+
+    Args:
+        sr: the SR file or dataset.
+        finding_codes: the finding codes it was written with (``None``: the shipped file), to turn each group's
+            finding and finding site back into its category label; a group whose codes match no category keeps
+            the finding's code value as its label.
 
     Returns:
         ``{"algorithm": {"name", "version", "parameters"}, "findings": [{"label", "display_name", "score",
@@ -470,6 +500,7 @@ def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
         UIDs]}, "study_instance_uid", "sop_instance_uid"}``.
     """
     ds = sr if isinstance(sr, Dataset) else pydicom.dcmread(sr)
+    finding_codes = _finding_codes(finding_codes)
     score_code = (SR_CODES["score"].value, SR_CODES["score"].scheme_designator)
     presence_code = (SR_CODES["presence"].value, SR_CODES["presence"].scheme_designator)
     findings, algorithm = [], {"name": None, "version": None, "parameters": []}
@@ -478,11 +509,17 @@ def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
             continue
         for group in _items(top):
             entry: dict[str, Any] = {}
+            finding, site = None, None
             for item in _items(group):
                 name = _code(item, "ConceptNameCodeSequence")
                 if name == ("121071", "DCM"):
-                    entry["label"] = _code(item, "ConceptCodeSequence")[0]
-                    entry["display_name"] = str(item.ConceptCodeSequence[0].CodeMeaning)
+                    finding = _code(item, "ConceptCodeSequence")
+                    entry["finding_code"] = {"value": finding[0], "scheme": finding[1],
+                                             "meaning": str(item.ConceptCodeSequence[0].CodeMeaning)}  # fmt: skip
+                elif name == (SR_CODES["finding_site"].value, SR_CODES["finding_site"].scheme_designator):
+                    site = _code(item, "ConceptCodeSequence")
+                elif name == ("112039", "DCM"):  # Tracking Identifier "SD-MAD: <display name>"
+                    entry["display_name"] = str(item.TextValue).removeprefix("SD-MAD: ")
                 elif name == score_code:
                     entry["score"] = float(item.MeasuredValueSequence[0].NumericValue)
                 elif name == (SR_CODES["probability"].value, CODING_SCHEME):
@@ -497,6 +534,8 @@ def read_sr_findings(sr: str | Path | Dataset) -> dict[str, Any]:
                     algorithm["version"] = str(item.TextValue)
                 elif name == ("111002", "DCM") and not findings:
                     algorithm["parameters"].append(str(item.TextValue))
+            if finding is not None:
+                entry["label"] = finding_codes.label_of(finding, site) or finding[0]
             findings.append(entry)
     evidence: dict[str, list[str]] = {}
     for study in getattr(ds, "CurrentRequestedProcedureEvidenceSequence", []):

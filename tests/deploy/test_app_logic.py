@@ -9,6 +9,7 @@ tests/bundle/test_deploy_app.py checks the same against the real SDK.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from sdmad_monai.deploy.app_logic import (
     series_volumes,
     write_inference_outcome,
 )
+from sdmad_monai.deploy.codes import load_finding_codes
 from sdmad_monai.deploy.demo import write_dicom_series
 from sdmad_monai.networks import SignDrivenDetector
 from sdmad_monai.transforms import load_volume
@@ -119,17 +121,23 @@ def test_options_defaults_environment_and_command_line(tmp_path):
     options, rest = DeployAppOptions.parse(["app", "-i", "in", "-o", "out", "-m", "model.pt"], environ={})
     assert options == DeployAppOptions() and rest == ["app", "-i", "in", "-o", "out", "-m", "model.pt"]
     assert options.slice_indices == [0, 5, 10] and options.series_rules() == load_series_rules()
+    assert options.finding_code_map() == load_finding_codes()
 
     rules = tmp_path / "site.json"
     rules.write_text('{"modalities": ["MR"], "orientations": ["axial", "coronal"]}')
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"categories": {"Glioma": {"finding": {
+        "scheme": "SCT", "value": "52988006", "meaning": "Lesion"}}}}))  # fmt: skip
     environ = {"SDMAD_SERIES_RULES": str(rules), "SDMAD_SLICES": "all", "SDMAD_BATCH_SIZE": "4",
-               "SDMAD_ALLOW_NO_MATCH": "yes", "SDMAD_AXIS": "coronal"}
+               "SDMAD_ALLOW_NO_MATCH": "yes", "SDMAD_AXIS": "coronal", "SDMAD_FINDING_CODES": str(codes)}
     options, rest = DeployAppOptions.parse(["app", "-i", "in", "--slices", "2,3", "--device", "cpu"], environ)
     assert rest == ["app", "-i", "in"]
     assert (options.rules, options.slices, options.batch_size, options.allow_no_match, options.axis) == (
         str(rules), "2,3", 4, True, "coronal")
     assert options.slice_indices == [2, 3] and options.torch_device() == "cpu"
     assert options.series_rules().orientations == ("axial", "coronal")
+    assert list(options.finding_code_map().categories) == ["Glioma"]
+    assert DeployAppOptions.parse(["app", "--finding-codes", "x.json"], environ)[0].finding_codes == "x.json"
     assert DeployAppOptions(slices="all").slice_indices is None
 
 
@@ -154,6 +162,11 @@ def test_options_bad_rules_file_names_it(tmp_path):
     options, _ = DeployAppOptions.parse(["app", "--rules", str(rules)], {})
     with pytest.raises(ValueError, match=rf"{rules} has unknown key\(s\) \['orientation'\]"):
         options.series_rules()
+    codes = tmp_path / "codes.json"
+    codes.write_text('{"categories": {"Craniotomy": {"finding": {"scheme": "DCM", "value": "1", "meaning": "x"}}}}')
+    options, _ = DeployAppOptions.parse(["app", "--finding-codes", str(codes)], {})
+    with pytest.raises(ValueError, match=rf"{codes}: category 'Craniotomy' finding: DCM 1 is not a code"):
+        options.finding_code_map()
 
 
 # ----------------------------------------------------------------------------------------------- selection

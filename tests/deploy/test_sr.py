@@ -30,6 +30,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11"
 SLICES = [0, 5, 10]
+#: (finding, finding site) of the six categories, written out by hand from DICOM PS3.16 (SCT / DCM)
+EXPECTED_CODES = [
+    (("245849007", "SCT", "Post-surgical anatomy"), ("89546000", "SCT", "Skull")),
+    (("Posttreatment change", "99SDMAD", "Posttreatment change"), ("12738006", "SCT", "Brain")),
+    (("52988006", "SCT", "Lesion"), ("12738006", "SCT", "Brain")),
+    (("Dural thickening", "99SDMAD", "Dural thickening"), ("18545000", "SCT", "Dura mater")),
+    (("260376009", "SCT", "Enlarged"), ("35764002", "SCT", "Brain ventricle")),
+    (("110702", "DCM", "White Matter T2 Hyperintensity"), ("68523003", "SCT", "Cerebral White Matter")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +92,13 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
 
     groups = [item for path, item in walk(ds) if code(item, "ConceptNameCodeSequence") == ("125007", "DCM")]
     assert len(groups) == len(result.findings) == len(result.category_labels)
-    for group, finding in zip(groups, result.findings):
+    for group, finding, (finding_code, site_code) in zip(groups, result.findings, EXPECTED_CODES):
         items = {code(i, "ConceptNameCodeSequence"): i for i in group.ContentSequence}
-        assert code(items[("121071", "DCM")], "ConceptCodeSequence") == (finding["label"], "99SDMAD")
-        assert items[("121071", "DCM")].ConceptCodeSequence[0].CodeMeaning == finding["display_name"]
+        for concept, expected in ((("121071", "DCM"), finding_code), (("363698007", "SCT"), site_code)):
+            assert code(items[concept], "ConceptCodeSequence") == expected[:2]
+            assert items[concept].ConceptCodeSequence[0].CodeMeaning == expected[2]
+        tracking = items[("112039", "DCM")].TextValue
+        assert tracking == f"SD-MAD: {finding['display_name']}"
         score = items[("246262008", "SCT")]
         assert score.ValueType == "NUM"
         assert float(score.MeasuredValueSequence[0].NumericValue) == pytest.approx(finding["score"], abs=1e-6)
@@ -111,6 +123,9 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
             h.SOPInstanceUID for h in slice_headers
         ]
 
+    # the private scheme is declared (it codes two categories and the probability / threshold), no other
+    assert [s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence] == ["99SDMAD"]
+
     # the whole source series is the evidence
     (study,) = ds.CurrentRequestedProcedureEvidenceSequence
     assert study.StudyInstanceUID == STUDY
@@ -124,12 +139,17 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
     assert read["evidence"] == {SERIES: [h.SOPInstanceUID for h in headers]}
     for got, finding in zip(read["findings"], result.findings):
         assert got["label"] == finding["label"] and got["finding"] == finding["finding"]
+        assert got["display_name"] == finding["display_name"]
         assert got["score"] == pytest.approx(finding["score"], abs=1e-6)
 
     document = json.loads(json_path.read_text())
     assert document["findings"] == result.findings
     assert document["sr"]["sop_instance_uid"] == ds.SOPInstanceUID and document["sr"]["file"] == sr_path.name
     assert document["series_instance_uid"] == SERIES and document["algorithm"]["fingerprint"] == algorithm.fingerprint
+    for finding, (finding_code, site_code) in zip(result.findings, EXPECTED_CODES):
+        codes = document["finding_codes"][finding["label"]]
+        assert (codes["finding"]["value"], codes["finding"]["scheme"], codes["finding"]["meaning"]) == finding_code
+        assert (codes["finding_site"]["value"], codes["finding_site"]["scheme"]) == site_code[:2]
 
 
 def test_deterministic_uids(result, series, algorithm):
@@ -146,6 +166,13 @@ def test_deterministic_uids(result, series, algorithm):
         changed = build_sr(result, headers, other)
         assert changed.SOPInstanceUID != first.SOPInstanceUID
         assert changed.SeriesInstanceUID != first.SeriesInstanceUID
+    # other category codes: another document (a new SR instance), in the same SR series of the model
+    from sdmad_monai.deploy.codes import load_finding_codes
+
+    shipped = load_finding_codes()
+    recoded = dataclasses.replace(shipped, categories={k: v for k, v in shipped.categories.items() if k != "Craniotomy"})
+    changed = build_sr(result, headers, algorithm, finding_codes=recoded)
+    assert changed.SOPInstanceUID != first.SOPInstanceUID and changed.SeriesInstanceUID == first.SeriesInstanceUID
 
 
 def test_fingerprint_survives_checkpoint(tmp_path, detector):
@@ -195,7 +222,10 @@ def test_calibrated_probability_and_threshold_in_the_sr(tmp_path, series, dciodv
     report = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(sr_path))
     groups = report.content.get_image_measurement_groups()
     assert len(groups) == len(result.findings)
-    for group, finding, rule in zip(groups, result.findings, rules):
+    for group, finding, rule, (finding_code, site_code) in zip(groups, result.findings, rules, EXPECTED_CODES):
+        assert (group.finding_type.value, group.finding_type.scheme_designator) == finding_code[:2]
+        (site,) = group.finding_sites
+        assert (site.value.value, site.value.scheme_designator, site.value.meaning) == site_code
         measured = {(m.name.value, m.name.scheme_designator): m.value for m in group.get_measurements()}
         assert measured[("probability", "99SDMAD")] == pytest.approx(finding["probability"], abs=1e-6)
         assert measured[("decision-threshold", "99SDMAD")] == pytest.approx(rule["threshold"], abs=1e-6)
