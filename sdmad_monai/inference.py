@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ __all__ = [
     "volume_datalist",
     "volume_stem",
     "volume_stems",
+    "OVERLAY_SCOPES",
+    "offer_volume_slices",
     "write_volume_maps",
     "write_volume_results",
 ]
@@ -620,20 +623,34 @@ def _write_volume_maps(
     paths["overlays"] = None
     if overlays_top or overlays_random:
         selector = OverlaySelector(overlays_top, overlays_random, seed)
-        for row, index in enumerate(result.slice_indices):
-            selector.offer(
-                float(result.image_scores[row]),
-                lambda row=row, index=index: OverlayItem(
-                    score=float(result.image_scores[row]),
-                    name=f"{stem}_{result.axis}_slice{index:03d}",
-                    image=result.display_images[row],
-                    anomaly_map=result.anomaly_maps[row].numpy(),
-                ),
-            )
+        offer_volume_slices(selector, result, stem)
         folder = output_dir / "overlays" / stem
         write_overlays(selector, folder, score_name="image score")
         paths["overlays"] = str(folder.relative_to(output_dir))
     return paths
+
+
+#: Where inference overlays are chosen: over the whole run (one gallery) or per volume.
+OVERLAY_SCOPES = ("run", "volume")
+#: Slices per volume at most, for the gallery's keys (volume position * this + slice row).
+_SLICES_KEY_STRIDE = 1 << 20
+
+
+def offer_volume_slices(selector: OverlaySelector, result: VolumeResult, stem: str, position: int = 0) -> None:
+    """Offer every processed slice of ``result`` (with maps) to an overlay selector, ranked by image score, named
+    ``<stem>_<axis>_slice<index>`` and keyed by ``(position, row)``, so that the choice depends only on the volumes'
+    places in the input list, not on the order or the process they are scored in."""
+    for row, index in enumerate(result.slice_indices):
+        selector.offer(
+            float(result.image_scores[row]),
+            lambda row=row, index=index: OverlayItem(
+                score=float(result.image_scores[row]),
+                name=f"{stem}_{result.axis}_slice{index:03d}",
+                image=result.display_images[row],
+                anomaly_map=result.anomaly_maps[row].numpy(),
+            ),
+            index=position * _SLICES_KEY_STRIDE + row,
+        )
 
 
 def write_volume_results(
@@ -643,11 +660,13 @@ def write_volume_results(
     overlays_random: int = 5,
     seed: int = 0,
     failed: Mapping[str, str] | None = None,
+    overlays: str | None = None,
 ) -> dict[str, Path]:
     """Write ``findings.json`` (everything) and ``slices.csv`` / ``findings.csv`` (one row per slice / finding); for
-    results with anomaly maps also the 3D map and overlays of :func:`write_volume_maps` (listed per volume in
-    ``findings.json`` under ``"anomaly_map"``). ``failed`` (source -> reason) lists the volumes that could not be
-    processed, in ``findings.json`` under ``"failed"``.
+    results with anomaly maps whose maps are not written yet also the 3D map and per-volume overlays of
+    :func:`write_volume_maps` (listed per volume in ``findings.json`` under ``"anomaly_map"``). ``failed`` (source ->
+    reason) lists the volumes that could not be processed, in ``findings.json`` under ``"failed"``; ``overlays``
+    (the run's overlay gallery, relative to ``output_dir``) goes under ``"overlays"``.
 
     Returns:
         The written paths by name.
@@ -664,7 +683,8 @@ def write_volume_results(
     paths = {
         "json": atomic_write_json(
             output_dir / "findings.json",
-            {"volumes": documents, "failed": [{"source": k, "error": v} for k, v in (failed or {}).items()]},
+            {"volumes": documents, "failed": [{"source": k, "error": v} for k, v in (failed or {}).items()]}
+            | ({"overlays": overlays} if overlays is not None else {}),
         ),
     }
     slice_rows = io.StringIO()
@@ -748,12 +768,13 @@ def clear_previous_outputs(output_dir: str | Path) -> list[Path]:
     try:
         previous = json.loads((output_dir / "findings.json").read_text(encoding="utf-8"))
         volumes = list(previous.get("volumes", []))
+        run_overlays = previous.get("overlays")
     except (OSError, ValueError, AttributeError, TypeError):
         return []
     root = output_dir.resolve()
     removed = []
-    for document in volumes:
-        files = document.get("anomaly_map") if isinstance(document, Mapping) else None
+    listed = [{"overlays": run_overlays}] if isinstance(run_overlays, str) else []
+    for files in listed + [d.get("anomaly_map") if isinstance(d, Mapping) else None for d in volumes]:
         if not isinstance(files, Mapping):
             continue
         for relative in files.values():
@@ -777,27 +798,45 @@ class VolumeResultsCollector:
     (:func:`write_volume_results`), one line saying where everything is, and :class:`VolumesFailedError` if any
     volume failed (after the others' results are written).
 
+    Overlays (with maps) are chosen over the whole run by default (``overlay_scope="run"``): one gallery,
+    ``overlays/top|random/*.png`` + ``index.csv``, of the ``overlays_top`` highest-scoring slices of all volumes and
+    a seeded random sample of ``overlays_random`` others, drawn at the end; its cost does not grow with the number
+    of volumes, so an archive run pays for a fixed number of PNGs (``benchmarks/bench_inference_outputs.py``).
+    ``overlay_scope="volume"`` draws them per volume instead, in ``overlays/<name>/top|random/``, as soon as the
+    volume is scored (about 25 ms per PNG on a 2-core CPU: several times the tiny model's cost per volume).
+
     Args:
         output_dir: where the JSON and CSV files (and maps and overlays) go.
         total: number of volumes of the run (for the ``[n/total]`` progress lines).
-        overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
-        overlays_random: with maps: seeded random slices per volume drawn.
+        overlays_top: with maps: highest-scoring slices drawn as PNG overlays (of the run, or of each volume).
+        overlays_random: with maps: seeded random slices drawn (of the run, or of each volume).
         seed: seed of the random overlay sample.
         clear_previous: remove the previous run's maps first (:func:`clear_previous_outputs`).
+        overlay_scope: ``"run"`` (default) or ``"volume"``, see above.
     """
 
     def __init__(
         self,
         output_dir: str | Path,
         total: int,
-        overlays_top: int = 5,
-        overlays_random: int = 5,
+        overlays_top: int = 10,
+        overlays_random: int = 10,
         seed: int = 0,
         clear_previous: bool = True,
+        overlay_scope: str = "run",
     ) -> None:
+        if overlay_scope not in OVERLAY_SCOPES:
+            raise ValueError(f"overlay_scope must be one of {OVERLAY_SCOPES}, got {overlay_scope!r}.")
         self.output_dir = Path(output_dir)
         self.total = int(total)
         self.overlays_top, self.overlays_random, self.seed = int(overlays_top), int(overlays_random), int(seed)
+        self.overlay_scope = overlay_scope
+        #: the run's overlay gallery (``overlay_scope="run"`` with overlays on), merged across processes by
+        #: :class:`~sdmad_monai.handlers.VolumeResultsWriter`
+        self.selector: OverlaySelector | None = (
+            OverlaySelector(self.overlays_top, self.overlays_random, self.seed)
+            if overlay_scope == "run" and (self.overlays_top or self.overlays_random) else None
+        )  # fmt: skip
         self.results: list[VolumeResult] = []
         self.failed: dict[str, str] = {}
         self._stems: dict[str, int] = {}
@@ -810,19 +849,27 @@ class VolumeResultsCollector:
         """Volumes handled so far, scored or failed."""
         return len(self.results) + len(self.failed)
 
-    def add(self, result: VolumeResult, stem: str | None = None) -> None:
-        """Take one scored volume: write its maps and overlays now (when it has maps) and let the arrays go.
+    def add(self, result: VolumeResult, stem: str | None = None, position: int | None = None) -> None:
+        """Take one scored volume: write its maps (and, per volume, its overlays) now, offer its slices to the
+        run's gallery, and let the arrays go.
 
         Args:
             result: the scored volume.
             stem: the name of its map files (default: from its source, numbered when two sources share a name,
                 in the order the volumes are added; a distributed run passes the names of the whole input list).
+            position: its place in the whole input list (default: the number of volumes added before it; a
+                distributed run passes it), which keys the gallery's random sample.
         """
+        position = self.count if position is None else int(position)
         if result.anomaly_maps is not None:
             stem = stem or _unique_stem(self._stems, result.source)
+            per_volume = self.overlay_scope == "volume"
             result.map_files = write_volume_maps(
-                result, self.output_dir, stem, self.overlays_top, self.overlays_random, self.seed
-            )
+                result, self.output_dir, stem, self.overlays_top if per_volume else 0,
+                self.overlays_random if per_volume else 0, self.seed,
+            )  # fmt: skip
+            if self.selector is not None:
+                offer_volume_slices(self.selector, result, stem, position)
             result.anomaly_maps = result.display_images = None
         self.results.append(result)
         positives = [f["display_name"] for f in result.findings if f["finding"]]
@@ -834,21 +881,42 @@ class VolumeResultsCollector:
         self.failed[str(source)] = error if isinstance(error, str) else one_line(error)
         logger.error("[%d/%d] %s: not processed: %s", self.count, self.total, source, self.failed[str(source)])
 
+    def _write_gallery(self) -> Path:
+        """The run's overlays, drawn into a temporary sibling folder and moved into place: a failure half way
+        (a full disk) leaves no partial gallery."""
+        import shutil
+
+        gallery = self.output_dir / "overlays"
+        partial = self.output_dir / f".overlays.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            write_overlays(self.selector, partial, score_name="image score")
+            if gallery.exists():
+                shutil.rmtree(gallery)
+            os.replace(partial, gallery)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return gallery
+
     def finish(self) -> list[VolumeResult]:
-        """Write ``findings.json`` and the CSVs, say where the outputs are.
+        """Write the run's overlay gallery, ``findings.json`` and the CSVs, say where the outputs are.
 
         Raises:
             VolumesFailedError: some volumes failed (their reasons are in the message and in ``findings.json``).
         """
         results, failed, output_dir = self.results, self.failed, self.output_dir
+        gallery = None
+        if self.selector is not None and self.selector.num_seen:
+            gallery = self._write_gallery()
         paths = write_volume_results(
-            results, output_dir, self.overlays_top, self.overlays_random, self.seed, failed=failed
-        )
+            results, output_dir, self.overlays_top, self.overlays_random, self.seed, failed=failed,
+            overlays=None if gallery is None else str(gallery.relative_to(output_dir)),
+        )  # fmt: skip
         maps = [r.map_files for r in results if r.map_files]
         where = f"findings {paths['json']} (per slice: {paths['slices_csv']}, per finding: {paths['findings_csv']})"
         if maps:
             where += f"; 3D anomaly maps in {output_dir / 'maps'}"
-            if any(m.get("overlays") for m in maps):
+            if gallery is not None or any(m.get("overlays") for m in maps):
                 where += f", overlays in {output_dir / 'overlays'}"
         logger.info("Inference done for %d of %d volume(s): %s.", len(results), self.count, where)
         if failed:
@@ -880,9 +948,10 @@ def infer_volumes(
     detector: SignDrivenDetector,
     inputs: Iterable[str | Path],
     output_dir: str | Path,
-    overlays_top: int = 5,
-    overlays_random: int = 5,
+    overlays_top: int = 10,
+    overlays_random: int = 10,
     seed: int = 0,
+    overlay_scope: str = "run",
     **kwargs: Any,
 ) -> list[VolumeResult]:
     """:func:`infer_volume` over several volumes, one after the other, with the outputs of
@@ -892,16 +961,20 @@ def infer_volumes(
         detector: the trained detector.
         inputs: volume paths (files or DICOM folders).
         output_dir: where the JSON and CSV files (and, with ``anomaly_maps=True``, maps and overlays) go.
-        overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
-        overlays_random: with maps: seeded random slices per volume drawn.
+        overlays_top: with maps: highest-scoring slices drawn as PNG overlays (of the run, or of each volume).
+        overlays_random: with maps: seeded random slices drawn (of the run, or of each volume).
         seed: seed of the random overlay sample.
+        overlay_scope: ``"run"``: one overlay gallery over all volumes; ``"volume"``: per volume
+            (:class:`VolumeResultsCollector`).
         kwargs: slice policy, batching and ``anomaly_maps``, passed to :func:`infer_volume`.
 
     Raises:
         VolumesFailedError: some volumes could not be processed (the others' results are written first).
     """
     inputs = check_volume_inputs(inputs)
-    collector = VolumeResultsCollector(output_dir, len(inputs), overlays_top, overlays_random, seed)
+    collector = VolumeResultsCollector(
+        output_dir, len(inputs), overlays_top, overlays_random, seed, overlay_scope=overlay_scope
+    )
     for path in inputs:
         try:
             result = infer_volume(detector, path, **kwargs)

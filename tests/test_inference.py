@@ -342,5 +342,11 @@ def test_a_volume_whose_outputs_fail_half_way_leaves_none(detector, volumes, tmp
     monkeypatch.setattr(inference, "write_overlays", disk_full)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
-        infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1)
+        infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1,
+                      overlay_scope="volume")
     assert [p for p in out.rglob("*") if p.is_file()] == []  # neither the 3D map nor the partial overlay
+    # the run's gallery: the volumes' maps are complete, the gallery is all or nothing
+    with pytest.raises(OSError, match="No space left"):
+        infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "maps/vol0_anomaly_map.json", "maps/vol0_anomaly_map.nii.gz"]  # fmt: skip

@@ -4,6 +4,7 @@ its sidecar, the overlays and findings.json, on a sagittally acquired, flipped v
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -50,7 +51,7 @@ def test_infer_volume_maps_match_detector(detector, volume):
 
 def test_infer_volumes_writes_aligned_map_and_overlays(detector, volume, tmp_path):
     results = infer_volumes(detector, [volume], tmp_path, indices=[2, 7], anomaly_maps=True, overlays_top=1,
-                            overlays_random=1)
+                            overlays_random=1, overlay_scope="volume")
     assert results[0].anomaly_maps is None and results[0].map_files is not None  # written, arrays released
     image = nib.load(tmp_path / "maps" / "sag_anomaly_map.nii.gz")
     np.testing.assert_allclose(image.affine, AFFINE)
@@ -68,6 +69,30 @@ def test_infer_volumes_writes_aligned_map_and_overlays(detector, volume, tmp_pat
     assert entry["nifti"] == "maps/sag_anomaly_map.nii.gz" and entry["overlays"] == "overlays/sag"
     pngs = sorted(p.name for p in (tmp_path / "overlays" / "sag").rglob("*.png"))
     assert len(pngs) == 2 and pngs[0].startswith("random_001_sag_axial_slice") and pngs[1].startswith("top_001_")
+    assert "overlays" not in findings  # no run gallery with per-volume overlays
+
+
+def test_run_gallery_is_the_top_and_a_sample_of_all_volumes(detector, volume, tmp_path):
+    """The default overlays: one gallery over the run, its top slices the highest image scores of all volumes."""
+    import csv
+
+    second = tmp_path / "second.nii.gz"
+    nib.save(nib.Nifti1Image(np.flip(np.asarray(nib.load(volume).dataobj), 0).copy(), AFFINE), second)
+    out = tmp_path / "out"
+    results = infer_volumes(detector, [volume, second], out, indices=[1, 3, 5, 7], anomaly_maps=True,
+                            overlays_top=3, overlays_random=2)  # fmt: skip
+    scores = sorted(((float(s), f"{Path(r.source).name.split('.')[0]}_axial_slice{i:03d}")
+                     for r in results for s, i in zip(r.image_scores, r.slice_indices)), reverse=True)  # fmt: skip
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings["overlays"] == "overlays" and all(v["anomaly_map"]["overlays"] is None for v in findings["volumes"])
+    rows = list(csv.DictReader((out / "overlays" / "index.csv").open()))
+    top = [r["name"] for r in rows if r["kind"] == "top"]
+    sample = [r["name"] for r in rows if r["kind"] == "random"]
+    assert top == [name for _, name in scores[:3]]
+    assert len(sample) == 2 and not set(sample) & set(top) and set(sample) <= {name for _, name in scores}
+    pngs = sorted(p.relative_to(out / "overlays").parts[0] for p in (out / "overlays").rglob("*.png"))
+    assert pngs == ["random"] * 2 + ["top"] * 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".overlays")]
 
 
 def test_maps_requested_from_detector_without_maps(volume):

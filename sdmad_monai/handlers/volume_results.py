@@ -24,19 +24,34 @@ class VolumeResultsWriter:
     Under ``torch.distributed`` (``configs/multi_gpu_inference.json``: each process scores its share of the volumes)
     every process writes the maps and overlays of its own volumes, named as one process would name them (from the
     whole input list); process 0 alone clears the previous outputs (the others wait for it), gathers every process's
-    results and failures, puts them in input order and writes ``findings.json`` and the CSVs: the same files as a
-    one-process run.
+    results, failures and overlay candidates (the run's gallery: each process keeps at most ``2 * overlays_top +
+    overlays_random`` slices, keyed by their place in the input list), puts them in input order and writes
+    ``findings.json``, the CSVs and the gallery: the same files as a one-process run.
 
     Args:
         output_dir: where the outputs go.
-        overlays_top: with maps: highest-scoring slices per volume drawn as PNG overlays.
-        overlays_random: with maps: seeded random slices per volume drawn.
+        overlays_top: with maps: highest-scoring slices drawn as PNG overlays (of the run, or of each volume).
+        overlays_random: with maps: seeded random slices drawn (of the run, or of each volume).
         seed: seed of the random overlay sample.
+        overlay_scope: ``"run"`` (one gallery over all volumes) or ``"volume"``
+            (:class:`~sdmad_monai.inference.VolumeResultsCollector`).
     """
 
-    def __init__(self, output_dir: str | Path, overlays_top: int = 5, overlays_random: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        overlays_top: int = 10,
+        overlays_random: int = 10,
+        seed: int = 0,
+        overlay_scope: str = "run",
+    ) -> None:
+        from ..inference import OVERLAY_SCOPES
+
+        if overlay_scope not in OVERLAY_SCOPES:
+            raise ValueError(f"overlay_scope must be one of {OVERLAY_SCOPES}, got {overlay_scope!r}.")
         self.output_dir = Path(output_dir)
         self.overlays_top, self.overlays_random, self.seed = int(overlays_top), int(overlays_random), int(seed)
+        self.overlay_scope = overlay_scope
         self.collector: Any = None
         self._stems: list[str] = []
         self._order: list[int] = []
@@ -59,7 +74,7 @@ class VolumeResultsWriter:
         first = not distributed_run() or dist.get_rank() == 0
         self.collector = VolumeResultsCollector(
             self.output_dir, len(data) or engine.state.epoch_length, self.overlays_top, self.overlays_random,
-            self.seed, clear_previous=first,
+            self.seed, clear_previous=first, overlay_scope=self.overlay_scope,
         )  # fmt: skip
         if distributed_run():
             dist.barrier()  # nobody writes before process 0 has cleared
@@ -73,7 +88,8 @@ class VolumeResultsWriter:
             if isinstance(outcome, FailedVolume):
                 self.collector.fail(outcome.source, outcome.error)
             else:
-                self.collector.add(outcome, stem=self._stems[index] if index < len(self._stems) else None)
+                self.collector.add(outcome, stem=self._stems[index] if index < len(self._stems) else None,
+                                   position=index)
             self._done.append((index, outcome))
 
     def completed(self, engine: Engine) -> None:
@@ -82,10 +98,12 @@ class VolumeResultsWriter:
         done = self._done
         if distributed_run():
             shares: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(shares, done)
+            dist.all_gather_object(shares, (done, self.collector.selector))
             if dist.get_rank() != 0:
                 return
-            done = sorted((entry for share in shares for entry in share), key=lambda entry: entry[0])
+            done = sorted((entry for share, _ in shares for entry in share), key=lambda entry: entry[0])
+            if self.collector.selector is not None:  # process 0's own candidates are in it already
+                self.collector.selector.merge([s for rank, (_, s) in enumerate(shares) if rank != 0])
         self.collector.results = [o for _, o in done if not isinstance(o, FailedVolume)]
         self.collector.failed = {o.source: o.error for _, o in done if isinstance(o, FailedVolume)}
         self.collector.finish()

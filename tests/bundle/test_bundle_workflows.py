@@ -168,8 +168,8 @@ def test_inference_on_volumes(trained, tmp_path):
     from sdmad_monai.inference import infer_volumes
 
     detector = SignDrivenDetector.load(trained / "models" / "model.pt")
-    infer_volumes(detector, images, tmp_path / "direct", indices=[0, 5, 10], anomaly_maps=True, overlays_top=5,
-                  overlays_random=5, seed=0)
+    infer_volumes(detector, images, tmp_path / "direct", indices=[0, 5, 10], anomaly_maps=True, overlays_top=10,
+                  overlays_random=10, seed=0, overlay_scope="run")
     run(inference(trained, tmp_path / "workers", input_files=[str(p) for p in images], num_workers=1))
     expected = tree(tmp_path / "direct")
     assert any(name.suffix == ".png" for name in expected) and any(name.name.endswith(".nii.gz") for name in expected)
