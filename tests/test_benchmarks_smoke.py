@@ -128,3 +128,17 @@ def test_probe_demo_prior_smoke(tmp_path):
     assert (k_row["k_shot"], k_row["seed"]) == (1, 0) and k_row["training_slices"] > 0 and k_row["test_slices"] > 0
     assert len(k_row["zero_shot"]) == len(k_row["k_shot_probe"]) == 6
     assert any(p is not None for p in row["probe"])
+
+
+def test_probe_training_ranking_smoke(tmp_path):
+    result = _run("probe_training_ranking", tmp_path)
+    (run,) = result["runs"]
+    assert [row["epoch"] for row in run["history"]] == [0, 1, 2] and run["history"][0]["loss"] is None
+    assert run["support_slices"] > 0 and run["test_slices"] > 0
+    for row in run["history"]:
+        for split in ("support", "test"):
+            assert 0.0 <= row[split]["hamming"] <= 1.0 and 0.0 <= row[split]["subset_accuracy"] <= 1.0
+            assert len(row[split]["category_auroc_per_category"]) == 6
+    assert all(row["loss"] > 0 for row in run["history"][1:])
+    (summary,) = result["summary"]
+    assert summary["support_category_auroc_before"] == run["history"][0]["support"]["category_auroc"]

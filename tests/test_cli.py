@@ -75,20 +75,19 @@ def test_failures(tmp_path, model, study):
     )
     assert "No series" in line and "orientation is coronal" in line
     assert not (tmp_path / "out").exists()
-    bad_rules = tmp_path / "rules.json"
-    bad_rules.write_text('{"modality": "MR"}')
-    line = error_line(
-        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
-              "--model", str(model), "--rules", str(bad_rules))
-    )
-    assert str(bad_rules) in line and "unknown key" in line
-    bad_codes = tmp_path / "codes.json"
-    bad_codes.write_text('{"categories": {"Craniotomy": {"finding": {"scheme": "SCT", "value": "1", "meaning": "x"}}}}')
-    line = error_line(
-        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
-              "--model", str(model), "--finding_codes", str(bad_codes))
-    )
-    assert str(bad_codes) in line and "'1' is not a SNOMED CT concept identifier" in line
+    # a bad site file (series rules, finding codes) is named before anything is read
+    for option, text, expected in [
+        ("--rules", '{"modality": "MR"}', "unknown key"),
+        ("--finding_codes", '{"categories": {"Craniotomy": {"finding": {"scheme": "SCT", "value": "1", "meaning": "x"}}}}',
+         "'1' is not a SNOMED CT concept identifier"),
+    ]:  # fmt: skip
+        bad = tmp_path / f"{option.strip('-')}.json"
+        bad.write_text(text)
+        line = error_line(
+            sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
+                  "--model", str(model), option, str(bad))
+        )
+        assert str(bad) in line and expected in line
     line = error_line(
         sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
               "--model", str(model), "--target_sensitivity", "1.5")
