@@ -15,7 +15,7 @@ If the loss falls while the support set's own category AUROC falls, the training
 metric measures, whatever the backbone: a fit of the support set by the paper's loss does not order the images of a
 category above the others. Eq. 8's Hamming score, which the loss does address, should rise meanwhile.
 
-Run: ``python benchmarks/probe_training_ranking.py --seeds 0 1`` (about 2 minutes per seed on 2 CPU cores).
+Run: ``python benchmarks/probe_training_ranking.py --seeds 0 1`` (about 30 s per seed on 2 CPU cores).
 """
 
 from __future__ import annotations
