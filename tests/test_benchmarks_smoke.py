@@ -42,9 +42,10 @@ def test_bench_inference_smoke(tmp_path):
 
 
 def test_bench_inference_outputs_smoke(tmp_path):
-    result = _run("bench_inference_outputs", tmp_path)
-    (row,) = result["summary"]
-    assert row["slices"] == "fastmri" and row["volumes"] == 7
+    result = _run("bench_inference_outputs", tmp_path, "--formats", "nii.gz", "dicom", "h5")
+    assert [(r["format"], r["slices"], r["volumes"]) for r in result["summary"]] == [
+        ("nii.gz", "fastmri", 7), ("dicom", "fastmri", 7), ("h5", "fastmri", 7)]  # fmt: skip
+    row = result["summary"][1]
     assert set(row["seconds_per_volume"]) == {"scores", "maps", "default", "per_volume"}
     assert all(v > 0 for v in row["seconds_per_volume"].values())  # figures only: a smoke run times nothing reliably
     assert {"default_over_maps", "overlay_share_of_default", "volumes_per_second_default", "per_volume_over_maps",
