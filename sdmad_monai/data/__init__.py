@@ -1,4 +1,5 @@
-"""Datalists for SD-MAD: fastMRI+ slices, BMAD folders, k-shot support sets and the deterministic demo dataset."""
+"""Datalists for SD-MAD: fastMRI+ slices, BMAD and MedIAnomaly folders, k-shot support sets and the deterministic demo
+dataset."""
 
 from sdmad_monai.data.bmad import BMAD_SECTIONS, build_bmad_datalist
 from sdmad_monai.data.bmad_demo import generate_bmad_like_dataset
@@ -20,6 +21,7 @@ from sdmad_monai.data.fastmri import (
     read_fastmri_file_list,
 )
 from sdmad_monai.data.kshot import KShotSplit, load_k_shot, save_k_shot, select_k_shot
+from sdmad_monai.data.medianomaly import MEDIANOMALY_LAYOUTS, build_medianomaly_datalist, detect_medianomaly_layout
 
 __all__ = [
     "BMAD_PIXEL_LEVEL",
@@ -33,8 +35,11 @@ __all__ = [
     "FastMRIAnnotation",
     "FastMRIDatalist",
     "KShotSplit",
+    "MEDIANOMALY_LAYOUTS",
     "build_bmad_datalist",
     "build_fastmri_datalist",
+    "build_medianomaly_datalist",
+    "detect_medianomaly_layout",
     "generate_bmad_like_dataset",
     "generate_demo_dataset",
     "load_k_shot",

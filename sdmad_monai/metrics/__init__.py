@@ -7,7 +7,14 @@ from .multilabel_accuracy import (
     compute_hamming_score,
     compute_subset_accuracy,
 )
-from .pixel_auroc import PixelAUROCMetric, histogram_auroc, histogram_auroc_error_bound, pixel_histograms
+from .pixel_auroc import (
+    PixelAUROCMetric,
+    histogram_auroc,
+    histogram_auroc_error_bound,
+    histogram_average_precision,
+    histogram_best_dice,
+    pixel_histograms,
+)
 
 __all__ = [
     "CategoryAUROCMetric",
@@ -22,5 +29,7 @@ __all__ = [
     "compute_subset_accuracy",
     "histogram_auroc",
     "histogram_auroc_error_bound",
+    "histogram_average_precision",
+    "histogram_best_dice",
     "pixel_histograms",
 ]

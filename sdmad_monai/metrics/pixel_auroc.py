@@ -31,7 +31,14 @@ from monai.metrics import CumulativeIterationMetric
 
 from .utils import check_binary
 
-__all__ = ["PixelAUROCMetric", "histogram_auroc", "histogram_auroc_error_bound", "pixel_histograms"]
+__all__ = [
+    "PixelAUROCMetric",
+    "histogram_auroc",
+    "histogram_auroc_error_bound",
+    "histogram_average_precision",
+    "histogram_best_dice",
+    "pixel_histograms",
+]
 
 
 def pixel_histograms(
@@ -90,6 +97,55 @@ def histogram_auroc_error_bound(counts: torch.Tensor) -> torch.Tensor:
     if total_neg == 0 or total_pos == 0:
         return torch.tensor(float("nan"), dtype=torch.float64, device=counts.device)
     return (pos * neg).sum() / (2.0 * total_pos * total_neg)
+
+
+def _descending_totals(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True and false positives when every pixel in bin ``b`` or above is called anomalous, for each ``b`` from the
+    highest bin down, and the totals ``P``, ``N``."""
+    neg, pos = counts[0].to(torch.float64).flip(0), counts[1].to(torch.float64).flip(0)
+    return torch.cumsum(pos, 0), torch.cumsum(neg, 0), pos.sum(), neg.sum()
+
+
+def histogram_average_precision(counts: torch.Tensor) -> torch.Tensor:
+    """Average precision (MedIAnomaly's pixel AP) from per-bin counts, each bin one threshold:
+    ``AP = sum_t (R_t - R_{t-1}) P_t`` over thresholds from the highest bin down (scikit-learn's step definition;
+    equal to ``average_precision_score`` when the scores of one bin are equal).
+
+    Args:
+        counts: ``[2, num_bins]`` counts as in :func:`histogram_auroc`.
+
+    Returns:
+        0-d float64 tensor; NaN when there is no positive.
+    """
+    tp, fp, total_pos, _ = _descending_totals(counts)
+    if total_pos == 0:
+        return torch.tensor(float("nan"), dtype=torch.float64, device=counts.device)
+    called = tp + fp
+    precision = torch.where(called > 0, tp / called.clamp(min=1), torch.ones_like(tp))
+    recall_gain = torch.diff(tp, prepend=tp.new_zeros(1)) / total_pos
+    return (recall_gain * precision).sum()
+
+
+def histogram_best_dice(counts: torch.Tensor, low: float = 0.0, high: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The best Dice over thresholds (MedIAnomaly's "best Dice" on BraTS): over all pixels, for every bin edge as
+    threshold, ``2 TP / (2 TP + FP + FN)``; the maximum and its threshold.
+
+    Args:
+        counts: ``[2, num_bins]`` counts as in :func:`histogram_auroc`.
+        low: the score range's lower end (to report the threshold).
+        high: its upper end.
+
+    Returns:
+        ``(0-d float64 Dice, threshold)``: pixels with a score in the threshold's bin or above are anomalous; NaN and
+        ``nan`` when there is no positive.
+    """
+    tp, fp, total_pos, _ = _descending_totals(counts)
+    if total_pos == 0:
+        return torch.tensor(float("nan"), dtype=torch.float64, device=counts.device), float("nan")
+    dice = 2 * tp / (2 * tp + fp + (total_pos - tp))
+    best = int(torch.argmax(dice))
+    num_bins = counts.shape[1]
+    return dice[best], low + (num_bins - 1 - best) * (high - low) / num_bins
 
 
 class PixelAUROCMetric(CumulativeIterationMetric):
@@ -209,3 +265,11 @@ class PixelAUROCMetric(CumulativeIterationMetric):
     def error_bound(self) -> torch.Tensor:
         """Upper bound of ``|aggregate() - exact AUROC|`` for the accumulated pixels (module docstring)."""
         return histogram_auroc_error_bound(self.counts())
+
+    def average_precision(self) -> torch.Tensor:
+        """Pixel average precision of the accumulated pixels (:func:`histogram_average_precision`)."""
+        return histogram_average_precision(self.counts())
+
+    def best_dice(self) -> tuple[torch.Tensor, float]:
+        """Best Dice over thresholds of the accumulated pixels and its threshold (:func:`histogram_best_dice`)."""
+        return histogram_best_dice(self.counts(), *self.score_range)

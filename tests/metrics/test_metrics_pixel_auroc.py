@@ -115,3 +115,28 @@ def test_bad_inputs():
         metric(y_pred=torch.rand(1, 2, 2), y=torch.full((1, 2, 2), 0.5))
     with pytest.raises(ValueError, match="NaN"):
         metric(y_pred=torch.full((1, 2, 2), float("nan")), y=torch.zeros(1, 2, 2))
+
+
+def test_pixel_average_precision_and_best_dice_match_exact_computations():
+    """Scores on the bin centres (so a bin's scores are equal): AP equals scikit-learn's, the best Dice a brute force
+    over every threshold."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    bins = 50
+    masks = rng.random((6, 8, 8)) < 0.2
+    levels = rng.integers(0, bins, size=masks.shape) + masks * rng.integers(0, 20, size=masks.shape)
+    scores = (np.clip(levels, 0, bins - 1) + 0.5) / bins
+    metric = PixelAUROCMetric(score_range=(0.0, 1.0), num_bins=bins)
+    metric(y_pred=torch.as_tensor(scores[:3]), y=torch.as_tensor(masks[:3]).float())
+    metric(y_pred=torch.as_tensor(scores[3:]), y=torch.as_tensor(masks[3:]).float())
+    y, s = masks.reshape(-1), scores.reshape(-1)
+    assert float(metric.average_precision()) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    best, threshold = metric.best_dice()
+    dices = {t: 2 * (y & (s >= t)).sum() / ((s >= t).sum() + y.sum()) for t in np.unique(s)}
+    expected = max(dices, key=dices.get)
+    assert float(best) == pytest.approx(dices[expected], abs=1e-12)
+    assert threshold <= expected < threshold + 1 / bins  # the lower edge of the best threshold's bin
+    empty = PixelAUROCMetric(num_bins=4)
+    empty(y_pred=torch.zeros(1, 2, 2), y=torch.zeros(1, 2, 2))
+    assert torch.isnan(empty.average_precision()) and torch.isnan(empty.best_dice()[0])
