@@ -117,7 +117,9 @@ class CLIPTeacher(_FrozenTeacher):
         h, w = int(size[0]) // patch[0], int(size[1]) // patch[1]
         prefix = tokens.shape[1] - h * w
         if prefix < 0:
-            raise RuntimeError(f"{tokens.shape[1]} tokens do not fit the {h} x {w} patch grid of a {tuple(size)} input.")
+            raise RuntimeError(
+                f"{tokens.shape[1]} tokens do not fit the {h} x {w} patch grid of a {tuple(size)} input."
+            )
         return tokens[:, prefix:].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
     @torch.no_grad()
@@ -160,7 +162,8 @@ class WideResNetTeacher(_FrozenTeacher):
         except (RuntimeError, ValueError, OSError) as error:
             raise ValueError(f"{path} is not a wide_resnet50_2 state dict: {str(error).splitlines()[0]}") from error
         self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = network.layer1, network.layer2, network.layer3, network.layer4
+        self.layer1, self.layer2 = network.layer1, network.layer2
+        self.layer3, self.layer4 = network.layer3, network.layer4
         self._freeze()
 
     @torch.no_grad()

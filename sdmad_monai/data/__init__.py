@@ -2,7 +2,7 @@
 dataset."""
 
 from sdmad_monai.data.bmad import BMAD_SECTIONS, build_bmad_datalist
-from sdmad_monai.data.bmad_demo import generate_bmad_like_dataset
+from sdmad_monai.data.bmad_demo import generate_bmad_like_dataset, generate_medianomaly_like_dataset
 from sdmad_monai.data.bmad_protocol import BMAD_PIXEL_LEVEL, prepare_bmad_protocol
 from sdmad_monai.data.demo import (
     DEMO_SHAPE,
@@ -42,6 +42,7 @@ __all__ = [
     "detect_medianomaly_layout",
     "generate_bmad_like_dataset",
     "generate_demo_dataset",
+    "generate_medianomaly_like_dataset",
     "load_k_shot",
     "prepare_bmad_protocol",
     "read_fastmri_annotations",

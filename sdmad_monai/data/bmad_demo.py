@@ -1,9 +1,12 @@
-"""A small generated BMAD-like dataset with anomaly masks, for tests and the offline demo of protocol 1.
+"""Small generated BMAD-like (and MedIAnomaly-like) datasets with anomaly masks, for tests and the offline demos.
 
 Layout and file types are BMAD's (``train/good/img``, ``valid`` and ``test`` with ``good/img``, ``Ungood/img`` and
 ``Ungood/anomaly_mask``; 8-bit grayscale PNGs, masks 0/255 with the image's file name). Each image is a smooth
 elliptical "organ" with seeded texture noise on a dark background; an abnormal image has one bright, roughly round
 lesion inside the organ, and its mask is exactly the lesion's pixels. Deterministic for a seed.
+
+:func:`generate_medianomaly_like_dataset` writes the same images in MedIAnomaly's ``data.json`` layout (``images/``
++ ``data.json``; no masks, as RSNA, VinDr-CXR, Brain Tumor and LAG have none).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from ..utils import atomic_write_bytes
 
-__all__ = ["generate_bmad_like_dataset"]
+__all__ = ["generate_bmad_like_dataset", "generate_medianomaly_like_dataset"]
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -51,6 +54,36 @@ def _lesion(rng: np.random.Generator, inside: np.ndarray, size: int) -> np.ndarr
     return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius**2
 
 
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _abnormal(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    image, inside = _organ(rng, size)
+    lesion = _lesion(rng, inside, size)
+    return np.where(lesion, 0.9 + 0.03 * rng.normal(size=image.shape), image), lesion
+
+
+def generate_medianomaly_like_dataset(
+    root: str | Path, num_train: int = 8, num_normal: int = 4, num_abnormal: int = 4, size: int = 64, seed: int = 0
+) -> Path:
+    """Write a MedIAnomaly ``data.json`` dataset (``images/*.png``, ``data.json``) under ``root``; images as in
+    :func:`generate_bmad_like_dataset`. Returns ``root``."""
+    import json
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names: dict[str, dict[str, list[str]]] = {"train": {"0": []}, "test": {"0": [], "1": []}}
+    for split, label, count in (("train", "0", num_train), ("test", "0", num_normal), ("test", "1", num_abnormal)):
+        for index in range(count):
+            image = _abnormal(rng, size)[0] if label == "1" else _organ(rng, size)[0]
+            name = f"{split}_{label}_{index:04d}.png"
+            atomic_write_bytes(root / "images" / name, _png(_to_uint8(image)))
+            names[split][label].append(name)
+    atomic_write_bytes(root / "data.json", json.dumps(names, indent=1).encode("utf-8"))
+    return root
+
+
 def generate_bmad_like_dataset(
     root: str | Path,
     num_train: int = 8,
@@ -80,21 +113,16 @@ def generate_bmad_like_dataset(
     def write(path: Path, array: np.ndarray) -> None:
         atomic_write_bytes(path, _png(array))
 
-    def to_uint8(image: np.ndarray) -> np.ndarray:
-        return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-
     for index in range(num_train):
         image, _ = _organ(rng, size)
-        write(root / "train" / "good" / "img" / f"train_{index:04d}.png", to_uint8(image))
+        write(root / "train" / "good" / "img" / f"train_{index:04d}.png", _to_uint8(image))
     for split in splits:
         for index in range(num_normal):
             image, _ = _organ(rng, size)
-            write(root / split / "good" / "img" / f"{split}_normal_{index:04d}.png", to_uint8(image))
+            write(root / split / "good" / "img" / f"{split}_normal_{index:04d}.png", _to_uint8(image))
         for index in range(num_abnormal):
-            image, inside = _organ(rng, size)
-            lesion = _lesion(rng, inside, size)
-            image = np.where(lesion, 0.9 + 0.03 * rng.normal(size=image.shape), image)
+            image, lesion = _abnormal(rng, size)
             name = f"{split}_lesion_{index:04d}.png"
-            write(root / split / "Ungood" / "img" / name, to_uint8(image))
+            write(root / split / "Ungood" / "img" / name, _to_uint8(image))
             write(root / split / "Ungood" / "anomaly_mask" / name, (lesion * 255).astype(np.uint8))
     return root

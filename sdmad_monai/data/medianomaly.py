@@ -105,7 +105,9 @@ def _isic_labels(csv_path: Path) -> dict[str, int]:
         reader = csv.DictReader(handle)
         missing = {"image", *_ISIC_CLASSES} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; expected image,{','.join(_ISIC_CLASSES)}.")
+            raise ValueError(
+                f"{csv_path}: missing column(s) {sorted(missing)}; expected image,{','.join(_ISIC_CLASSES)}."
+            )
         for number, row in enumerate(reader, start=2):
             hot = [c for c in _ISIC_CLASSES if float(row[c]) >= 0.5]
             if len(hot) != 1:
@@ -121,11 +123,12 @@ def _isic(root: Path) -> tuple[list[dict], list[dict]]:
         csvs = sorted(truth.glob("*.csv")) if truth.is_dir() else []
         if len(csvs) != 1:
             raise FileNotFoundError(f"{truth}: expected exactly one ground-truth CSV, found {len(csvs)}.")
-        images = {p.stem: p for p in _images(root / f"ISIC2018_Task3_{part}_Input")}
+        folder = root / f"ISIC2018_Task3_{part}_Input"
+        images = {p.stem: p for p in _images(folder)}
         items = []
         for image_id, label in _isic_labels(csvs[0]).items():
             if image_id not in images:
-                raise FileNotFoundError(f"{csvs[0]} lists {image_id}, which has no image in {truth.parent / f'ISIC2018_Task3_{part}_Input'}.")
+                raise FileNotFoundError(f"{csvs[0]} lists {image_id}, which has no image in {folder}.")
             if split == "train" and label:
                 continue  # MedIAnomaly trains on the NV images only
             items.append(_item(images[image_id], label, split))
@@ -199,7 +202,8 @@ def build_medianomaly_datalist(
     if output_json is not None:
         base = Path(output_json).resolve().parent
         atomic_write_json(output_json, {
-            "description": f"MedIAnomaly datalist ({layout}; validation = {held} held-out training normals, seed {seed})",
+            "description": f"MedIAnomaly datalist ({layout}; validation: {held} held-out training normals, "
+            f"seed {seed})",
             **{s: [{k: (os.path.relpath(v, base) if k in ("image", "mask") else v) for k, v in it.items()}
                    for it in items] for s, items in out.items()},
         })  # fmt: skip

@@ -237,7 +237,9 @@ def _parse_code(entry: Any, where: str, source: str, private: Mapping[str, str])
             f"{source}: {where} must be an object with exactly 'scheme', 'value' and 'meaning', got {entry!r}."
         )
     if not all(isinstance(entry[k], str) and entry[k].strip() for k in _CODE_KEYS):
-        raise FindingCodesError(f"{source}: {where}: scheme, value and meaning must be non-empty strings, got {entry!r}.")
+        raise FindingCodesError(
+            f"{source}: {where}: scheme, value and meaning must be non-empty strings, got {entry!r}."
+        )
     term = CodedTerm(entry["scheme"].strip(), entry["value"].strip(), entry["meaning"].strip())
     if len(term.meaning) > 64:
         raise FindingCodesError(f"{source}: {where}: the meaning is {len(term.meaning)} characters, DICOM allows 64.")
@@ -305,7 +307,8 @@ def load_finding_codes(path: str | Path | None = None) -> FindingCodes:
         for k, v in private.items()
     ):
         raise FindingCodesError(
-            f"{source}: 'private_schemes' must map designators '99...' (at most 16 characters) to names, got {private!r}."
+            f"{source}: 'private_schemes' must map designators '99...' (at most 16 characters) to names, "
+            f"got {private!r}."
         )
     private = {PRIVATE_SCHEME: _PRIVATE_SCHEME_NAME, **private}
     site = _parse_code(

@@ -34,7 +34,8 @@ def test_data_json_layout(tmp_path):
     held = {i["file"] for i in datalist["validation"]}
     assert not held & {i["file"] for i in datalist["training"]} and all(i["split"] == "validation"
                                                                       for i in datalist["validation"])  # fmt: skip
-    assert held == {i["file"] for i in build_medianomaly_datalist(tmp_path, validation_fraction=0.2, seed=3)["validation"]}
+    again = build_medianomaly_datalist(tmp_path, validation_fraction=0.2, seed=3)
+    assert held == {i["file"] for i in again["validation"]}
     assert counts(build_medianomaly_datalist(tmp_path, validation_fraction=0))["validation"] == (0, 0)
     names["test"]["1"].append("missing.png")
     (tmp_path / "data.json").write_text(json.dumps(names))
