@@ -12,7 +12,7 @@ Checkpoint selection is the caller's and must use validation data, never test da
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.utils import optional_import
@@ -33,6 +33,23 @@ def _check_sets(normal_sets: Sequence[torch.Tensor], need: int) -> None:
             raise ValueError(
                 f"Training set {i} must be [N, 3, H, W] with N >= {need}, got shape {tuple(images.shape)}."
             )
+
+
+def _optimise(
+    model: torch.nn.Module, optimiser: torch.optim.Optimizer, step: Callable[[], torch.Tensor], steps: int, desc: str,
+    progress: bool,
+) -> list[float]:
+    """``steps`` optimiser steps on the loss ``step()`` draws, the model in training mode meanwhile; the losses."""
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, disable=not progress or not _has_tqdm):
+        loss = step()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
 
 
 def train_d24fad(
@@ -63,9 +80,8 @@ def train_d24fad(
     _check_sets(normal_sets, shots + 1)
     generator = torch.Generator().manual_seed(int(seed))
     optimiser = torch.optim.Adam(model.trainable_parameters(), lr=lr, betas=(0.5, 0.999))
-    model.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="D²4FAD", disable=not progress or not _has_tqdm):
+
+    def step() -> torch.Tensor:
         images = normal_sets[int(torch.randint(len(normal_sets), (1,), generator=generator))]
         n = images.shape[0]
         queries = torch.randperm(n, generator=generator)[: min(batch_size, n - 1)]
@@ -73,13 +89,9 @@ def train_d24fad(
         for q in queries.tolist():
             others = torch.tensor([i for i in range(n) if i != q])
             supports.append(images[others[torch.randperm(n - 1, generator=generator)[:shots]]])
-        loss = model.loss(images[queries], torch.stack(supports)).total
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+        return model.loss(images[queries], torch.stack(supports)).total
+
+    return _optimise(model, optimiser, step, steps, "D²4FAD", progress)
 
 
 def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -106,16 +118,7 @@ def train_sir(
     _check_sets([images], 1)
     generator = torch.Generator().manual_seed(int(seed))
     optimiser = torch.optim.Adam(model.trainable_parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="SIR", disable=not progress or not _has_tqdm):
-        loss = model.loss(_augment(images, generator))
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+    return _optimise(model, optimiser, lambda: model.loss(_augment(images, generator)), steps, "SIR", progress)
 
 
 @torch.no_grad()
