@@ -10,12 +10,17 @@ detector's CLIP normalisation and size), and each method is scored on the datase
   normals (so it needs at least two datasets), tested with ``shots`` seeded normal supports of the dataset's own
   training split;
 - ``sir``: one :class:`~sdmad_monai.baselines.SIR` for all datasets, trained one-shot universal on one seeded
-  training normal of each dataset.
+  training normal of each dataset;
+- ``sdmad``: SD-MAD 4-shot exactly as the bundle runs it on BMAD: ``configs/train.json`` + ``train_bmad.json``
+  (its support set: ``shots`` normal and ``shots`` abnormal images of ``valid/``, checkpoint chosen on the rest of
+  ``valid/``), then ``evaluate_bmad.json`` on ``test/`` (image scores from its ``predictions.csv``, pixel metrics
+  from its ``metrics.json``), each in ``output_dir/sdmad/<dataset>``. Only on BMAD folders: MedIAnomaly has
+  abnormal images only in ``test/``, so the row says so instead. It uses the bundle's architecture (``train.json``:
+  ``sdmad-tiny``); ``model_name``, ``pretrained`` and ``image_size`` are passed to it.
 
 Both baselines share the CLIP tower of the detector as their frozen teacher. The support images (``shots`` normals per
 dataset, and SIR's one image) are drawn once with ``seed`` from the training split and recorded in ``results.json``;
-nothing from ``test`` is used before scoring. SD-MAD itself is trained and evaluated by the bundle
-(``configs/train_bmad.json`` + ``configs/evaluate_bmad.json``) and not re-run here.
+nothing from ``test`` is used before scoring.
 
 Metrics per dataset x method: image AUROC and AP (scikit-learn); with masks, pixel AUROC, pixel AP and the best Dice
 over thresholds (:class:`~sdmad_monai.metrics.PixelAUROCMetric`, maps min-max scaled per method and dataset into
@@ -44,14 +49,15 @@ __all__ = ["COMPARISON_METHODS", "ComparisonData", "MethodResult", "compare_meth
 
 logger = logging.getLogger(__name__)
 
-COMPARISON_METHODS = ("clip", "d24fad", "sir")
+COMPARISON_METHODS = ("clip", "sdmad", "d24fad", "sir")
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
 class ComparisonData:
     """One dataset's images, preprocessed. Attributes: name, layout (``bmad`` or a MedIAnomaly layout), train
     ``[N, 3, S, S]`` normals, test ``[M, 3, S, S]``, labels ``[M]`` (1 = abnormal), masks ``[M, S, S]`` or None,
-    train_files (names, for the record of the supports)."""
+    train_files and test_files (names: the record of the supports; SD-MAD's scores are matched by them)."""
 
     name: str
     layout: str
@@ -60,6 +66,7 @@ class ComparisonData:
     labels: torch.Tensor
     masks: torch.Tensor | None
     train_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +119,7 @@ def load_comparison_data(
         labels=torch.tensor([int(item["label"][0]) for item in test_items]),
         masks=masks,
         train_files=[item["file"] for item in datalist["training"]],
+        test_files=[item["file"] for item in test_items],
     )
 
 
@@ -140,6 +148,36 @@ def _metrics(row: MethodResult, data: ComparisonData, scores: torch.Tensor, maps
     return row
 
 
+def _run_sdmad(dataset_dir: Path, bundle_root: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate SD-MAD on one BMAD folder with the bundle's configs; its test scores in the test order of
+    :func:`load_comparison_data` and its ``metrics.json``."""
+    from monai.bundle import ConfigWorkflow
+
+    bundle_root.mkdir(parents=True, exist_ok=True)
+    common = dict(bundle_root=str(bundle_root), dataset_dir=str(dataset_dir), **overrides)
+    configs = [str(_CONFIGS / n) for n in ("train.json", "train_bmad.json")]
+    steps = ((configs, "train", "training"), (configs + [str(_CONFIGS / "evaluate_bmad.json")], "infer", "evaluating"))
+    for config_file, workflow_type, run_id in steps:
+        workflow = ConfigWorkflow(config_file=config_file, meta_file=str(_CONFIGS / "metadata.json"),
+                                  workflow_type=workflow_type, run_id=run_id, **common)  # fmt: skip
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    evaluation = bundle_root / "eval_bmad"
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    rows = list(csv.DictReader((evaluation / "predictions.csv").open()))
+    by_file = {(Path(r["file"]).name, int(float(r["label"]))): float(r["image_score"]) for r in rows}
+    return {"metrics": metrics, "by_file": by_file}
+
+
+def _sdmad_scores(run: dict[str, Any], data: ComparisonData) -> torch.Tensor:
+    keys = [(name, int(label)) for name, label in zip(data.test_files, data.labels.tolist())]
+    missing = [k for k in keys if k not in run["by_file"]]
+    if missing:
+        raise RuntimeError(f"SD-MAD's predictions.csv lacks test images {missing[:3]} of {data.name}.")
+    return torch.tensor([run["by_file"][k] for k in keys], dtype=torch.float64)
+
+
 @torch.no_grad()
 def _zero_shot(detector: Any, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The detector's zero-shot (adapters off) image scores and anomaly maps (None without map layers)."""
@@ -166,6 +204,7 @@ def compare_methods(
     model_name: str = "sdmad-tiny",
     pretrained: str | None = "demo",
     image_size: int = 64,
+    sdmad_epochs: int = 50,
     d24fad_steps: int = 200,
     sir_steps: int = 200,
     sir_loops: int = 3,
@@ -183,6 +222,7 @@ def compare_methods(
         model_name: open_clip architecture of the detector and the teacher.
         pretrained: its weights (``"demo"``, a tag or file, ``None`` for random).
         image_size: input size.
+        sdmad_epochs: ``max_epochs`` of SD-MAD's training (``train_bmad.json``'s 50).
         d24fad_steps: optimiser steps of each leave-one-out D²4FAD.
         sir_steps: optimiser steps of the universal SIR.
         sir_loops: SIR's refinement loops.
@@ -240,6 +280,22 @@ def compare_methods(
         for data in datasets:
             started = time.perf_counter()
             row = MethodResult(data.name, method)
+            if method == "sdmad":
+                if data.layout != "bmad":
+                    row.note = "SD-MAD needs abnormal shots: a MedIAnomaly folder has abnormal images only in test/"
+                    rows.append(row)
+                    continue
+                run = _run_sdmad(Path(dataset_dirs[names.index(data.name)]), output_dir / "sdmad" / data.name,
+                                 dict(seed=seed, k_shot=shots, max_epochs=sdmad_epochs, model_name=model_name,
+                                      pretrained=pretrained, image_size=image_size))  # fmt: skip
+                scores = _sdmad_scores(run, data)
+                row = _metrics(row, data, scores, None, None)
+                row.pixel_auroc, row.pixel_ap = run["metrics"].get("pixel_auroc"), run["metrics"].get("pixel_ap")
+                row.pixel_best_dice = run["metrics"].get("pixel_best_dice")
+                row.seconds = time.perf_counter() - started
+                curves[data.name][method] = scores
+                rows.append(row)
+                continue
             if method == "clip":
                 bank = load_bmad_prompt_bank(data.name)
                 detector = zero_shot_detector(bank, bank.labels, map_layers)
@@ -270,8 +326,8 @@ def compare_methods(
                             "n/a" if row.image_auroc is None else f"{row.image_auroc:.3f}", row.seconds)  # fmt: skip
     rows.sort(key=lambda r: (names.index(r.dataset), list(methods).index(r.method)))
     settings = dict(methods=list(methods), shots=shots, seed=seed, model_name=model_name, pretrained=pretrained,
-                    image_size=image_size, d24fad_steps=d24fad_steps, sir_steps=sir_steps, sir_loops=sir_loops,
-                    learning_rate=learning_rate)  # fmt: skip
+                    image_size=image_size, sdmad_epochs=sdmad_epochs, d24fad_steps=d24fad_steps, sir_steps=sir_steps,
+                    sir_loops=sir_loops, learning_rate=learning_rate)  # fmt: skip
     record = {
         "settings": settings,
         "datasets": [{"name": d.name, "layout": d.layout, "dir": str(p), "train": int(d.train.shape[0]),

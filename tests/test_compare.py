@@ -39,27 +39,37 @@ def test_loading_both_layouts(datasets):
 
 def test_comparison_writes_one_table(datasets, tmp_path):
     out = tmp_path / "compare"
-    rows = compare_methods(datasets, out, shots=2, seed=0, pretrained=None, d24fad_steps=3, sir_steps=3,
-                           sir_loops=2, progress=False)  # fmt: skip
-    expected = [(d, m) for d in ("BrainMRI", "RSNA") for m in ("clip", "d24fad", "sir")]
+    rows = compare_methods(datasets, out, shots=2, seed=0, pretrained=None, sdmad_epochs=1, d24fad_steps=3,
+                           sir_steps=3, sir_loops=2, progress=False)  # fmt: skip
+    expected = [(d, m) for d in ("BrainMRI", "RSNA") for m in ("clip", "sdmad", "d24fad", "sir")]
     assert [(r.dataset, r.method) for r in rows] == expected
-    for row in rows:
+    (skipped,) = [r for r in rows if r.image_auroc is None]
+    assert (skipped.dataset, skipped.method) == ("RSNA", "sdmad") and "abnormal images only in test/" in skipped.note
+    # SD-MAD's row is the bundle's own evaluation of its own training
+    bundle_metrics = json.loads((out / "sdmad" / "BrainMRI" / "eval_bmad" / "metrics.json").read_text())
+    sdmad = rows[1]
+    assert sdmad.image_auroc == pytest.approx(bundle_metrics["image_auroc"], abs=1e-9)
+    assert sdmad.pixel_auroc == bundle_metrics["pixel_auroc"] and sdmad.pixel_best_dice is not None
+    predictions = list(csv.DictReader((out / "sdmad" / "BrainMRI" / "eval_bmad" / "predictions.csv").open()))
+    assert sdmad.image_auroc == pytest.approx(roc_auc_score([int(float(r["label"])) for r in predictions],
+                                                            [float(r["image_score"]) for r in predictions]))  # fmt: skip
+    for row in [r for r in rows if r is not skipped]:
         assert 0.0 <= row.image_auroc <= 1.0 and 0.0 <= row.image_ap <= 1.0 and row.num_test == 8
         pixel = (row.pixel_auroc, row.pixel_ap, row.pixel_best_dice)
         assert all(0.0 <= v <= 1.0 for v in pixel) if row.dataset == "BrainMRI" else pixel == (None, None, None)
     record = json.loads((out / "results.json").read_text())
-    assert record["settings"]["shots"] == 2 and len(record["results"]) == 6
+    assert record["settings"]["shots"] == 2 and len(record["results"]) == 8
     for entry in record["datasets"]:  # the supports are training images, recorded by name
         assert len(entry["d24fad_supports"]) == 2 and entry["sir_image"]
         assert all(name.startswith("train") for name in entry["d24fad_supports"] + [entry["sir_image"]])
     table = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["method"] for r in table] == ["clip", "d24fad", "sir"] * 2
-    assert (out / "results.md").read_text().count("\n") == 2 + 6
+    assert [r["method"] for r in table] == ["clip", "sdmad", "d24fad", "sir"] * 2
+    assert (out / "results.md").read_text().count("\n") == 2 + 8
     assert (out / "roc_BrainMRI.png").is_file() and (out / "roc_RSNA.png").is_file()
     # same seed, same table (supports, initialisation and training draws are seeded)
-    again = compare_methods(datasets, tmp_path / "again", shots=2, seed=0, pretrained=None, d24fad_steps=3,
-                            sir_steps=3, sir_loops=2, progress=False)  # fmt: skip
-    assert [r.image_auroc for r in again] == [r.image_auroc for r in rows]
+    again = compare_methods(datasets, tmp_path / "again", methods=("clip", "d24fad", "sir"), shots=2, seed=0,
+                            pretrained=None, d24fad_steps=3, sir_steps=3, sir_loops=2, progress=False)  # fmt: skip
+    assert [r.image_auroc for r in again] == [r.image_auroc for r in rows if r.method != "sdmad"]
 
 
 def test_one_dataset_leaves_d24fad_out_with_a_reason(datasets, tmp_path):
@@ -77,7 +87,7 @@ def test_bundle_config_runs_the_comparison(datasets, tmp_path):
     workflow = ConfigWorkflow(
         config_file=str(ROOT / "configs" / "compare.json"), workflow_type="infer", run_id="comparing",
         bundle_root=str(tmp_path), dataset_dirs=[str(d) for d in datasets], pretrained=None, shots=2,
-        d24fad_steps=2, sir_steps=2, sir_loops=1,
+        methods=["clip", "d24fad", "sir"], d24fad_steps=2, sir_steps=2, sir_loops=1,
     )  # fmt: skip
     workflow.initialize()
     workflow.run()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..metrics import binary_auroc, histogram_auroc_error_bound
+from ..metrics import binary_auroc, histogram_auroc_error_bound, histogram_average_precision, histogram_best_dice
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from ..visualize import OverlayItem, OverlaySelector, display_image, write_overlays
 
@@ -61,8 +61,8 @@ class DetectionReport:
     At the end of the run it writes into ``output_dir``:
 
     - ``metrics.json``: ``image_auroc`` (normal vs abnormal, on the detector's ``image_score``), ``pixel_auroc`` and
-      its binning ``pixel_auroc_error_bound`` when the evaluator has the :class:`~sdmad_monai.handlers.PixelAUROC`
-      metric ``pixel_metric`` (saved with ``save_details=True``), ``image_auroc_map_max`` (the image AUROC of the
+      its binning ``pixel_auroc_error_bound``, ``pixel_ap`` and ``pixel_best_dice`` (MedIAnomaly's) when the evaluator
+      has the :class:`~sdmad_monai.handlers.PixelAUROC` metric ``pixel_metric`` (saved with ``save_details=True``), ``image_auroc_map_max`` (the image AUROC of the
       maximum of each anomaly map, MVFA's image score from maps, for comparison), counts and ``info``;
     - ``predictions.csv``: one row per image: name, label, image score, anomaly-map maximum;
     - ``roc.png``: image-level ROC curves of both image scores.
@@ -147,6 +147,8 @@ class DetectionReport:
             if details is not None:
                 counts = torch.as_tensor(details).reshape(-1, 2, torch.as_tensor(details).shape[-1] // 2).sum(0)
                 result["pixel_auroc_error_bound"] = float(histogram_auroc_error_bound(counts))
+                result["pixel_ap"] = float(histogram_average_precision(counts))
+                result["pixel_best_dice"] = float(histogram_best_dice(counts)[0])
                 result["num_pixels"] = int(counts.sum())
                 result["num_anomalous_pixels"] = int(counts[1].sum())
         result["run"] = self.info

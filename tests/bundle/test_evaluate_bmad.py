@@ -66,6 +66,7 @@ def test_brainmri_image_and_pixel_auroc(bundle):
     expected = roc_auc_score([int(r["label"]) for r in rows], [float(r["image_score"]) for r in rows])
     assert metrics["image_auroc"] == pytest.approx(expected, abs=1e-6)
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and metrics["pixel_auroc_error_bound"] < 1e-3
+    assert 0.0 <= metrics["pixel_ap"] <= 1.0 and 0.0 < metrics["pixel_best_dice"] <= 1.0
     assert metrics["num_pixels"] == 6 * 64 * 64  # every pixel of every test image at the tiny model's 64 px
     run = metrics["run"]
     assert run["pixel_level"] is True and run["dataset"] == "BrainMRI" and len(run["memory_bank"]) == 4
