@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,7 +43,9 @@ def refuse_without_cuda(device: str) -> None:
     import torch
 
     if not device.startswith("cuda"):
-        raise SystemExit(f"bench_gpu_throughput.py measures GPU throughput only; --device {device} is not a CUDA device.")
+        raise SystemExit(
+            f"bench_gpu_throughput.py measures GPU throughput only; --device {device} is not a CUDA device."
+        )
     if not torch.cuda.is_available():
         raise SystemExit(
             "bench_gpu_throughput.py needs a CUDA GPU, and torch "
@@ -59,15 +62,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(refusal.code, file=sys.stderr)
         raise SystemExit(2) from refusal
     import torch
-
     from bench_inference import flop_counts
+
     from sdmad_monai.networks import SignDrivenDetector
 
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    detector = SignDrivenDetector(
-        model_name=args.model, pretrained=None, image_size=args.image_size, image_adapter_layers=args.adapter_layers
-    ).to(device).eval()
+    detector = (
+        SignDrivenDetector(
+            model_name=args.model, pretrained=None, image_size=args.image_size, image_adapter_layers=args.adapter_layers
+        )
+        .to(device)
+        .eval()
+    )
     flops = flop_counts(detector)
     gflops = flops["backbone_gflops_per_image"] + flops["adapter_gflops_per_image"]
     bound = args.peak_tflops * 1e12 / (gflops * 1e9)
@@ -82,8 +89,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         timing = bu.time_call(call, args.warmup, args.repeats, torch.cuda.synchronize)
         rate = batch / timing["median_s"]
-        rows.append({"batch_size": batch, "timing": timing, "slices_per_s": rate, "fraction_of_flop_bound": rate / bound})
-        print(f"batch {batch:>4}: {rate:8.0f} slices/s ({rate / bound:.1%} of the {bound:.0f}/s FLOP bound)", flush=True)
+        rows.append(
+            {"batch_size": batch, "timing": timing, "slices_per_s": rate, "fraction_of_flop_bound": rate / bound}
+        )
+        print(
+            f"batch {batch:>4}: {rate:8.0f} slices/s ({rate / bound:.1%} of the {bound:.0f}/s FLOP bound)", flush=True
+        )
     best = max(rows, key=lambda r: r["slices_per_s"])
     result = {
         "benchmark": NAME,
@@ -94,9 +105,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "flop_bound_slices_per_s": bound,
         "target": {"slices_per_s_min": 3000},
         "rows": rows,
-        "summary": {"best_slices_per_s": best["slices_per_s"], "best_batch": best["batch_size"],
-                    "fraction_of_flop_bound": best["fraction_of_flop_bound"], "max_memory_allocated_mib":
-                    torch.cuda.max_memory_allocated() / 2**20},
+        "summary": {
+            "best_slices_per_s": best["slices_per_s"],
+            "best_batch": best["batch_size"],
+            "fraction_of_flop_bound": best["fraction_of_flop_bound"],
+            "max_memory_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
+        },
     }
     path = bu.write_result(NAME, result, args.output)
     print(f"wrote {path}")

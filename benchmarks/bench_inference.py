@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,14 +45,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ViT-B-16", "sdmad-tiny"], choices=sorted(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32], help="for sdmad-tiny")
-    parser.add_argument("--vit-batch-sizes", nargs="+", type=int, default=[1, 8],
-                        help="for ViT-B-16 (default 1 8: batch 32 adds ~4 min on 2 CPU cores; pass 1 8 32 for it)")
+    parser.add_argument(
+        "--vit-batch-sizes",
+        nargs="+",
+        type=int,
+        default=[1, 8],
+        help="for ViT-B-16 (default 1 8: batch 32 adds ~4 min on 2 CPU cores; pass 1 8 32 for it)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clock", default="wall", choices=sorted(bu.CLOCKS),
-                        help="wall time, or CPU time of the calling thread (use with --threads 1 on a busy machine)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(bu.CLOCKS),
+        help="wall time, or CPU time of the calling thread (use with --threads 1 on a busy machine)",
+    )
     parser.add_argument("--output", default=None, help="JSON file or folder (default benchmarks/results/)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, batches 1 and 2, one repeat")
     args = parser.parse_args(argv)
@@ -182,8 +192,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     info = bu.machine_info()
-    print(f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
-          f"torch {torch.__version__}; load {info['load_average_1min']}", flush=True)
+    print(
+        f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
+        f"torch {torch.__version__}; load {info['load_average_1min']}",
+        flush=True,
+    )
     models = [bench_model(key, args) for key in args.models]
     target = 1.05
     result = {

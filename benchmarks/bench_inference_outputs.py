@@ -25,8 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -105,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             volumes = converted[fmt]
             slices = dict(indices=[0, 5, 10]) if policy == "fastmri" else dict(stride=1)
             calls = {
-                mode: (lambda mode=mode: infer_volumes(
-                    detector, volumes, Path(temporary) / f"out_{fmt}_{policy}_{mode}", **MODES[mode], **slices))
+                mode: (
+                    lambda mode=mode: infer_volumes(
+                        detector, volumes, Path(temporary) / f"out_{fmt}_{policy}_{mode}", **MODES[mode], **slices
+                    )
+                )
                 for mode in MODES
             }
             times = bu.time_interleaved(calls, warmup=1, repeats=args.repeats)
@@ -137,8 +141,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "benchmark": NAME,
         "command": bu.command_line(argv),
         "machine": bu.machine_info(),
-        "settings": {"volumes": args.volumes, "repeats": args.repeats, "slices": args.slices, "formats": args.formats,
-                     "modes": MODES},
+        "settings": {
+            "volumes": args.volumes,
+            "repeats": args.repeats,
+            "slices": args.slices,
+            "formats": args.formats,
+            "modes": MODES,
+        },
         "summary": [{k: v for k, v in row.items() if k != "timings"} for row in rows],
         "rows": rows,
     }

@@ -20,8 +20,9 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -83,8 +84,12 @@ def run_size(size: int, batch_size: int, figures: bool = True) -> dict[str, Any]
         return {"pred": inferer(batch["image"], detector), "label": batch["label"]}
 
     with tempfile.TemporaryDirectory() as tmp:
-        report = ProtocolReport(tmp, detector.category_labels, prompt_texts=detector.prompt_texts,
-                                prompt_categories=detector.prompt_categories.tolist())
+        report = ProtocolReport(
+            tmp,
+            detector.category_labels,
+            prompt_texts=detector.prompt_texts,
+            prompt_categories=detector.prompt_categories.tolist(),
+        )
         engine = Engine(process)
         write_time = {"s": 0.0}
         original_write = report.write
@@ -134,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(run_size(args.size, args.batch_size)), flush=True)
         return {}
     info = bu.machine_info()
-    print(f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}; load {info['load_average_1min']}",
-          flush=True)
+    print(
+        f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}; load {info['load_average_1min']}",
+        flush=True,
+    )
     rows = []
     for size in args.sizes:
         if args.in_process:
@@ -146,10 +153,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             row = bu.run_worker(Path(__file__), ["--size", str(size), "--batch-size", str(args.batch_size), *extra])
         rows.append(row)
-        print(f"{size:>6} slices: {row['total_s']:.2f} s ({row['slices_per_s']:.0f} slices/s; report writing "
-              f"{row['write_s']:.2f} s)  peak RSS {row['peak_rss_mib']:.0f} MiB (after setup "
-              f"{row['peak_rss_after_setup_mib']:.0f}, growth {row['peak_rss_growth_mib']:.1f})  text-state "
-              f"computations {row['text_state_computations']} over {row['batches']} batches", flush=True)
+        print(
+            f"{size:>6} slices: {row['total_s']:.2f} s ({row['slices_per_s']:.0f} slices/s; report writing "
+            f"{row['write_s']:.2f} s)  peak RSS {row['peak_rss_mib']:.0f} MiB (after setup "
+            f"{row['peak_rss_after_setup_mib']:.0f}, growth {row['peak_rss_growth_mib']:.1f})  text-state "
+            f"computations {row['text_state_computations']} over {row['batches']} batches",
+            flush=True,
+        )
     small, large = rows[0], rows[-1]
     summary = {
         "size_ratio": large["size"] / small["size"],
@@ -164,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": bu.command_line(argv),
         "machine": info,
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker", "size")},
-        "memory_method": "ru_maxrss " + ("in-process (cumulative)" if args.in_process else "of one subprocess per size"),
+        "memory_method": "ru_maxrss "
+        + ("in-process (cumulative)" if args.in_process else "of one subprocess per size"),
         "rows": rows,
         "summary": summary,
     }

@@ -34,8 +34,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,16 +55,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapter-layers", nargs="+", type=int, default=[3, 6, 9, 12])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--activation-checkpointing", nargs="+", default=["off"], choices=CHECKPOINTING,
-                        help="run each mode with the detector's activation_checkpointing off and/or on")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
-                        help="fp32 and/or bf16 autocast for forward + loss")
+    parser.add_argument(
+        "--activation-checkpointing",
+        nargs="+",
+        default=["off"],
+        choices=CHECKPOINTING,
+        help="run each mode with the detector's activation_checkpointing off and/or on",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=PRECISIONS,
+        help="fp32 and/or bf16 autocast for forward + loss",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--in-process", action="store_true", help="run the modes here, not in subprocesses "
-                        "(peak memory is then cumulative over the modes)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the modes here, not in subprocesses (peak memory is then cumulative over the modes)",
+    )
     parser.add_argument("--output", default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny model, batch 2, one step, in-process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -131,7 +145,10 @@ def run_mode(
     device = torch.device(args.device)
     rss_start = bu.peak_rss_mib()
     detector = SignDrivenDetector(
-        model_name=args.model, pretrained=None, image_size=args.image_size, image_adapter_layers=args.adapter_layers,
+        model_name=args.model,
+        pretrained=None,
+        image_size=args.image_size,
+        image_adapter_layers=args.adapter_layers,
         activation_checkpointing=checkpointing == "on",
     ).to(device)
     detector.train()
@@ -207,12 +224,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(run_mode(args, args.mode, args.run_checkpointing, args.run_precision)), flush=True)
         return {}
     info = bu.machine_info()
-    print(f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
-          f"load {info['load_average_1min']}", flush=True)
+    print(
+        f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
+        f"load {info['load_average_1min']}",
+        flush=True,
+    )
     forwarded = [
-        "--model", args.model, "--image-size", str(args.image_size), "--adapter-layers",
-        *map(str, args.adapter_layers), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-        "--repeats", str(args.repeats), "--device", args.device,
+        "--model",
+        args.model,
+        "--image-size",
+        str(args.image_size),
+        "--adapter-layers",
+        *map(str, args.adapter_layers),
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
     ] + (["--threads", str(args.threads)] if args.threads else [])
     runs = {}
     for precision in args.precision:
@@ -226,13 +257,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     extra = ["--mode", mode, "--run-checkpointing", checkpointing, "--run-precision", precision]
                     runs[key] = bu.run_worker(Path(__file__), forwarded + extra)
                 r = runs[key]
-                gpu = (f"  GPU peak {r['cuda_max_memory_allocated_mib']:.0f} MiB"
-                       if "cuda_max_memory_allocated_mib" in r else "")
+                gpu = (
+                    f"  GPU peak {r['cuda_max_memory_allocated_mib']:.0f} MiB"
+                    if "cuda_max_memory_allocated_mib" in r
+                    else ""
+                )
                 step_peak = "n/a" if r["peak_rss_step_mib"] is None else f"{r['peak_rss_step_mib']:.0f} MiB"
-                print(f"{key:>16}: step {bu.fmt_ms(r['step_ms'] / 1e3)}  saved for backward "
-                      f"{r['saved_for_backward_mib']:.0f} MiB  peak RSS above pre-step {step_peak}  peak RSS "
-                      f"{r['peak_rss_mib']:.0f} MiB (after build {r['peak_rss_after_build_mib']:.0f}){gpu}  "
-                      f"text calls/step {r['text_calls_per_step']}  [{time.perf_counter() - start:.0f} s]", flush=True)
+                print(
+                    f"{key:>16}: step {bu.fmt_ms(r['step_ms'] / 1e3)}  saved for backward "
+                    f"{r['saved_for_backward_mib']:.0f} MiB  peak RSS above pre-step {step_peak}  peak RSS "
+                    f"{r['peak_rss_mib']:.0f} MiB (after build {r['peak_rss_after_build_mib']:.0f}){gpu}  "
+                    f"text calls/step {r['text_calls_per_step']}  [{time.perf_counter() - start:.0f} s]",
+                    flush=True,
+                )
     modes = {key: r for key, r in runs.items() if key in MODES}  # checkpointing off, fp32: the text-path comparison
     summary: dict[str, Any] = {}
     if "cached" in modes and "full" in modes:
@@ -276,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": bu.command_line(argv),
         "machine": info,
         "settings": {
-            k: v for k, v in vars(args).items()
+            k: v
+            for k, v in vars(args).items()
             if k not in ("output", "worker", "mode", "run_checkpointing", "run_precision")
         },
         "memory_method": "saved_for_backward_mib: distinct storages autograd saves for backward (parameters "

@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -105,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from sdmad_monai.transforms import ExtractSlices, LoadSlices, clip_slice_transforms, load_volume
 
     info = bu.machine_info()
-    print(f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
-          f"load {info['load_average_1min']}", flush=True)
+    print(
+        f"machine: {info['cpu_count']} CPUs, torch threads {info['torch_threads']}, GPU {info['gpu']}; "
+        f"load {info['load_average_1min']}",
+        flush=True,
+    )
     spec = {
         "ViT-B-16": dict(model_name="ViT-B-16", pretrained=None, image_size=224, image_adapter_layers=[3, 6, 9, 12]),
         "sdmad-tiny": dict(model_name="sdmad-tiny", pretrained=None, image_size=64, image_adapter_layers=[2, 3, 5, 6]),

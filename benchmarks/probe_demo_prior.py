@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,8 +49,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", default=None)
     parser.add_argument("--k-shot", type=int, default=4, help="support set size of the k-shot probe (train.json's)")
-    parser.add_argument("--k-shot-seeds", type=int, nargs="*", default=[0, 1, 2],
-                        help="seeds (k-shot draws) of the k-shot probe; none to skip it")
+    parser.add_argument(
+        "--k-shot-seeds",
+        type=int,
+        nargs="*",
+        default=[0, 1, 2],
+        help="seeds (k-shot draws) of the k-shot probe; none to skip it",
+    )
     parser.add_argument("--work-dir", default=None, help="where the demo splits are written (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="24 volumes, 3 folds, random backbone only")
     args = parser.parse_args(argv)
@@ -134,7 +140,10 @@ def measure(pretrained: str, images: Any, labels: Any, volumes: Any, folds: int,
     with torch.no_grad(), detector.adapters_disabled():
         features = detector.encode_image(images)
         text = detector.text_state()
-        for variant, keep in (("zero_shot_all_prompts", torch.ones_like(text.keep)), ("zero_shot_sign_selection", text.keep)):
+        for variant, keep in (
+            ("zero_shot_all_prompts", torch.ones_like(text.keep)),
+            ("zero_shot_sign_selection", text.keep),
+        ):
             scores = detector.score(features, text._replace(keep=keep), output="scores")
             result[variant] = [float(v) for v in compute_auroc(scores, labels, average="none")]
         result["kept_prompts"] = int(text.keep.sum())
@@ -161,8 +170,16 @@ def k_shot_probe(pretrained: str, k: int, seed: int, volumes: int, demo_seed: in
     from sdmad_monai.networks import SignDrivenDetector
     from sdmad_monai.workflows import prepare_splits
 
-    splits = prepare_splits(f"{work_dir}/k{k}_s{seed}", categories=FASTMRI_BRAIN_CATEGORIES, slices=list(SLICES),
-                            k_shot=k, seed=seed, validation_fraction=0.4, demo_volumes=volumes, demo_seed=demo_seed)
+    splits = prepare_splits(
+        f"{work_dir}/k{k}_s{seed}",
+        categories=FASTMRI_BRAIN_CATEGORIES,
+        slices=list(SLICES),
+        k_shot=k,
+        seed=seed,
+        validation_fraction=0.4,
+        demo_volumes=volumes,
+        demo_seed=demo_seed,
+    )
     detector = SignDrivenDetector(
         prompt_bank="fastmri_brain", categories=FASTMRI_BRAIN_CATEGORIES, model_name="sdmad-tiny",
         pretrained=None if pretrained == "none" else pretrained, image_size=64, image_adapter_layers=[2, 3, 5, 6],
@@ -189,9 +206,17 @@ def k_shot_probe(pretrained: str, k: int, seed: int, volumes: int, demo_seed: in
             probe.append(float(roc_auc_score(y_test[:, c], model.decision_function(f_test))))
         else:
             probe.append(float("nan"))
-    return {"pretrained": pretrained, "k_shot": k, "seed": seed, "training_slices": len(y_train),
-            "test_slices": len(y_test), "zero_shot": zero_shot, "k_shot_probe": probe,
-            "mean_zero_shot": float(np.nanmean(zero_shot)), "mean_k_shot_probe": float(np.nanmean(probe))}
+    return {
+        "pretrained": pretrained,
+        "k_shot": k,
+        "seed": seed,
+        "training_slices": len(y_train),
+        "test_slices": len(y_test),
+        "zero_shot": zero_shot,
+        "k_shot_probe": probe,
+        "mean_zero_shot": float(np.nanmean(zero_shot)),
+        "mean_k_shot_probe": float(np.nanmean(probe)),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -205,9 +230,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = [measure(p, images, labels, volumes, args.folds, args.probe_c) for p in args.pretrained]
     short = ["crani", "posttx", "lesion", "dural", "ventr", "smallv"]
     for row in rows:
-        print(f"pretrained={row['pretrained']}: mean zero-shot {row['mean_zero_shot_all_prompts']:.3f} (sign selection "
-              f"{row['mean_zero_shot_sign_selection']:.3f}), probe {row['mean_probe']:.3f}, headroom "
-              f"{row['mean_headroom']:+.3f}")
+        print(
+            f"pretrained={row['pretrained']}: mean zero-shot {row['mean_zero_shot_all_prompts']:.3f} (sign selection "
+            f"{row['mean_zero_shot_sign_selection']:.3f}), probe {row['mean_probe']:.3f}, headroom "
+            f"{row['mean_headroom']:+.3f}"
+        )
         for name, z, p in zip(short, row["zero_shot_all_prompts"], row["probe"]):
             print(f"  {name:7s} zero-shot {z:.3f}  probe {p:.3f}")
     k_rows = []
@@ -221,16 +248,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for seed in args.k_shot_seeds:
                     row = k_shot_probe(pretrained, args.k_shot, seed, args.volumes, args.demo_seed, work)
                     k_rows.append(row)
-                    print(f"pretrained={pretrained} k={args.k_shot} seed {seed}: test zero-shot "
-                          f"{row['mean_zero_shot']:.3f}, probe on the {row['training_slices']} k-shot slices "
-                          f"{row['mean_k_shot_probe']:.3f}")
+                    print(
+                        f"pretrained={pretrained} k={args.k_shot} seed {seed}: test zero-shot "
+                        f"{row['mean_zero_shot']:.3f}, probe on the {row['training_slices']} k-shot slices "
+                        f"{row['mean_k_shot_probe']:.3f}"
+                    )
     result = {
         "benchmark": NAME,
         "command": bu.command_line(argv),
         "machine": bu.machine_info(),
-        "settings": {"volumes": args.volumes, "demo_seed": args.demo_seed, "slices": list(SLICES), "folds": args.folds,
-                     "probe_c": args.probe_c, "categories": list(FASTMRI_BRAIN_CATEGORIES),
-                     "positives": labels.sum(0).int().tolist(), "slices_total": len(labels)},
+        "settings": {
+            "volumes": args.volumes,
+            "demo_seed": args.demo_seed,
+            "slices": list(SLICES),
+            "folds": args.folds,
+            "probe_c": args.probe_c,
+            "categories": list(FASTMRI_BRAIN_CATEGORIES),
+            "positives": labels.sum(0).int().tolist(),
+            "slices_total": len(labels),
+        },
         "summary": rows,
         "k_shot_probe": k_rows,
     }

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -78,7 +79,9 @@ def _stack(items: list, transform: Any) -> tuple[Any, Any]:
     import torch
 
     data = [transform(dict(item)) for item in items]
-    return torch.stack([torch.as_tensor(d["image"]) for d in data]), torch.stack([torch.as_tensor(d["label"]) for d in data])
+    return torch.stack([torch.as_tensor(d["image"]) for d in data]), torch.stack(
+        [torch.as_tensor(d["label"]) for d in data]
+    )
 
 
 def train_one_seed(seed: int, epochs: int, work: Path, smoke: bool) -> dict[str, Any]:

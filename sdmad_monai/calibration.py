@@ -22,8 +22,9 @@ Everything here is stored in the checkpoint (the detector's description) and rep
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class OperatingPoint:
             )
 
     @classmethod
-    def from_config(cls, value: Any) -> "OperatingPoint":
+    def from_config(cls, value: Any) -> OperatingPoint:
         """From a config value: ``None`` / ``"eq8"`` or ``{"target_sensitivity": 0.9}``."""
         if value is None or value == "eq8":
             return cls()
@@ -80,8 +81,7 @@ class OperatingPoint:
         if isinstance(value, Mapping) and set(value) == {"target_sensitivity"}:
             return cls(float(value["target_sensitivity"]))
         raise ValueError(
-            f"operating_point must be null or \"eq8\" (Eq. 8 decides) or {{\"target_sensitivity\": <0..1>}}, got "
-            f"{value!r}."
+            f'operating_point must be null or "eq8" (Eq. 8 decides) or {{"target_sensitivity": <0..1>}}, got {value!r}.'
         )
 
     def to_config(self) -> Any:
@@ -188,21 +188,31 @@ class Calibration:
         return {
             "split": self.split,
             "num_slices": self.num_slices,
-            "categories": [{**asdict(c), "positive_margins": list(c.positive_margins),
-                            "negative_margins": list(c.negative_margins)} for c in self.categories],
+            "categories": [
+                {
+                    **asdict(c),
+                    "positive_margins": list(c.positive_margins),
+                    "negative_margins": list(c.negative_margins),
+                }
+                for c in self.categories
+            ],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Calibration":
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
         categories = tuple(
             CategoryCalibration(
-                **{**c, "positive_margins": tuple(c.get("positive_margins", ())),
-                   "negative_margins": tuple(c.get("negative_margins", ()))}
+                **{
+                    **c,
+                    "positive_margins": tuple(c.get("positive_margins", ())),
+                    "negative_margins": tuple(c.get("negative_margins", ())),
+                }
             )
             for c in data["categories"]
         )
-        return cls(categories=categories, split=str(data.get("split", "validation")),
-                   num_slices=int(data.get("num_slices", 0)))
+        return cls(
+            categories=categories, split=str(data.get("split", "validation")), num_slices=int(data.get("num_slices", 0))
+        )
 
 
 def _stored(values: np.ndarray) -> tuple[float, ...]:
@@ -210,7 +220,9 @@ def _stored(values: np.ndarray) -> tuple[float, ...]:
 
 
 def fit_calibration(
-    margins: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, categories: Sequence[str],
+    margins: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    categories: Sequence[str],
     split: str = "validation",
 ) -> Calibration:
     """Fit the per-category monotone logistic calibration (module docstring) on validation slices.
@@ -254,7 +266,9 @@ def fit_calibration(
         else:
             rate = positives / (positives + negatives)
             slope, intercept = 0.0, math.log(rate / (1.0 - rate))
-            note = (f"the logistic fit found no increasing relation to the score on {split} (slope <= 0, AUROC "
-                    f"{auroc:.3f}): constant base rate")
+            note = (
+                f"the logistic fit found no increasing relation to the score on {split} (slope <= 0, AUROC "
+                f"{auroc:.3f}): constant base rate"
+            )
         fitted.append(CategoryCalibration(label, slope, intercept, positives, negatives, auroc, note, **stored))
     return Calibration(categories=tuple(fitted), split=split, num_slices=int(margins.shape[0]))

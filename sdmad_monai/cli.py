@@ -270,8 +270,10 @@ class SdmadCommands:
         """
         source = Path(volume)
         if not source.is_file():
-            raise FileNotFoundError(f"Volume {volume} does not exist (expected a NIfTI file such as "
-                                    ".sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz).")
+            raise FileNotFoundError(
+                f"Volume {volume} does not exist (expected a NIfTI file such as "
+                ".sdmad_cache/demo/images/file_brain_AXT1_DEMO_0000.nii.gz)."
+            )
         folder = Path(output_dir)
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise FileExistsError(f"Output folder {folder} exists and is not empty; choose a new folder.")
@@ -301,14 +303,20 @@ class SdmadCommands:
         study = str(study_uid) if study_uid is not None else generate_uid(entropy_srcs=["sdmad-demo-study", digest])
         series = generate_uid(entropy_srcs=["sdmad-demo-series", study, digest])
         paths = write_dicom_series(
-            data, folder, study_instance_uid=study, series_instance_uid=series, affine=image.affine,
+            data,
+            folder,
+            study_instance_uid=study,
+            series_instance_uid=series,
+            affine=image.affine,
             series_description=series_description,
-            attributes={"BodyPartExamined": "BRAIN", "StudyDescription": "MR BRAIN (SD-MAD demo)",
-                        "PatientID": f"sdmad-demo-{digest[:8]}"},
+            attributes={
+                "BodyPartExamined": "BRAIN",
+                "StudyDescription": "MR BRAIN (SD-MAD demo)",
+                "PatientID": f"sdmad-demo-{digest[:8]}",
+            },
         )
         logger.info("Wrote %d DICOM files of %s into %s.", len(paths), source, folder)
-        return {"study_instance_uid": study, "series_instance_uid": series, "files": len(paths),
-                "folder": str(folder)}
+        return {"study_instance_uid": study, "series_instance_uid": series, "files": len(paths), "folder": str(folder)}
 
     def sweep(
         self,
@@ -356,8 +364,11 @@ class SdmadCommands:
         if result.failed:
             reasons = "; ".join(f"seed {o.seed}: {o.error}" for o in result.failed)
             complete = len(result.seeds) - len(result.failed)
-            rest = f"The {complete} complete seed(s) are summarised in {result.files['json']}." if complete else \
-                "No seed is complete."
+            rest = (
+                f"The {complete} complete seed(s) are summarised in {result.files['json']}."
+                if complete
+                else "No seed is complete."
+            )
             raise SweepFailed(f"{len(result.failed)} of {len(result.seeds)} seed(s) failed: {reasons}. {rest}", result)
 
 
@@ -374,7 +385,7 @@ def _gather_overrides(argv: list[str]) -> list[str]:
             index += 2
             continue
         if arg.startswith("--override="):
-            values.append(arg[len("--override="):])
+            values.append(arg[len("--override=") :])
         else:
             rest.append(arg)
         index += 1

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .utils import atomic_write_json, atomic_write_text
@@ -244,6 +243,7 @@ def compare_methods(
         raise ValueError("No dataset folder given.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+
     def zero_shot_detector(bank: Any, categories: Any, maps: Sequence[int] = ()) -> Any:
         # no adapters: the bare CLIP of any architecture, with the detector's scoring and (MVFA) maps
         return SignDrivenDetector(model_name=model_name, pretrained=pretrained, image_size=image_size,
@@ -330,11 +330,19 @@ def compare_methods(
                     sir_loops=sir_loops, learning_rate=learning_rate)  # fmt: skip
     record = {
         "settings": settings,
-        "datasets": [{"name": d.name, "layout": d.layout, "dir": str(p), "train": int(d.train.shape[0]),
-                      "test": int(d.test.shape[0]), "masks": d.masks is not None,
-                      "d24fad_supports": [d.train_files[i] for i in supports[d.name]],
-                      "sir_image": d.train_files[sir_images[d.name]]}
-                     for d, p in zip(datasets, dataset_dirs)],  # fmt: skip
+        "datasets": [
+            {
+                "name": d.name,
+                "layout": d.layout,
+                "dir": str(p),
+                "train": int(d.train.shape[0]),
+                "test": int(d.test.shape[0]),
+                "masks": d.masks is not None,
+                "d24fad_supports": [d.train_files[i] for i in supports[d.name]],
+                "sir_image": d.train_files[sir_images[d.name]],
+            }
+            for d, p in zip(datasets, dataset_dirs)
+        ],  # fmt: skip
         "results": [asdict(r) for r in rows],
     }
     atomic_write_json(output_dir / "results.json", record)

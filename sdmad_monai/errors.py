@@ -18,8 +18,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Iterator
 
 __all__ = ["innermost_user_error", "install_bundle_error_hook", "is_user_error", "one_line", "running_bundle_command"]
 

@@ -15,7 +15,8 @@ No state, no I/O: the modules in :mod:`sdmad_monai.networks` and :mod:`sdmad_mon
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -235,8 +235,13 @@ class VolumeResult:
         if self.anomaly_maps is None or self.slice_shape is None or self.volume_shape is None:
             raise ValueError(f"{self.source}: no anomaly maps were computed (infer_volume(..., anomaly_maps=True)).")
         return anomaly_volume(
-            self.anomaly_maps, self.slice_indices, self.slice_shape, self.volume_affine, self.volume_shape,
-            axis=self.axis, source=self.source,
+            self.anomaly_maps,
+            self.slice_indices,
+            self.slice_shape,
+            self.volume_affine,
+            self.volume_shape,
+            axis=self.axis,
+            source=self.source,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,9 +258,11 @@ class VolumeResult:
                     "image_score": float(self.image_scores[row]),
                     "scores": dict(zip(self.category_labels, self.scores[row].tolist())),
                     "predictions": dict(zip(self.category_labels, [int(v) for v in self.predictions[row].tolist()])),
-                    "probabilities": None if self.probabilities is None else dict(zip(
-                        self.category_labels, [None if np.isnan(v) else float(v) for v in self.probabilities[row]]
-                    )),
+                    "probabilities": None
+                    if self.probabilities is None
+                    else dict(
+                        zip(self.category_labels, [None if np.isnan(v) else float(v) for v in self.probabilities[row]])
+                    ),
                 }
                 for row, index in enumerate(self.slice_indices)
             ],
@@ -416,8 +423,13 @@ def score_volume(
         predictions=predictions,
         image_scores=image_scores,
         findings=study_findings(
-            volume.slice_indices, scores, predictions, detector.category_labels, detector.prompt_bank.display_names,
-            probabilities=probabilities, rules=detector.decision_rules(),
+            volume.slice_indices,
+            scores,
+            predictions,
+            detector.category_labels,
+            detector.prompt_bank.display_names,
+            probabilities=probabilities,
+            rules=detector.decision_rules(),
         ),
         probabilities=probabilities,
         category_labels=detector.category_labels,
@@ -436,7 +448,7 @@ class FailedVolume:
     error: str
 
     @classmethod
-    def from_error(cls, source: str, error: Exception) -> "FailedVolume":
+    def from_error(cls, source: str, error: Exception) -> FailedVolume:
         """The failure of ``source`` when ``error`` is the user's (:func:`~sdmad_monai.errors.is_user_error`);
         any other error (a bug) is raised again."""
         if not is_user_error(error):
@@ -470,8 +482,13 @@ class PrepareVolumed(MapTransform):
         if len(self.keys) != 1:
             raise ValueError(f"PrepareVolumed takes one key (the volume path), got {list(self.keys)}.")
         self.settings = dict(
-            image_size=int(image_size), image_mean=tuple(image_mean), image_std=tuple(image_std), axis=axis,
-            indices=None if indices is None else list(indices), positions=positions, stride=stride,
+            image_size=int(image_size),
+            image_mean=tuple(image_mean),
+            image_std=tuple(image_std),
+            axis=axis,
+            indices=None if indices is None else list(indices),
+            positions=positions,
+            stride=stride,
         )
         self.output_key = output_key
 
@@ -600,8 +617,10 @@ def write_volume_maps(
     except BaseException:  # all of a volume's files or none: remove what this call wrote before the failure
         import shutil
 
-        for partial in (output_dir / "maps" / f"{stem}_anomaly_map.nii.gz",
-                        output_dir / "maps" / f"{stem}_anomaly_map.json"):
+        for partial in (
+            output_dir / "maps" / f"{stem}_anomaly_map.nii.gz",
+            output_dir / "maps" / f"{stem}_anomaly_map.json",
+        ):
             partial.unlink(missing_ok=True)
         shutil.rmtree(output_dir / "overlays" / stem, ignore_errors=True)
         raise
@@ -691,14 +710,18 @@ def write_volume_results(
     writer = csv.writer(slice_rows)
     labels = results[0].category_labels if results else []
     writer.writerow(
-        ["source", "axis", "slice", "image_score"] + [f"score:{l}" for l in labels] + [f"prediction:{l}" for l in labels]
+        ["source", "axis", "slice", "image_score"]
+        + [f"score:{l}" for l in labels]
+        + [f"prediction:{l}" for l in labels]
         + [f"probability:{l}" for l in labels]
     )
     for result in results:
         for row, index in enumerate(result.slice_indices):
-            probabilities = [""] * len(labels) if result.probabilities is None else [
-                "" if np.isnan(v) else f"{v:.6g}" for v in result.probabilities[row]
-            ]
+            probabilities = (
+                [""] * len(labels)
+                if result.probabilities is None
+                else ["" if np.isnan(v) else f"{v:.6g}" for v in result.probabilities[row]]
+            )
             writer.writerow(
                 [result.source, result.axis, index, f"{float(result.image_scores[row]):.6g}"]
                 + [f"{v:.6g}" for v in result.scores[row].tolist()]
@@ -709,8 +732,19 @@ def write_volume_results(
     finding_rows = io.StringIO()
     writer = csv.writer(finding_rows)
     writer.writerow(
-        ["source", "label", "display_name", "finding", "score", "probability", "decision_rule", "threshold",
-         "eq8_finding", "max_score_slice", "positive_slices"]
+        [
+            "source",
+            "label",
+            "display_name",
+            "finding",
+            "score",
+            "probability",
+            "decision_rule",
+            "threshold",
+            "eq8_finding",
+            "max_score_slice",
+            "positive_slices",
+        ]
     )
     for result in results:
         for finding in result.findings:
@@ -873,8 +907,14 @@ class VolumeResultsCollector:
             result.anomaly_maps = result.display_images = None
         self.results.append(result)
         positives = [f["display_name"] for f in result.findings if f["finding"]]
-        logger.info("[%d/%d] %s: %d slices, findings: %s", self.count, self.total, result.source,
-                    len(result.slice_indices), ", ".join(positives) or "none")
+        logger.info(
+            "[%d/%d] %s: %d slices, findings: %s",
+            self.count,
+            self.total,
+            result.source,
+            len(result.slice_indices),
+            ", ".join(positives) or "none",
+        )
 
     def fail(self, source: str, error: str | BaseException) -> None:
         """Record a volume that could not be processed, with the reason (one line)."""

@@ -80,9 +80,7 @@ def inference_settings(bundle_config: ConfigParser) -> dict[str, Any]:
 def study_scores(result: VolumeResult) -> torch.Tensor:
     """The study-level score of each category: ``[K]``, in ``result.category_labels`` order."""
     by_label = {finding["label"]: finding["score"] for finding in result.findings}
-    return torch.tensor(
-        [by_label[label] for label in result.category_labels], dtype=torch.float32
-    )
+    return torch.tensor([by_label[label] for label in result.category_labels], dtype=torch.float32)
 
 
 def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.ndarray:
@@ -113,8 +111,13 @@ def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.nda
             classes[row] = float(int(scores.argmax()) + 1)
     # the same placement as the map (a constant plane stays constant through the resize back to the slice size)
     class_volume = anomaly_volume(
-        classes, result.slice_indices, result.slice_shape, result.volume_affine, result.volume_shape,
-        axis=result.axis, source=result.source,
+        classes,
+        result.slice_indices,
+        result.slice_shape,
+        result.volume_affine,
+        result.volume_shape,
+        axis=result.axis,
+        source=result.source,
     )
     labelled = (maps >= float(threshold)) & (class_volume > 0.5)
     return np.where(labelled, np.rint(class_volume), 0).astype(np.uint8)
@@ -181,9 +184,7 @@ def segment_volume(
             f"MetaTensor volume, got {type(image).__name__}."
         )
     if not isinstance(image, MetaTensor) and not Path(image).exists():
-        raise FileNotFoundError(
-            f"Image {image} does not exist (expected a NIfTI file, DICOM folder or .h5 file)."
-        )
+        raise FileNotFoundError(f"Image {image} does not exist (expected a NIfTI file, DICOM folder or .h5 file).")
     result = infer_volume(
         detector, image, axis=axis, indices=indices, batch_size=batch_size, device=device, anomaly_maps=True
     )
@@ -197,7 +198,8 @@ def segment_volume(
         "labels": label_values(result.category_labels),
         "threshold": float(threshold),
         "labelled_slices": [
-            int(index) for index, positive in zip(result.slice_indices, positive_slice_categories(result))
+            int(index)
+            for index, positive in zip(result.slice_indices, positive_slice_categories(result))
             if bool(positive.any())
         ],
     }
@@ -211,9 +213,7 @@ def label_values(categories: Sequence[str]) -> dict[str, int]:
     return {str(name): k + 1 for k, name in enumerate(categories)}
 
 
-def write_slice_labels(
-    path: str | Path, slices: Mapping[int, Sequence[str]], axis: str = "axial"
-) -> Path:
+def write_slice_labels(path: str | Path, slices: Mapping[int, Sequence[str]], axis: str = "axial") -> Path:
     """Write a label file (format in the module docstring) atomically.
 
     Args:
@@ -231,9 +231,7 @@ def write_slice_labels(
     return atomic_write_json(path, content)
 
 
-def read_slice_labels(
-    path: str | Path, categories: Sequence[str], axis: str = "axial"
-) -> dict[int, list[float]]:
+def read_slice_labels(path: str | Path, categories: Sequence[str], axis: str = "axial") -> dict[int, list[float]]:
     """Read a label file into multi-hot vectors.
 
     Args:
@@ -251,17 +249,9 @@ def read_slice_labels(
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LabelFileError(
-            f"Label file {path} is not readable JSON ({error}); expected {_EXAMPLE}."
-        ) from error
-    if (
-        not isinstance(content, dict)
-        or not isinstance(content.get("slices"), dict)
-        or not content["slices"]
-    ):
-        raise LabelFileError(
-            f"Label file {path} has no 'slices' mapping with at least one slice; expected {_EXAMPLE}."
-        )
+        raise LabelFileError(f"Label file {path} is not readable JSON ({error}); expected {_EXAMPLE}.") from error
+    if not isinstance(content, dict) or not isinstance(content.get("slices"), dict) or not content["slices"]:
+        raise LabelFileError(f"Label file {path} has no 'slices' mapping with at least one slice; expected {_EXAMPLE}.")
     if content.get("axis", "axial") != axis:
         raise LabelFileError(
             f"Label file {path} counts slices along {content.get('axis')!r}; the bundle uses {axis!r}."
@@ -270,13 +260,9 @@ def read_slice_labels(
     labels: dict[int, list[float]] = {}
     for key, names in content["slices"].items():
         if not str(key).isdigit():
-            raise LabelFileError(
-                f"Label file {path}: slice {key!r} is not a non-negative integer index."
-            )
+            raise LabelFileError(f"Label file {path}: slice {key!r} is not a non-negative integer index.")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise LabelFileError(
-                f"Label file {path}: slice {key} must list category names, got {names!r}."
-            )
+            raise LabelFileError(f"Label file {path}: slice {key} must list category names, got {names!r}.")
         unknown = [n for n in names if n not in index]
         if unknown:
             raise LabelFileError(
@@ -349,9 +335,7 @@ def datastore_datalist(
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
-        for index, label in read_slice_labels(
-            record["label"], categories, axis
-        ).items():
+        for index, label in read_slice_labels(record["label"], categories, axis).items():
             items.append({"image": image, "file": name, "slice": index, "label": label})
     return items
 

@@ -9,7 +9,7 @@ training the target is instead the mapping ``{"label": [B, K], "mask": [B, 1, H,
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from monai.losses import DiceLoss, FocalLoss

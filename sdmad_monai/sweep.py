@@ -256,7 +256,7 @@ def _tail_reason(log_file: Path, limit: int = 400) -> str:
     start = 0
     for index in reversed([i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]):
         start = index
-        if "above exception" not in " ".join(lines[max(0, index - 3):index]):
+        if "above exception" not in " ".join(lines[max(0, index - 3) : index]):
             break  # the first traceback of the last chain
     exception = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(:|$)")
     errors = [line.strip() for line in lines[start:] if exception.match(line)]
@@ -275,9 +275,16 @@ def run_bundle_step(step: Step) -> int:
     step.log_file.parent.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with open(step.log_file, "wb") as log, subprocess.Popen(
-        list(step.command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
-    ) as process:
+    with (
+        open(step.log_file, "wb") as log,
+        subprocess.Popen(
+            list(step.command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+        ) as process,
+    ):
         assert process.stdout is not None
         try:
             while True:
@@ -434,7 +441,11 @@ def run_sweep(
     described = " ".join(f"{k}={v}" for k, v in override_map.items()) or "none"
     logger.info(
         "Sweep over %d seed(s) %s into %s (configs: %s + %s; overrides: %s)",
-        len(seed_list), ", ".join(map(str, seed_list)), root, ", ".join(train_configs), ", ".join(evaluate_configs),
+        len(seed_list),
+        ", ".join(map(str, seed_list)),
+        root,
+        ", ".join(train_configs),
+        ", ".join(evaluate_configs),
         described,
     )
     start = time.monotonic()
@@ -446,8 +457,13 @@ def run_sweep(
         )
         outcomes.append(outcome)
         if outcome.status != "skipped":
-            logger.info("%s: %s in %s (sweep elapsed %s)", label, "done" if outcome.status == "done" else "failed",
-                        _duration(outcome.seconds), _duration(time.monotonic() - start))
+            logger.info(
+                "%s: %s in %s (sweep elapsed %s)",
+                label,
+                "done" if outcome.status == "done" else "failed",
+                _duration(outcome.seconds),
+                _duration(time.monotonic() - start),
+            )
 
     metrics = {o.seed: metrics_complete(o.folder / "eval" / "metrics.json") for o in outcomes if o.status != "failed"}
     aggregated = aggregate(metrics)
@@ -466,7 +482,9 @@ def run_sweep(
     failed = [o for o in outcomes if o.status == "failed"]
     logger.info(
         "Sweep finished in %s: %d of %d seed(s) complete%s. Summary: %s",
-        _duration(time.monotonic() - start), len(summary["seeds"]), len(seed_list),
+        _duration(time.monotonic() - start),
+        len(summary["seeds"]),
+        len(seed_list),
         f", {len(failed)} failed ({', '.join(str(o.seed) for o in failed)})" if failed else "",
         ", ".join(str(path) for path in files.values()),
     )
@@ -511,8 +529,7 @@ def _run_seed(
         logger.info("%s: skipped, eval/metrics.json is complete for the same settings (--force redoes it)", label)
         return SeedOutcome(seed, "skipped", folder, float(record.get("seconds") or 0.0))
     if same and not force and folder.is_dir():
-        logger.info("%s: going on from where the last run stopped (%s; same settings)", label,
-                    record.get("status"))
+        logger.info("%s: going on from where the last run stopped (%s; same settings)", label, record.get("status"))
     if folder.exists() and (force or not same):
         why = "--force" if force else ("the settings changed" if isinstance(record, dict) else "no sweep record")
         if any(folder.iterdir()):
@@ -545,14 +562,28 @@ def _run_seed(
     )
     for run_id, configs, what in plan:
         previous = steps.get(run_id) or {}
-        if run_id == TRAINING and previous.get("status") == "done" and (folder / "models" / "model.pt").is_file() \
-                and (folder / "models" / "training_summary.json").is_file():
+        if (
+            run_id == TRAINING
+            and previous.get("status") == "done"
+            and (folder / "models" / "model.pt").is_file()
+            and (folder / "models" / "training_summary.json").is_file()
+        ):
             logger.info("%s: training already done (models/model.pt), not redone", label)
             continue
-        step = Step(run_id, seed, _bundle_command(run_id, configs, seed, folder, overrides), folder,
-                    folder / LOG_NAMES[run_id], echo)
-        steps[run_id] = {"status": "running", "command": list(step.command), "log": step.log_file.name,
-                         "started": _now()}
+        step = Step(
+            run_id,
+            seed,
+            _bundle_command(run_id, configs, seed, folder, overrides),
+            folder,
+            folder / LOG_NAMES[run_id],
+            echo,
+        )
+        steps[run_id] = {
+            "status": "running",
+            "command": list(step.command),
+            "log": step.log_file.name,
+            "started": _now(),
+        }
         atomic_write_json(record_path, record)
         logger.info("%s: %s ... (log: %s)", label, run_id, step.log_file)
         step_start = time.monotonic()
@@ -573,8 +604,9 @@ def _run_seed(
             summary = folder / "models" / "training_summary.json"
             if not (folder / "models" / "model.pt").is_file() or not summary.is_file():
                 steps[run_id]["status"] = "failed"
-                return fail(f"training ended without writing models/model.pt and training_summary.json; log: "
-                            f"{step.log_file}")
+                return fail(
+                    f"training ended without writing models/model.pt and training_summary.json; log: {step.log_file}"
+                )
             _copy(summary, folder / "training_summary.json")
             kshot = _kshot_file(folder / "cache")
             if kshot is not None:

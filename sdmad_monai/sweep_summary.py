@@ -42,6 +42,7 @@ METRIC_LABELS = {
     "mean_category_auroc": "Mean category AUROC",
 }
 
+
 def metrics_complete(path: Path) -> dict[str, Any] | None:
     """The metrics of an evaluation's ``metrics.json`` if it is complete (readable, with at least one variant holding
     a numeric metric), else ``None``."""
@@ -79,7 +80,8 @@ def _number(value: Any) -> float | None:
 def _scalar_metrics(values: Mapping[str, Any]) -> list[str]:
     """The metric names of one variant: numbers (NaN included), not counts (``num_*``)."""
     return [
-        key for key, value in values.items()
+        key
+        for key, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("num_")
     ]
 
@@ -128,7 +130,7 @@ def aggregate(metrics_by_seed: Mapping[int, Any]) -> dict[str, Any]:
             for key in _scalar_metrics(values):
                 if key not in metric_names:
                     metric_names.append(key)
-            for name in (values.get("category_auroc") or {}):
+            for name in values.get("category_auroc") or {}:
                 if name not in categories:
                     categories.append(name)
     notes = []  # the report's caveat (e.g. demo data / demo backbone), once each
@@ -150,12 +152,14 @@ def aggregate(metrics_by_seed: Mapping[int, Any]) -> dict[str, Any]:
             "category_auroc": {
                 name: _statistics({seed: _number(categories_of[seed].get(name)) for seed in seeds})
                 for name in categories
-            } if any(categories_of.values()) else {},
+            }
+            if any(categories_of.values())
+            else {},
         }
     return {
         "std": "sample standard deviation over the seeds (ddof=1); null when n < 2",
         "n": "number of seeds with a defined value: NaN (e.g. the AUROC of a category with a single class in a seed's "
-             "test data) is left out of the mean and std and shown as null in per_seed",
+        "test data) is left out of the mean and std and shown as null in per_seed",
         "seeds": seeds,
         "metrics": metric_names,
         "categories": categories,
@@ -179,10 +183,17 @@ def summary_csv(summary: Mapping[str, Any]) -> str:
             (f"category_auroc/{name}", stats) for name, stats in entry["category_auroc"].items()
         ]
         for metric, stats in rows:
-            writer.writerow([
-                variant, metric, _fmt(stats["mean"]), _fmt(stats["std"]), stats["n"],
-                ";".join(stats["per_seed"]), ";".join(_fmt(v) for v in stats["per_seed"].values()),
-            ])
+            writer.writerow(
+                [
+                    variant,
+                    metric,
+                    _fmt(stats["mean"]),
+                    _fmt(stats["std"]),
+                    stats["n"],
+                    ";".join(stats["per_seed"]),
+                    ";".join(_fmt(v) for v in stats["per_seed"].values()),
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -243,12 +254,27 @@ def _bars(axis: Any, groups: list[str], entries: dict[str, dict[str, Any]], vari
         offsets = np.arange(len(groups)) + (v - (len(variants) - 1) / 2) * width
         stats = [entries[variant].get(group) or {"mean": None, "std": None, "n": 0, "per_seed": {}} for group in groups]
         colour = f"C{v % 10}"
-        axis.bar(offsets, [s["mean"] if s["mean"] is not None else 0.0 for s in stats], width * 0.92, color=colour,
-                 alpha=0.75, label=variant, zorder=2)
+        axis.bar(
+            offsets,
+            [s["mean"] if s["mean"] is not None else 0.0 for s in stats],
+            width * 0.92,
+            color=colour,
+            alpha=0.75,
+            label=variant,
+            zorder=2,
+        )
         spread = [(x, s) for x, s in zip(offsets, stats) if s["std"] is not None]
         if spread:
-            axis.errorbar([x for x, _ in spread], [s["mean"] for _, s in spread], yerr=[s["std"] for _, s in spread],
-                          fmt="none", ecolor="0.15", elinewidth=1.2, capsize=3, zorder=3)
+            axis.errorbar(
+                [x for x, _ in spread],
+                [s["mean"] for _, s in spread],
+                yerr=[s["std"] for _, s in spread],
+                fmt="none",
+                ecolor="0.15",
+                elinewidth=1.2,
+                capsize=3,
+                zorder=3,
+            )
         for x, s in zip(offsets, stats):
             if s["mean"] is None:
                 axis.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=8, color="0.3")
@@ -278,8 +304,9 @@ def plot_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
     variants = list(summary["variants"])
     metrics = list(summary["metrics"])
-    categories = [c for c in summary["categories"] if any(summary["variants"][v]["category_auroc"].get(c)
-                                                           for v in variants)]
+    categories = [
+        c for c in summary["categories"] if any(summary["variants"][v]["category_auroc"].get(c) for v in variants)
+    ]
     total = len(summary["seeds"])
     panels = 2 if categories else 1
     width = max(9.0, 1.45 * max(len(metrics), len(categories)) + 2.5)
@@ -296,8 +323,9 @@ def plot_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
         bottom.axhline(0.5, color="0.45", linestyle="--", linewidth=1, zorder=1)
         bottom.set_xticklabels([_short(c) for c in categories], fontsize=9)
         bottom.set_ylabel("AUROC")
-        bottom.set_title("Per-category AUROC: bar = mean, error bar = sample std, points = seeds, dashed = chance",
-                         fontsize=11)
+        bottom.set_title(
+            "Per-category AUROC: bar = mean, error bar = sample std, points = seeds, dashed = chance", fontsize=11
+        )
     partial = any(
         stats["n"] < total
         for v in variants
@@ -307,7 +335,9 @@ def plot_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
     if partial:
         axes[-1][0].set_xlabel(
             "n=k: only k seeds define the value (an AUROC needs both classes in the seed's test data); n/a: none",
-            fontsize=9, color="0.3", labelpad=8,
+            fontsize=9,
+            color="0.3",
+            labelpad=8,
         )
     overrides = (summary.get("settings") or {}).get("overrides") or {}
     subtitle = f"{total} seed{'s' if total != 1 else ''} ({', '.join(map(str, summary['seeds']))})"
@@ -317,8 +347,16 @@ def plot_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
     notes = summary.get("notes") or []
     figure.suptitle(title, fontsize=12)
     if notes:  # the evaluation's caveat, where everyone sees it
-        top.text(0.5, 1.1, "\n".join(textwrap.fill(f"Note: {text}", 110) for text in notes), transform=top.transAxes,
-                 ha="center", va="bottom", fontsize=10, color="firebrick")
+        top.text(
+            0.5,
+            1.1,
+            "\n".join(textwrap.fill(f"Note: {text}", 110) for text in notes),
+            transform=top.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=10,
+            color="firebrick",
+        )
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=120)

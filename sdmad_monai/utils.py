@@ -11,11 +11,19 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "current_umask", "ensure_writable_folder", "json_safe"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "current_umask",
+    "ensure_writable_folder",
+    "json_safe",
+]
 
 
 def current_umask() -> int:
@@ -57,7 +65,9 @@ def ensure_writable_folder(path: str | os.PathLike, option: str = "output_dir") 
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(f"{option} {folder}: {existing} is a file, not a folder; choose a folder for the outputs.")
+        raise NotADirectoryError(
+            f"{option} {folder}: {existing} is a file, not a folder; choose a folder for the outputs."
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == folder else f" (it would be created in {existing})"
         raise PermissionError(f"{option} {folder} is not writable{where}; choose a folder you can write to.")

@@ -352,7 +352,7 @@ class OverlaySelector:
                 else:
                     heapq.heapreplace(self._keyed, entry)
 
-    def merge(self, others: Sequence["OverlaySelector"]) -> None:
+    def merge(self, others: Sequence[OverlaySelector]) -> None:
         """Take in what selectors of the same settings kept from other slices (indices unique across all)."""
         for other in others:
             if (other.top_n, other.random_n, other.seed) != (self.top_n, self.random_n, self.seed):
@@ -420,8 +420,14 @@ def write_overlays(
                 output_dir / kind / file_name, item.image, item.anomaly_map, item.mask, title, value_range, item.boxes
             )
             rows.append(
-                {"kind": kind, "rank": rank, "name": item.name, "score": item.score, "label": label,
-                 "png": f"{kind}/{file_name}"}
+                {
+                    "kind": kind,
+                    "rank": rank,
+                    "name": item.name,
+                    "score": item.score,
+                    "label": label,
+                    "png": f"{kind}/{file_name}",
+                }
             )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["kind", "rank", "name", "score", "label", "png"])

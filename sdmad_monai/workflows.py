@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .data import (
     FASTMRI_BRAIN_CATEGORIES,
@@ -267,12 +268,21 @@ def calibrate_checkpoint(
     detector.save(checkpoint)
     for category in calibration.categories:
         if category.calibrated:
-            logger.info("Calibration %s: p = sigmoid(%.4g * margin + %.4g) on %d+/%d- %s slices (AUROC %.3f)%s",
-                        category.label, category.slope, category.intercept, category.positives, category.negatives,
-                        split, category.auroc, f"; {category.note}" if category.note else "")
+            logger.info(
+                "Calibration %s: p = sigmoid(%.4g * margin + %.4g) on %d+/%d- %s slices (AUROC %.3f)%s",
+                category.label,
+                category.slope,
+                category.intercept,
+                category.positives,
+                category.negatives,
+                split,
+                category.auroc,
+                f"; {category.note}" if category.note else "",
+            )
         else:
-            logger.warning("Calibration %s: none (%s); its findings carry no probability.", category.label,
-                           category.note)
+            logger.warning(
+                "Calibration %s: none (%s); its findings carry no probability.", category.label, category.note
+            )
     return calibration
 
 
@@ -319,7 +329,7 @@ def report_training(
         f"Training done. Best checkpoint: {summary['checkpoint']} "
         f"({summary['best_validation_metric']} = {summary['best_validation_value']:.4f} at epoch "
         f"{summary['best_validation_epoch']}). Summary: {output_file.resolve()}. Evaluate on the held-out test "
-        f"data with: python -m monai.bundle run evaluating --config_file \"{list(evaluate_configs)}\""
+        f'data with: python -m monai.bundle run evaluating --config_file "{list(evaluate_configs)}"'
     )
     logger.info(message)
     print(message, flush=True)

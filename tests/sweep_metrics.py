@@ -33,8 +33,13 @@ def metrics_document(seed: int) -> dict:
             "mean_category_auroc": float(np.mean(defined)),
             "num_categories_in_mean": len(defined),
         }
-    return {"num_slices": 30, "categories": CATEGORIES, "variants": variants, "run": {"checkpoint": "model.pt"},
-            "note": "demo data: figures show the workflow, not clinical performance"}
+    return {
+        "num_slices": 30,
+        "categories": CATEGORIES,
+        "variants": variants,
+        "run": {"checkpoint": "model.pt"},
+        "note": "demo data: figures show the workflow, not clinical performance",
+    }
 
 
 def write_metrics(path: Path, seed: int) -> Path:

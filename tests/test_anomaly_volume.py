@@ -82,8 +82,15 @@ def test_write_anomaly_volume(tmp_path):
     nib.save(source_image, scan)
     volume = np.zeros(SHAPE, np.float32)
     volume[:, :, 3] = 0.5
-    paths = write_anomaly_volume(tmp_path / "out" / "scan_map.nii.gz", volume, SAGITTAL, [3, 0, 1, 2, 6], "sagittal",
-                                 source=str(scan), info={"model": {"backbone": "tiny"}})
+    paths = write_anomaly_volume(
+        tmp_path / "out" / "scan_map.nii.gz",
+        volume,
+        SAGITTAL,
+        [3, 0, 1, 2, 6],
+        "sagittal",
+        source=str(scan),
+        info={"model": {"backbone": "tiny"}},
+    )
     image = nib.load(paths["nifti"])
     np.testing.assert_allclose(image.affine, SAGITTAL)
     assert image.shape == SHAPE and np.asarray(image.dataobj).max() == pytest.approx(0.5)

@@ -48,8 +48,13 @@ def test_bench_inference_outputs_smoke(tmp_path):
     row = result["summary"][1]
     assert set(row["seconds_per_volume"]) == {"scores", "maps", "default", "per_volume"}
     assert all(v > 0 for v in row["seconds_per_volume"].values())  # figures only: a smoke run times nothing reliably
-    assert {"default_over_maps", "overlay_share_of_default", "volumes_per_second_default", "per_volume_over_maps",
-            "overlay_share_of_per_volume"} <= set(row)
+    assert {
+        "default_over_maps",
+        "overlay_share_of_default",
+        "volumes_per_second_default",
+        "per_volume_over_maps",
+        "overlay_share_of_per_volume",
+    } <= set(row)
 
 
 def test_bench_volume_pipeline_smoke(tmp_path):

@@ -19,8 +19,9 @@ def data(seed=0, n=200):
 
 def test_margin_is_score_minus_anchor_similarity():
     scores = torch.tensor([[0.3, 0.1], [0.2, 0.5]])
-    assert torch.allclose(calibration_margin(scores, torch.tensor([0.25, 0.4])), torch.tensor([[0.05, -0.15],
-                                                                                              [-0.2, 0.1]]))
+    assert torch.allclose(
+        calibration_margin(scores, torch.tensor([0.25, 0.4])), torch.tensor([[0.05, -0.15], [-0.2, 0.1]])
+    )
 
 
 def test_fit_matches_scikit_learn_on_the_standardised_margin_and_is_monotone():
@@ -67,5 +68,6 @@ def test_target_sensitivity_threshold_on_validation():
 @pytest.mark.parametrize("value", [1.5, 0, {"sensitivity": 0.9}, "youden"])
 def test_bad_operating_point_is_one_clear_error(value):
     with pytest.raises(ValueError, match="operating_point"):
-        OperatingPoint.from_config(value if isinstance(value, dict) or isinstance(value, str)
-                                   else {"target_sensitivity": value})
+        OperatingPoint.from_config(
+            value if isinstance(value, dict) or isinstance(value, str) else {"target_sensitivity": value}
+        )

@@ -44,8 +44,17 @@ def study(tmp_path_factory):
 
 def test_process_folder(tmp_path, model, study):
     out = tmp_path / "out"
-    run = sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(out), "--model", str(model),
-                "--slices", "0,5,10")
+    run = sdmad(
+        "process_folder",
+        "--input_dir",
+        str(study),
+        "--output_dir",
+        str(out),
+        "--model",
+        str(model),
+        "--slices",
+        "0,5,10",
+    )
     assert run.returncode == 0, run.stderr
     sr = out / f"sdmad_sr_{AXIAL}.dcm"
     assert str(sr) in run.stdout.splitlines()
@@ -66,12 +75,26 @@ def test_failures(tmp_path, model, study):
         sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path), "--model", "missing.pt")
     )
     assert "Input folder" in error_line(
-        sdmad("process_folder", "--input_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path),
-              "--model", str(model))
+        sdmad(
+            "process_folder",
+            "--input_dir",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path),
+            "--model",
+            str(model),
+        )
     )
     line = error_line(
-        sdmad("process_folder", "--input_dir", str(study / "cor"), "--output_dir", str(tmp_path / "out"),
-              "--model", str(model))
+        sdmad(
+            "process_folder",
+            "--input_dir",
+            str(study / "cor"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(model),
+        )
     )
     assert "No series" in line and "orientation is coronal" in line
     assert not (tmp_path / "out").exists()
@@ -84,13 +107,31 @@ def test_failures(tmp_path, model, study):
         bad = tmp_path / f"{option.strip('-')}.json"
         bad.write_text(text)
         line = error_line(
-            sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
-                  "--model", str(model), option, str(bad))
+            sdmad(
+                "process_folder",
+                "--input_dir",
+                str(study),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--model",
+                str(model),
+                option,
+                str(bad),
+            )
         )
         assert str(bad) in line and expected in line
     line = error_line(
-        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "out"),
-              "--model", str(model), "--target_sensitivity", "1.5")
+        sdmad(
+            "process_folder",
+            "--input_dir",
+            str(study),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(model),
+            "--target_sensitivity",
+            "1.5",
+        )
     )
     assert "--target_sensitivity 1.5" in line and "(0, 1]" in line
     assert not (tmp_path / "out").exists()
@@ -99,14 +140,39 @@ def test_failures(tmp_path, model, study):
 def test_mistyped_options_are_refused_before_any_work(tmp_path, model, study):
     """``fire`` reads options only after the command ran: ``--retry 0`` used to store the SR, then exit 2."""
     out = tmp_path / "out"
-    line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(out), "--model",
-                            str(model), "--slice", "0"))
+    line = error_line(
+        sdmad(
+            "process_folder", "--input_dir", str(study), "--output_dir", str(out), "--model", str(model), "--slice", "0"
+        )
+    )
     assert "unknown option --slice" in line and "did you mean --slices?" in line
-    line = error_line(sdmad("process_study", "--url", "http://127.0.0.1:9/dicom-web", "--study_uid", STUDY,
-                            "--model", str(model), "--retry", "0"))
+    line = error_line(
+        sdmad(
+            "process_study",
+            "--url",
+            "http://127.0.0.1:9/dicom-web",
+            "--study_uid",
+            STUDY,
+            "--model",
+            str(model),
+            "--retry",
+            "0",
+        )
+    )
     assert "unknown option --retry" in line and "did you mean --retries?" in line
-    line = error_line(sdmad("process_study", "--url", "http://127.0.0.1:9/dicom-web", "--study_uid", STUDY,
-                            "--model", str(model), "--retries", "abc"))
+    line = error_line(
+        sdmad(
+            "process_study",
+            "--url",
+            "http://127.0.0.1:9/dicom-web",
+            "--study_uid",
+            STUDY,
+            "--model",
+            str(model),
+            "--retries",
+            "abc",
+        )
+    )
     assert "--retries 'abc' is not a valid int value" in line
     assert "did you mean 'process_folder'" in error_line(sdmad("proces_folder", "--input_dir", str(study)))
     assert not out.exists()
@@ -124,8 +190,19 @@ def test_process_study_failures(tmp_path, model):
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/dicom-web"
-    run = sdmad("process_study", "--url", url, "--study_uid", STUDY, "--model", str(model), "--retries", "2",
-                "--backoff", "0.01")
+    run = sdmad(
+        "process_study",
+        "--url",
+        url,
+        "--study_uid",
+        STUDY,
+        "--model",
+        str(model),
+        "--retries",
+        "2",
+        "--backoff",
+        "0.01",
+    )
     line = error_line(run)
     assert f"DICOMweb server {url} is not reachable" in line and "after 3 attempt(s)" in line
     assert run.stderr.count("retrying in") == 2
@@ -168,19 +245,40 @@ def test_write_demo_study(tmp_path):
 def test_unusable_output_folder_device_and_uid_are_refused_first(tmp_path, model, study):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(a_file / "out"),
-                            "--model", str(model)))
+    line = error_line(
+        sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(a_file / "out"), "--model", str(model))
+    )
     assert "file.txt is a file, not a folder" in line
     import torch
 
     if not torch.cuda.is_available():
-        line = error_line(sdmad("process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path / "o"),
-                                "--model", str(model), "--device", "cuda"))
+        line = error_line(
+            sdmad(
+                "process_folder",
+                "--input_dir",
+                str(study),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--model",
+                str(model),
+                "--device",
+                "cuda",
+            )
+        )
         assert "--device cuda: no CUDA device is available" in line
     volume = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 1, (8, 8, 4)).astype(np.float32), np.eye(4)), volume)
-    line = error_line(sdmad("write_demo_study", "--volume", str(volume), "--output_dir", str(tmp_path / "d"),
-                            "--study_uid", "not a uid!"))
+    line = error_line(
+        sdmad(
+            "write_demo_study",
+            "--volume",
+            str(volume),
+            "--output_dir",
+            str(tmp_path / "d"),
+            "--study_uid",
+            "not a uid!",
+        )
+    )
     assert "is not a valid DICOM UID" in line and not (tmp_path / "d").exists()
 
 

@@ -200,10 +200,10 @@ def test_infer_volumes_writes_files(detector, volumes, tmp_path):
     for row, (result, i) in zip(slice_rows[1:], [(r, i) for r in results for i in range(3)]):
         assert row[0] == result.source and row[1] == "axial"
         assert float(row[3]) == pytest.approx(float(result.image_scores[i]), abs=1e-6)
-        assert [float(v) for v in row[4:4 + len(labels)]] == pytest.approx(result.scores[i].tolist(), abs=1e-6)
-        predictions = row[4 + len(labels):4 + 2 * len(labels)]
+        assert [float(v) for v in row[4 : 4 + len(labels)]] == pytest.approx(result.scores[i].tolist(), abs=1e-6)
+        predictions = row[4 + len(labels) : 4 + 2 * len(labels)]
         assert [int(float(v)) for v in predictions] == [int(v) for v in result.predictions[i].tolist()]
-        assert row[4 + 2 * len(labels):] == [""] * len(labels)  # an uncalibrated detector has no probability
+        assert row[4 + 2 * len(labels) :] == [""] * len(labels)  # an uncalibrated detector has no probability
     with open(output / "findings.csv", newline="") as handle:
         finding_rows = list(csv.DictReader(handle))
     assert list(finding_rows[0])[:4] == ["source", "label", "display_name", "finding"]
@@ -284,7 +284,9 @@ def test_checkpoint_with_nan_weights_is_refused(detector, tmp_path):
     with torch.no_grad():
         next(iter(broken.image_adapters.values())).parameters().__next__().fill_(float("nan"))
     path = broken.save(tmp_path / "nan.pt")
-    with pytest.raises(DetectorStateError, match=r"nan.pt holds non-finite weights \(NaN or infinity\) in image_adapters"):
+    with pytest.raises(
+        DetectorStateError, match=r"nan.pt holds non-finite weights \(NaN or infinity\) in image_adapters"
+    ):
         SignDrivenDetector.load(path)
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(DetectorStateError, match="empty.pt: the file is empty"):
@@ -342,8 +344,9 @@ def test_a_volume_whose_outputs_fail_half_way_leaves_none(detector, volumes, tmp
     monkeypatch.setattr(inference, "write_overlays", disk_full)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
-        infer_volumes(detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1,
-                      overlay_scope="volume")
+        infer_volumes(
+            detector, [volumes[0]], out, indices=[0, 5], anomaly_maps=True, overlays_top=1, overlay_scope="volume"
+        )
     assert [p for p in out.rglob("*") if p.is_file()] == []  # neither the 3D map nor the partial overlay
     # the run's gallery: the volumes' maps are complete, the gallery is all or nothing
     with pytest.raises(OSError, match="No space left"):

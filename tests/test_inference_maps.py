@@ -50,8 +50,16 @@ def test_infer_volume_maps_match_detector(detector, volume):
 
 
 def test_infer_volumes_writes_aligned_map_and_overlays(detector, volume, tmp_path):
-    results = infer_volumes(detector, [volume], tmp_path, indices=[2, 7], anomaly_maps=True, overlays_top=1,
-                            overlays_random=1, overlay_scope="volume")
+    results = infer_volumes(
+        detector,
+        [volume],
+        tmp_path,
+        indices=[2, 7],
+        anomaly_maps=True,
+        overlays_top=1,
+        overlays_random=1,
+        overlay_scope="volume",
+    )
     assert results[0].anomaly_maps is None and results[0].map_files is not None  # written, arrays released
     image = nib.load(tmp_path / "maps" / "sag_anomaly_map.nii.gz")
     np.testing.assert_allclose(image.affine, AFFINE)

@@ -55,7 +55,7 @@ def test_pixel_segmentation_loss_hand_computed():
     p = torch.sigmoid(logits)[0, 0]
     y = mask[0, 0]
     pt = torch.where(y > 0, p, 1 - p)
-    focal = (-(1 - pt) ** 2 * torch.log(pt)).mean()
+    focal = (-((1 - pt) ** 2) * torch.log(pt)).mean()
     dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
     loss = PixelSegmentationLoss()({"patch_logits": logits}, mask)
     torch.testing.assert_close(loss, focal + dice)
@@ -74,9 +74,7 @@ def test_pixel_loss_layers_upsampling_and_validity():
     masks = torch.zeros(3, 1, 4, 4)
     masks[0, 0, :2, :2] = 1.0
     full = loss_function({"patch_logits": logits}, masks)
-    per_layer = [
-        loss_function({"patch_logits": logits[:, i : i + 1]}, masks) for i in range(2)
-    ]
+    per_layer = [loss_function({"patch_logits": logits[:, i : i + 1]}, masks) for i in range(2)]
     torch.testing.assert_close(full, (per_layer[0] + per_layer[1]) / 2)  # mean over layers
     only_first = loss_function({"patch_logits": logits[:1]}, masks[:1])
     masked = loss_function({"patch_logits": logits}, masks, torch.tensor([1.0, 0.0, 0.0]))

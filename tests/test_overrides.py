@@ -37,8 +37,18 @@ def test_bad_overrides_are_refused_with_the_closest_name(overrides, message):
 
 
 def test_good_overrides_pass():
-    check_overrides(TRAIN, {"max_epochs": 2, "learning_rate": 1, "text_adapter": False, "slices": [0, 5],
-                            "dataset_dir": "/data", "train#dataloader#batch_size": 4, "device": "$torch.device('cpu')"})
+    check_overrides(
+        TRAIN,
+        {
+            "max_epochs": 2,
+            "learning_rate": 1,
+            "text_adapter": False,
+            "slices": [0, 5],
+            "dataset_dir": "/data",
+            "train#dataloader#batch_size": 4,
+            "device": "$torch.device('cpu')",
+        },
+    )
     check_overrides(EVALUATE, {"eval_split": "validation", "max_epochs": 3})
     check_overrides(str(ROOT / "configs" / "inference.json"), {"slices": None, "anomaly_maps": False})
     with pytest.raises(BundleOptionError, match="eval_dir"):
@@ -46,14 +56,29 @@ def test_good_overrides_pass():
 
 
 def test_command_line_is_read_as_monai_bundle_reads_it():
-    argv = [LAUNCHER, "run", "training", "--config_file", TRAIN, "--max_epochs", "2", "--text_adapter", "False",
-            "--logging_file", "configs/logging.conf", "--slices", "[0,5]"]
+    argv = [
+        LAUNCHER,
+        "run",
+        "training",
+        "--config_file",
+        TRAIN,
+        "--max_epochs",
+        "2",
+        "--text_adapter",
+        "False",
+        "--logging_file",
+        "configs/logging.conf",
+        "--slices",
+        "[0,5]",
+    ]
     assert running_bundle_command(argv)
     check_command_line_overrides(argv)
     with pytest.raises(BundleOptionError, match="--max_epoch:"):
         check_command_line_overrides(argv[:5] + ["--max_epoch=2"])
     with pytest.raises(BundleOptionError, match="--eval_splt:"):
-        check_command_line_overrides([LAUNCHER, "run", "evaluating", "--config_file", str(EVALUATE), "--eval_splt", "x"])
+        check_command_line_overrides(
+            [LAUNCHER, "run", "evaluating", "--config_file", str(EVALUATE), "--eval_splt", "x"]
+        )
     # not a bundle command line (pytest itself, a ConfigWorkflow built in Python): nothing is checked
     assert not running_bundle_command(["pytest", "run", "--max_epoch", "2"])
     check_command_line_overrides(["pytest", "run", "--config_file", TRAIN, "--max_epoch", "2"])
@@ -72,9 +97,26 @@ def test_innermost_user_error_is_found_under_monai_wrappers():
 
 def test_bundle_command_with_a_mistyped_option_ends_in_one_line(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN,
-         "--bundle_root", str(tmp_path), "--max_epoch", "2", "--learnin_rate", "5"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            TRAIN,
+            "--bundle_root",
+            str(tmp_path),
+            "--max_epoch",
+            "2",
+            "--learnin_rate",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
     )
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("sdmad: error:")]

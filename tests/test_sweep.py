@@ -27,14 +27,23 @@ def test_parse_arguments():
         with pytest.raises(SweepError):
             parse_seeds(bad)
     assert parse_overrides(["max_epochs=2", "slices=[0,5]", "train#dataloader#batch_size=4"]) == {
-        "max_epochs": "2", "slices": "[0,5]", "train#dataloader#batch_size": "4"
+        "max_epochs": "2",
+        "slices": "[0,5]",
+        "train#dataloader#batch_size": "4",
     }
     assert parse_overrides({"max_epochs": 2, "dataset_dir": "/data", "pretrained": None}) == {
-        "max_epochs": "2", "dataset_dir": "/data", "pretrained": "None"
+        "max_epochs": "2",
+        "dataset_dir": "/data",
+        "pretrained": "None",
     }
     assert parse_overrides("lr=1e-3") == {"lr": "1e-3"} and parse_overrides(None) == {}
-    for bad, message in ((["seed=1"], "set for each seed"), (["work_dir=x"], "own work_dir"), (["k_shot"], "key=value"),
-                         (["a=1", "a=2"], "twice"), (["bad key=1"], "not a bundle config id")):
+    for bad, message in (
+        (["seed=1"], "set for each seed"),
+        (["work_dir=x"], "own work_dir"),
+        (["k_shot"], "key=value"),
+        (["a=1", "a=2"], "twice"),
+        (["bad key=1"], "not a bundle config id"),
+    ):
         with pytest.raises(SweepError, match=message):
             parse_overrides(bad)
 
@@ -42,10 +51,13 @@ def test_parse_arguments():
 def test_mistyped_override_is_refused_before_any_seed(tmp_path, configs):
     bundle = FakeBundle()
     with pytest.raises(SweepError, match="--k_shots: no such setting .*did you mean --k_shot"):
-        run_sweep("0", output_dir=tmp_path / "sweep", overrides=["k_shots=1"], echo=False, step_runner=bundle, **configs)
+        run_sweep(
+            "0", output_dir=tmp_path / "sweep", overrides=["k_shots=1"], echo=False, step_runner=bundle, **configs
+        )
     with pytest.raises(SweepError, match="--max_epochs 'ten': expected an integer"):
-        run_sweep("0", output_dir=tmp_path / "sweep", overrides=["max_epochs=ten"], echo=False, step_runner=bundle,
-                  **configs)
+        run_sweep(
+            "0", output_dir=tmp_path / "sweep", overrides=["max_epochs=ten"], echo=False, step_runner=bundle, **configs
+        )
     assert bundle.calls == [] and not (tmp_path / "sweep").exists()
 
 
@@ -61,10 +73,10 @@ def test_repeated_override_flags_are_gathered():
 def test_failure_reason_is_the_root_cause(tmp_path):
     log = tmp_path / "train.log"
     log.write_text(
-        "Epoch [1/2]: 50%\rEpoch [1/2]: 100%\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+        'Epoch [1/2]: 50%\rEpoch [1/2]: 100%\nTraceback (most recent call last):\n  File "x.py", line 1\n'
         "    raise DatasetError(\nsdmad_monai.workflows.DatasetError: dataset_dir /x does not exist\n\n"
         "The above exception was the direct cause of the following exception:\n\nTraceback (most recent call last):\n"
-        "  File \"y.py\", line 2\nRuntimeError: Failed to evaluate ConfigExpression:\n  \"$expression\"\n"
+        '  File "y.py", line 2\nRuntimeError: Failed to evaluate ConfigExpression:\n  "$expression"\n'
     )
     assert sweep_module._tail_reason(log) == "sdmad_monai.workflows.DatasetError: dataset_dir /x does not exist"
     log.write_text("Killed\n")
@@ -182,15 +194,31 @@ def test_command_line_reports_failed_seeds(tmp_path, configs, monkeypatch, capsy
     monkeypatch.setattr(sweep_module, "run_bundle_step", FakeBundle(fail={(1, "training"): 1}))
     out = tmp_path / "sweep"
     with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", "--seeds", "0,1,3", "--output_dir", str(out), "--config_file", configs["config_file"],
-              "--evaluate_config", configs["evaluate_config"], "--override", "max_epochs=2", "--override", "k_shot=1"])
+        main(
+            [
+                "sweep",
+                "--seeds",
+                "0,1,3",
+                "--output_dir",
+                str(out),
+                "--config_file",
+                configs["config_file"],
+                "--evaluate_config",
+                configs["evaluate_config"],
+                "--override",
+                "max_epochs=2",
+                "--override",
+                "k_shot=1",
+            ]
+        )
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.startswith("sdmad: error:")]
     assert len(lines) == 1 and "1 of 3 seed(s) failed: seed 1: training failed" in lines[0]
     assert captured.out.startswith("| Variant |") and "2 seeds (0, 3)" in captured.out
     assert json.loads((out / "seed0" / "sweep_seed.json").read_text())["settings"]["overrides"] == {
-        "max_epochs": "2", "k_shot": "1"
+        "max_epochs": "2",
+        "k_shot": "1",
     }
     with pytest.raises(SystemExit):
         main(["sweep", "--seeds", "0", "--output_dir", str(out), "--override", "output_dir=x"])
@@ -232,7 +260,9 @@ def test_two_seeds_end_to_end(tmp_path):
         seed_values = [m["variants"][variant]["image_auroc"] for m in seed_metrics]
         assert stats["n"] == 2 and stats["mean"] == pytest.approx(np.mean(seed_values))
     baseline = summary["variants"]["baseline_all_negative"]["metrics"]["hamming_score"]
-    assert baseline["mean"] == pytest.approx(np.mean([m["baselines"]["all_negative"]["hamming_score"] for m in seed_metrics]))
+    assert baseline["mean"] == pytest.approx(
+        np.mean([m["baselines"]["all_negative"]["hamming_score"] for m in seed_metrics])
+    )
     assert (out / "summary.csv").read_text().startswith("variant,metric,mean,std,n,seeds,values\n")
     assert (out / "summary.png").stat().st_size > 10_000
     assert run.stdout == (out / "summary.md").read_text() and "| sdmad |" in run.stdout

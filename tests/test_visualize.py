@@ -20,9 +20,15 @@ from sdmad_monai.visualize import (
 
 
 def _item(score, name="x", boxes=None):
-    return OverlayItem(score=score, name=name, image=np.zeros((8, 8, 3), np.uint8),
-                       anomaly_map=np.full((8, 8), score, np.float32), mask=np.eye(8, dtype=bool), label=1,
-                       boxes=boxes)
+    return OverlayItem(
+        score=score,
+        name=name,
+        image=np.zeros((8, 8, 3), np.uint8),
+        anomaly_map=np.full((8, 8), score, np.float32),
+        mask=np.eye(8, dtype=bool),
+        label=1,
+        boxes=boxes,
+    )
 
 
 def _fill(selector, scores, built=None):
@@ -120,12 +126,14 @@ def test_box_follows_resize_to_square(flipped):
     x, y, w, h = 12, 30, 10, 20
     image = torch.zeros(1, height, width)
     rows = slice(height - y - h, height - y) if flipped else slice(y, y + h)  # where the block is on the slice
-    image[0, rows, x:x + w] = 1.0
+    image[0, rows, x : x + w] = 1.0
     resized = ResizeToSquare(size)(image)[0].numpy()
     bx, by, bw, bh, _ = box_to_input_frame((x, y, w, h), (height, width), size, flipped_rows=flipped)
-    inside = resized[int(np.floor(by)):int(np.ceil(by + bh)), int(np.floor(bx)):int(np.ceil(bx + bw))].sum()
+    inside = resized[int(np.floor(by)) : int(np.ceil(by + bh)), int(np.floor(bx)) : int(np.ceil(bx + bw))].sum()
     assert inside / resized.sum() > 0.97
-    strict = resized[int(np.ceil(by)) + 1:int(np.floor(by + bh)) - 1, int(np.ceil(bx)) + 1:int(np.floor(bx + bw)) - 1]
+    strict = resized[
+        int(np.ceil(by)) + 1 : int(np.floor(by + bh)) - 1, int(np.ceil(bx)) + 1 : int(np.floor(bx + bw)) - 1
+    ]
     assert strict.min() > 0.99  # the inside of the mapped box is the block
 
 

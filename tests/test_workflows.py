@@ -252,5 +252,7 @@ def test_split_items_names_the_valid_splits():
 
     splits = {"training": [1], "validation": [2], "test": [3], "categories": []}
     assert split_items(splits, "test") == [3]
-    with pytest.raises(DatasetError, match="eval_split 'tset' is not a split; choose one of training, validation, test"):
+    with pytest.raises(
+        DatasetError, match="eval_split 'tset' is not a split; choose one of training, validation, test"
+    ):
         split_items(splits, "tset")

@@ -72,8 +72,15 @@ class SDMADSeriesSelectorOperator(DICOMSeriesSelectorOperator):
     Named input: ``dicom_study_list``. Named output: ``study_selected_series_list``.
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, rules: SeriesRules, strict: bool = True,
-                 source: str = "the input", **kwargs: Any):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        rules: SeriesRules,
+        strict: bool = True,
+        source: str = "the input",
+        **kwargs: Any,
+    ):
         self._series_rules, self._strict, self._source = rules, strict, source
         super().__init__(fragment, *args, all_matched=True, **kwargs)
 
@@ -108,8 +115,9 @@ class SDMADSeriesToVolumeOperator(DICOMSeriesToVolumeOperator):
 
     def compute(self, op_input, op_output, context):
         study_selected_series_list = op_input.receive(self.input_name_series) or []
-        pairs = [(item.study, selected.series) for item in study_selected_series_list for selected in
-                 item.selected_series]
+        pairs = [
+            (item.study, selected.series) for item in study_selected_series_list for selected in item.selected_series
+        ]
         op_output.emit(series_volumes(pairs, self._convert), "volumes")
 
 
@@ -156,8 +164,14 @@ class _OutcomeWriterOperator(Operator):
     #: ``write_outputs(outcome, output_folder, **write_options)`` from :mod:`sdmad_monai.deploy.app_logic`
     write_outputs: Any = None
 
-    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path,
-                 write_options: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        output_folder: Path,
+        write_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         self._output_folder, self._write_options = Path(output_folder), dict(write_options or {})
         super().__init__(fragment, *args, **kwargs)
 
@@ -193,13 +207,22 @@ class SDMADApp(Application):
         model_path = resolve_checkpoint(app_context.model_path)  # a missing checkpoint fails before any DICOM is read
         rules = options.series_rules()  # so does a bad rules file
         self._finding_codes = options.finding_code_map()  # and a bad finding-codes file
-        logger.info("SD-MAD app: input %s, output %s, model %s, rules %s, finding codes %s, options %s", input_path,
-                    output_path, model_path, rules.source, self._finding_codes.source, options)
+        logger.info(
+            "SD-MAD app: input %s, output %s, model %s, rules %s, finding codes %s, options %s",
+            input_path,
+            output_path,
+            model_path,
+            rules.source,
+            self._finding_codes.source,
+            options,
+        )
 
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, must_load=False,
-                                         name="study_loader_op")
-        selector = SDMADSeriesSelectorOperator(self, rules=rules, strict=not options.allow_no_match,
-                                               source=str(input_path), name="series_selector_op")
+        loader = DICOMDataLoaderOperator(
+            self, CountCondition(self, 1), input_folder=input_path, must_load=False, name="study_loader_op"
+        )
+        selector = SDMADSeriesSelectorOperator(
+            self, rules=rules, strict=not options.allow_no_match, source=str(input_path), name="series_selector_op"
+        )
         to_volume = SDMADSeriesToVolumeOperator(self, name="series_to_volume_op")
         inference = SDMADInferenceOperator(self, model_path=model_path, options=options, name="sdmad_inference_op")
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
@@ -216,8 +239,14 @@ class SDMADApp(Application):
         operators: list[Operator] = []
         if options.anomaly_map:
             operators.append(SDMADAnomalyMapWriterOperator(self, output_folder=output_path, name="map_writer_op"))
-        operators.append(SDMADSRWriterOperator(self, output_folder=output_path, name="sr_writer_op",
-                                               write_options={"finding_codes": self._finding_codes}))
+        operators.append(
+            SDMADSRWriterOperator(
+                self,
+                output_folder=output_path,
+                name="sr_writer_op",
+                write_options={"finding_codes": self._finding_codes},
+            )
+        )
         return operators
 
 

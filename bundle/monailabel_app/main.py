@@ -29,9 +29,7 @@ import sdmad_monai
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-)
+DEFAULT_BUNDLE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 #: The app's models (``--conf models``).
 MODELS = ("sdmad",)
 BUNDLE_FILES = ("configs/inference.json", "configs/train.json", "configs/metadata.json")
@@ -107,8 +105,9 @@ class SDMADApp(MONAILabelApp):
             if task.is_valid():
                 infers[name] = task
             else:
-                logger.warning("No infer task %s: %s/models/model.pt is missing (train first, or copy a checkpoint)",
-                               name, bundle)
+                logger.warning(
+                    "No infer task %s: %s/models/model.pt is missing (train first, or copy a checkpoint)", name, bundle
+                )
         return infers
 
     def init_trainers(self):

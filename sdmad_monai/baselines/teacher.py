@@ -76,8 +76,11 @@ class CLIPTeacher(_FrozenTeacher):
         self.visual = visual
         blocks = image_blocks(model)
         self.layers = list(layers) if layers is not None else default_clip_layers(len(blocks))
-        if not self.layers or sorted(set(self.layers)) != self.layers or not 1 <= self.layers[0] < len(blocks) or (
-            self.layers[-1] >= len(blocks)
+        if (
+            not self.layers
+            or sorted(set(self.layers)) != self.layers
+            or not 1 <= self.layers[0] < len(blocks)
+            or (self.layers[-1] >= len(blocks))
         ):
             raise ValueError(
                 f"layers must be increasing 1-based blocks below the last ({len(blocks)}), got {self.layers}."
@@ -125,7 +128,7 @@ class CLIPTeacher(_FrozenTeacher):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherFeatures:
         """Args:
-            images: ``[B, 3, H, W]`` normalised as the CLIP model expects.
+        images: ``[B, 3, H, W]`` normalised as the CLIP model expects.
         """
         self._captured = {}
         self.visual(images)

@@ -36,7 +36,11 @@ def _check_sets(normal_sets: Sequence[torch.Tensor], need: int) -> None:
 
 
 def _optimise(
-    model: torch.nn.Module, optimiser: torch.optim.Optimizer, step: Callable[[], torch.Tensor], steps: int, desc: str,
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    step: Callable[[], torch.Tensor],
+    steps: int,
+    desc: str,
     progress: bool,
 ) -> list[float]:
     """``steps`` optimiser steps on the loss ``step()`` draws, the model in training mode meanwhile; the losses."""

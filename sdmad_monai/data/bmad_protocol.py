@@ -198,8 +198,14 @@ def prepare_bmad_protocol(
     path = atomic_write_json(Path(work_dir) / "bmad_protocol.json", record)
     logger.info(
         "BMAD %s: %d test images (%d abnormal), %d-shot memory bank from %s, pixel AUROC %s (%s) -> %s",
-        root.name, len(test), record["num_test_abnormal"], k_shot, memory_split, "on" if pixel_level else "off",
-        reason, path,
+        root.name,
+        len(test),
+        record["num_test_abnormal"],
+        k_shot,
+        memory_split,
+        "on" if pixel_level else "off",
+        reason,
+        path,
     )
     return {
         "dataset": root.name,
@@ -310,8 +316,16 @@ def prepare_bmad_training(
     logger.info(
         "BMAD %s training: %d-shot support (%d normal + %d abnormal from valid, x%d views), %d validation images "
         "(%d abnormal), pixel losses %s (%s) -> %s",
-        root.name, k, k, k, int(support_views), len(validation), record["num_validation_abnormal"],
-        "on" if pixel_level else "off", reason, path,
+        root.name,
+        k,
+        k,
+        k,
+        int(support_views),
+        len(validation),
+        record["num_validation_abnormal"],
+        "on" if pixel_level else "off",
+        reason,
+        path,
     )
     return {
         "training": [dict(item) for item in support for _ in range(int(support_views))],

@@ -48,8 +48,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from sdmad_monai.utils import atomic_write_bytes, atomic_write_json, current_umask
 from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES, FASTMRI_CSV_COLUMNS
+from sdmad_monai.utils import atomic_write_bytes, atomic_write_json, current_umask
 
 __all__ = [
     "DEMO_SUFFIX",
@@ -299,7 +299,9 @@ def _draw_signs(vol, mask, d_out, cats, rng, style: SignStyle = DEMO_STYLE) -> l
             z = 0
             _, rad, _ = _polar(mask[..., z])
             cand = np.argwhere((rad >= 6) & (rad <= 16) & (d_in(z) >= 3))
-            picks = cand[rng.choice(len(cand), size=min(len(cand), int(rng.integers(*style.vessel_dots))), replace=False)]
+            picks = cand[
+                rng.choice(len(cand), size=min(len(cand), int(rng.integers(*style.vessel_dots))), replace=False)
+            ]
             for px, py in picks:
                 vol[max(px - 1, 0) : px + 1, max(py - 1, 0) : py + 1, z] = bright
             rows.append((0, None, cat))

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from .codes import FindingCodes, load_finding_codes
 from .process import (
     DEFAULT_SLICES,
     NoMatchingSeriesError,
@@ -60,7 +61,6 @@ from .process import (
     _as_indices,
     _slice_images,
 )
-from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,9 +172,7 @@ class DeployAppOptions:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @classmethod
-    def parse(
-        cls, argv: Sequence[str], environ: Mapping[str, str] | None = None
-    ) -> tuple[DeployAppOptions, list[str]]:
+    def parse(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[DeployAppOptions, list[str]]:
         """Split the application's options from the SDK's arguments.
 
         Command line options win over the environment variables of :data:`ENVIRONMENT_VARIABLES`, which win over
@@ -319,8 +317,13 @@ def sdk_image_affine(metadata: Mapping[str, Any], source: str = "<SDK image>") -
         ValueError: a key is missing or not finite (e.g. a single-instance series, for which the SDK writes no
             affine).
     """
-    keys = ("row_direction_cosine", "col_direction_cosine", "row_pixel_spacing", "col_pixel_spacing",
-            "dicom_affine_transform")
+    keys = (
+        "row_direction_cosine",
+        "col_direction_cosine",
+        "row_pixel_spacing",
+        "col_pixel_spacing",
+        "dicom_affine_transform",
+    )
     missing = [k for k in keys if metadata.get(k) is None]
     if missing:
         raise ValueError(
@@ -402,8 +405,10 @@ def _check_series(datasets: Sequence[Dataset], name: str) -> tuple[list[Dataset]
     its in-memory instances: (instances sorted along the slice normal, LPS affine)."""
     from ..transforms.io import check_dicom_series_headers
 
-    keys = [str(getattr(ds, "filename", "") or "") or f"instance {ds.get('SOPInstanceUID', i)}"
-            for i, ds in enumerate(datasets)]
+    keys = [
+        str(getattr(ds, "filename", "") or "") or f"instance {ds.get('SOPInstanceUID', i)}"
+        for i, ds in enumerate(datasets)
+    ]
     if len(set(keys)) != len(keys):  # instances read from memory: name them by position
         keys = [f"instance {i} ({ds.get('SOPInstanceUID', '?')})" for i, ds in enumerate(datasets)]
     by_key = dict(zip(keys, datasets))
@@ -438,8 +443,7 @@ def series_volumes(
             logger.error("Series %s cannot be processed: %s", name, error)
             volumes.append(SeriesVolume(name=name, datasets=datasets, error=str(error)))
             continue
-        volumes.append(SeriesVolume(name=name, datasets=series_datasets(series), array=array,
-                                    metadata=dict(metadata)))
+        volumes.append(SeriesVolume(name=name, datasets=series_datasets(series), array=array, metadata=dict(metadata)))
     return volumes
 
 
@@ -548,8 +552,7 @@ def infer_series(
         )
     indices = _as_indices(slices)
     try:
-        result = infer_volume(detector, tensor, axis=axis, indices=indices, anomaly_maps=anomaly_maps,
-                              **infer_kwargs)
+        result = infer_volume(detector, tensor, axis=axis, indices=indices, anomaly_maps=anomaly_maps, **infer_kwargs)
     except ValueError as error:
         raise ValueError(str(error).replace(f"{source}: ", "").replace(source, "the series")) from error
     result.source = source
@@ -606,15 +609,28 @@ def infer_series_volumes(
             )
         algorithm = algorithm or AlgorithmInfo.from_detector(detector)
         try:
-            findings = infer_series(detector, volume, axis=axis, slices=slices, algorithm=algorithm,
-                                    anomaly_maps=anomaly_maps, **infer_kwargs)
+            findings = infer_series(
+                detector,
+                volume,
+                axis=axis,
+                slices=slices,
+                algorithm=algorithm,
+                anomaly_maps=anomaly_maps,
+                **infer_kwargs,
+            )
         except (ValueError, IndexError) as error:
             logger.error("[%d/%d] series %s failed: %s", number, len(volumes), volume.name, error)
             outcome.failures.append(f"series {volume.name}: {error}")
             continue
         positives = [f["display_name"] for f in findings.result.findings if f["finding"]]
-        logger.info("[%d/%d] series %s: %d slices, findings: %s", number, len(volumes), volume.name,
-                    len(findings.result.slice_indices), ", ".join(positives) or "none")
+        logger.info(
+            "[%d/%d] series %s: %d slices, findings: %s",
+            number,
+            len(volumes),
+            volume.name,
+            len(findings.result.slice_indices),
+            ", ".join(positives) or "none",
+        )
         outcome.findings.append(findings)
     return outcome
 
@@ -641,8 +657,14 @@ def write_inference_outcome(
 
     written: list[Path] = []
     for findings in outcome.findings:
-        paths = write_sr_report(findings.result, findings.datasets, findings.algorithm, output_dir,
-                                source_images=findings.source_images, finding_codes=finding_codes)
+        paths = write_sr_report(
+            findings.result,
+            findings.datasets,
+            findings.algorithm,
+            output_dir,
+            source_images=findings.source_images,
+            finding_codes=finding_codes,
+        )
         logger.info("Series %s: wrote %s", findings.name, ", ".join(str(p) for p in paths))
         written.extend(paths)
     if outcome.failures:
@@ -678,9 +700,15 @@ def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path
         )
     written: list[Path] = []
     for findings in outcome.findings:
-        path = write_anomaly_map(findings.anomaly_volume, findings.datasets, findings.algorithm,
-                                 findings.result.slice_indices, output_dir, axis=findings.result.axis,
-                                 processed_images=findings.source_images)
+        path = write_anomaly_map(
+            findings.anomaly_volume,
+            findings.datasets,
+            findings.algorithm,
+            findings.result.slice_indices,
+            output_dir,
+            axis=findings.result.axis,
+            processed_images=findings.source_images,
+        )
         logger.info("Series %s: wrote the anomaly map %s", findings.name, path)
         written.append(path)
     return written

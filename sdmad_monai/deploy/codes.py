@@ -202,7 +202,7 @@ def is_valid_sctid(value: str) -> bool:
     return check == 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dicom_meanings(scheme: str) -> dict[str, frozenset[str]]:
     """Code value -> its meanings in pydicom's copy of DICOM PS3.16, for one scheme ({} for a scheme it lacks)."""
     from pydicom.sr.codedict import codes

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.valuerep import format_number_as_ds
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 __all__ = ["ORIENTATIONS", "SYNTHETIC_ACQUISITION", "write_dicom_series"]
 
@@ -48,8 +48,14 @@ SYNTHETIC_ACQUISITION: dict[str, dict[str, Any]] = {
         "EchoTime": "15",
         "EchoTrainLength": "1",
     },
-    "CT": {"ImageType": ["DERIVED", "SECONDARY", "AXIAL"], "KVP": "", "AcquisitionNumber": "", "RescaleIntercept": "0",
-           "RescaleSlope": "1", "RescaleType": "HU"},
+    "CT": {
+        "ImageType": ["DERIVED", "SECONDARY", "AXIAL"],
+        "KVP": "",
+        "AcquisitionNumber": "",
+        "RescaleIntercept": "0",
+        "RescaleSlope": "1",
+        "RescaleType": "HU",
+    },
 }
 
 
@@ -66,8 +72,9 @@ def _geometry_from_affine(affine: np.ndarray, num_slices: int) -> tuple[np.ndarr
     """ImageOrientationPatient, per-slice ImagePositionPatient, PixelSpacing (row, column) and slice thickness of
     a ``[column, row, slice]`` volume with RAS ``affine``."""
     column_step, row_step, slice_step = affine[:3, 0], affine[:3, 1], affine[:3, 2]
-    iop = np.concatenate([_RAS_TO_LPS @ column_step / np.linalg.norm(column_step),
-                          _RAS_TO_LPS @ row_step / np.linalg.norm(row_step)])
+    iop = np.concatenate(
+        [_RAS_TO_LPS @ column_step / np.linalg.norm(column_step), _RAS_TO_LPS @ row_step / np.linalg.norm(row_step)]
+    )
     positions = [_RAS_TO_LPS @ (affine[:3, :3] @ [0, 0, k] + affine[:3, 3]) for k in range(num_slices)]
     spacing = (float(np.linalg.norm(row_step)), float(np.linalg.norm(column_step)))
     return iop, positions, spacing, float(np.linalg.norm(slice_step))
@@ -116,8 +123,9 @@ def write_dicom_series(
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3D [columns, rows, slices], got shape {volume.shape}.")
     if affine is not None:
-        iop, positions, pixel_spacing, slice_thickness = _geometry_from_affine(np.asarray(affine, dtype=np.float64),
-                                                                                volume.shape[2])
+        iop, positions, pixel_spacing, slice_thickness = _geometry_from_affine(
+            np.asarray(affine, dtype=np.float64), volume.shape[2]
+        )
     else:
         iop = np.asarray(ORIENTATIONS[orientation] if isinstance(orientation, str) else orientation, dtype=np.float64)
         normal = np.cross(iop[:3], iop[3:])

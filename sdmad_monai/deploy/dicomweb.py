@@ -49,13 +49,13 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from ..utils import atomic_write_json
+from .codes import FindingCodes, load_finding_codes
 from .process import (
     DEFAULT_SLICES,
     NoMatchingSeriesError,
     SeriesProcessingError,
     process_dicom_folder,
 )
-from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,8 +150,9 @@ class DicomWebConnection:
         if isinstance(retries, bool) or int(retries) != retries or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, got {retries!r}.")
         if backoff < 0 or timeout <= 0:
-            raise ValueError(f"backoff must be >= 0 and timeout > 0 seconds, got backoff={backoff!r}, "
-                             f"timeout={timeout!r}.")
+            raise ValueError(
+                f"backoff must be >= 0 and timeout > 0 seconds, got backoff={backoff!r}, timeout={timeout!r}."
+            )
         self.url, self.retries, self.backoff, self.timeout = url, int(retries), float(backoff), float(timeout)
         self._sleep = sleep or time.sleep
         self.client = DICOMwebClient(url, session=session, timeout=self.timeout)
@@ -187,7 +188,12 @@ class DicomWebConnection:
                 delay = self.backoff * 2 ** (attempt - 1)
                 logger.warning(
                     "DICOMweb server %s: could not %s (attempt %d of %d: %s); retrying in %.3g s.",
-                    self.url, what, attempt, attempts, reason, delay,
+                    self.url,
+                    what,
+                    attempt,
+                    attempts,
+                    reason,
+                    delay,
                 )
                 self._sleep(delay)
         raise PacsUnreachableError(
@@ -406,7 +412,10 @@ def process_study(
             "returned nothing. Check the StudyInstanceUID and that the study was sent to this server."
         )
     logger.info(
-        "Study %s on %s: %d series found: %s.", study_instance_uid, url, len(series),
+        "Study %s on %s: %d series found: %s.",
+        study_instance_uid,
+        url,
+        len(series),
         "; ".join(connection.describe(s) for s in series),
     )
     selected, skipped, metadata = _selection(connection, study_instance_uid, series, rules)
@@ -435,17 +444,28 @@ def process_study(
         instances = [str(ds.SOPInstanceUID) for ds in metadata[uid] if "SOPInstanceUID" in ds]
         ids = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels, instances, finding_codes)
         sop_uid = ids.sop_instance_uid
-        earlier = tuple(u for u in connection.instance_uids(study_instance_uid, ids.series_instance_uid) if u != sop_uid)
+        earlier = tuple(
+            u for u in connection.instance_uids(study_instance_uid, ids.series_instance_uid) if u != sop_uid
+        )
         if earlier:
             superseded[uid] = earlier
             logger.warning(
                 "Series %s: this model's SR %s in %s was made from another set of the series' instances (%d now); "
-                "the new SR supersedes it.", uid, ", ".join(earlier), url, len(instances),
+                "the new SR supersedes it.",
+                uid,
+                ", ".join(earlier),
+                url,
+                len(instances),
             )
         if connection.has_instance(study_instance_uid, sop_uid):
             logger.info(
                 "Series %s: SR %s of this model (version %s, checkpoint sha256:%s) is already in %s; series not "
-                "retrieved, nothing stored.", uid, sop_uid, algorithm.version, algorithm.fingerprint[:12], url,
+                "retrieved, nothing stored.",
+                uid,
+                sop_uid,
+                algorithm.version,
+                algorithm.fingerprint[:12],
+                url,
             )
             reports.append(StoredReport(uid, sop_uid, "already in PACS"))
         else:
@@ -462,8 +482,15 @@ def process_study(
         failure: SeriesProcessingError | None = None
         try:
             written = process_dicom_folder(
-                detector, series_root, out, rules=rules, slices=slices, axis=axis, strict=True,
-                finding_codes=finding_codes, **infer_kwargs,
+                detector,
+                series_root,
+                out,
+                rules=rules,
+                slices=slices,
+                axis=axis,
+                strict=True,
+                finding_codes=finding_codes,
+                **infer_kwargs,
             )
         except SeriesProcessingError as error:
             failure, written = error, error.written
@@ -482,7 +509,10 @@ def process_study(
 
 
 def _store_report(
-    connection: DicomWebConnection, sr_path: Path, study_instance_uid: str, expected: dict[str, str],
+    connection: DicomWebConnection,
+    sr_path: Path,
+    study_instance_uid: str,
+    expected: dict[str, str],
     keep: str | Path | None,
 ) -> StoredReport:
     """STOW-RS one written SR unless the server has it already; record the server in the local JSON copy."""

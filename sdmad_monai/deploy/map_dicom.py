@@ -84,8 +84,9 @@ def _slice_positions(source_datasets: Sequence[Dataset], name: str) -> np.ndarra
         orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64).reshape(6)
         positions = np.asarray([ds.ImagePositionPatient for ds in source_datasets], dtype=np.float64).reshape(-1, 3)
         sizes = {(int(ds.Rows), int(ds.Columns)) for ds in source_datasets}
-        orientations = {tuple(np.round(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), 4))
-                        for ds in source_datasets}
+        orientations = {
+            tuple(np.round(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), 4)) for ds in source_datasets
+        }
     except (AttributeError, TypeError, ValueError) as error:
         raise ValueError(
             f"series {name}: every source instance needs Rows, Columns, ImageOrientationPatient and "
@@ -129,7 +130,9 @@ def anomaly_map_frames(volume: np.ndarray, source_datasets: Sequence[Dataset]) -
 
 
 def _processed_frames(
-    source_datasets: Sequence[Dataset], processed_images: Sequence[Dataset] | None, slice_indices: Sequence[int],
+    source_datasets: Sequence[Dataset],
+    processed_images: Sequence[Dataset] | None,
+    slice_indices: Sequence[int],
     name: str,
 ) -> dict[str, int] | None:
     """SOPInstanceUID of each processed source instance -> canonical slice index (``None`` when the slices cut
@@ -208,7 +211,9 @@ def build_anomaly_map(
     )
     # anomaly scores span less than 1: a window that narrow is valid only with the LINEAR_EXACT function
     window = hd.VOILUTTransformation(
-        window_center=(low + high) / 2.0, window_width=max(high - low, 1e-6), window_explanation="map range",
+        window_center=(low + high) / 2.0,
+        window_width=max(high - low, 1e-6),
+        window_explanation="map range",
         voi_lut_function="LINEAR_EXACT",
     )
     ranges = format_slice_ranges(slice_indices)
@@ -243,8 +248,9 @@ def build_anomaly_map(
             "processed slices' lines, 0 elsewhere."
         )
         return pmap
-    numbers = [int(getattr(ds, "InstanceNumber", 0) or 0) for ds in source_datasets
-               if str(ds.SOPInstanceUID) in processed]
+    numbers = [
+        int(getattr(ds, "InstanceNumber", 0) or 0) for ds in source_datasets if str(ds.SOPInstanceUID) in processed
+    ]
     pmap.ImageComments = (
         f"SD-MAD anomaly map (research use only). Processed {axis} slices (canonical index along the axis, 0 at the "
         f"lowest world coordinate): {ranges}; source InstanceNumbers {format_slice_ranges(numbers)}. Frames of the "
@@ -278,8 +284,9 @@ def write_anomaly_map(
     Returns:
         The written file.
     """
-    pmap = build_anomaly_map(volume, source_datasets, algorithm, slice_indices, axis=axis,
-                             processed_images=processed_images, **kwargs)
+    pmap = build_anomaly_map(
+        volume, source_datasets, algorithm, slice_indices, axis=axis, processed_images=processed_images, **kwargs
+    )
     path = Path(output_dir) / f"sdmad_map_{source_datasets[0].SeriesInstanceUID}.dcm"
     with atomic_path(path) as temporary:
         pmap.save_as(temporary, enforce_file_format=True)

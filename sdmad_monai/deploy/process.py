@@ -130,7 +130,10 @@ def _series_folder(files: Sequence[DicomFile], all_series: dict[str, list[DicomF
     if len(folders) == 1:
         folder = folders.pop()
         others = [
-            f for uid, fs in all_series.items() if uid != str(files[0].header.SeriesInstanceUID) for f in fs
+            f
+            for uid, fs in all_series.items()
+            if uid != str(files[0].header.SeriesInstanceUID)
+            for f in fs
             if f.path.parent == folder
         ]
         if not others:
@@ -261,9 +264,9 @@ def process_dicom_folder(
                 # resolved while the temporary links exist
                 ordered = [headers_by_path[os.path.realpath(p)] for p in paths]
                 slice_paths = _slice_images(paths, lps, ordered[0], axis, result.slice_indices)
-                source_images = None if slice_paths is None else [
-                    headers_by_path[os.path.realpath(p)] for p in slice_paths
-                ]
+                source_images = (
+                    None if slice_paths is None else [headers_by_path[os.path.realpath(p)] for p in slice_paths]
+                )
             folders = sorted({str(f.path.parent) for f in files})
             result.source = folders[0] if len(folders) == 1 else str(input_dir)
             outputs = write_sr_report(
@@ -276,7 +279,11 @@ def process_dicom_folder(
         positives = [f["display_name"] for f in result.findings if f["finding"]]
         logger.info(
             "[%d/%d] series %s: %d slices, findings: %s; wrote %s",
-            number, len(selected), name, len(result.slice_indices), ", ".join(positives) or "none",
+            number,
+            len(selected),
+            name,
+            len(result.slice_indices),
+            ", ".join(positives) or "none",
             ", ".join(str(p) for p in outputs),
         )
         written.extend(outputs)

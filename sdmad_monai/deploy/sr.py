@@ -59,8 +59,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ..anomaly_volume import format_slice_ranges
-from .codes import PRIVATE_SCHEME, CodedTerm, FindingCodes, load_finding_codes
 from ..utils import atomic_path, atomic_write_json
+from .codes import PRIVATE_SCHEME, CodedTerm, FindingCodes, load_finding_codes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..inference import VolumeResult
@@ -330,12 +330,14 @@ def build_sr(
     """
     study_uid, series_uid = _check_source(source_datasets)
     finding_codes = _finding_codes(finding_codes)
-    coded = finding_codes.resolve(
-        [f["label"] for f in result.findings], [f["display_name"] for f in result.findings]
-    )
+    coded = finding_codes.resolve([f["label"] for f in result.findings], [f["display_name"] for f in result.findings])
     ids = sr_identifiers(
-        study_uid, series_uid, algorithm, [f["label"] for f in result.findings],
-        [str(ds.SOPInstanceUID) for ds in source_datasets], finding_codes,
+        study_uid,
+        series_uid,
+        algorithm,
+        [f["label"] for f in result.findings],
+        [str(ds.SOPInstanceUID) for ds in source_datasets],
+        finding_codes,
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -432,8 +434,10 @@ def findings_document(
             "sop_class_uid": str(sr.SOPClassUID),
         },
         "algorithm": asdict(algorithm) | {"parameters": list(algorithm.parameters)},
-        "codes": {name: {"value": c.value, "scheme": c.scheme_designator, "meaning": c.meaning}
-                  for name, c in SR_CODES.items()},
+        "codes": {
+            name: {"value": c.value, "scheme": c.scheme_designator, "meaning": c.meaning}
+            for name, c in SR_CODES.items()
+        },
         "finding_codes": {"source": finding_codes.source} | {c.label: c.to_dict() for c in categories},
         **result.to_dict(),
     }
@@ -485,7 +489,9 @@ def _items(container: Dataset) -> list[Dataset]:
     return list(getattr(container, "ContentSequence", []))
 
 
-def read_sr_findings(sr: str | Path | Dataset, finding_codes: FindingCodes | str | Path | None = None) -> dict[str, Any]:
+def read_sr_findings(
+    sr: str | Path | Dataset, finding_codes: FindingCodes | str | Path | None = None
+) -> dict[str, Any]:
     """Read back an SR written by :func:`write_sr_report` by walking its content tree with pydicom.
 
     Args:

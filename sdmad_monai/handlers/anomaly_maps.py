@@ -177,8 +177,11 @@ class DetectionReport:
         pixel = results.get("pixel_auroc")
         logger.info(
             "Protocol 1 on %d images (%d abnormal): image AUROC %.4f%s -> %s",
-            results["num_images"], results["num_abnormal"], results["image_auroc"],
-            "" if pixel is None else f", pixel AUROC {pixel:.4f}", self.output_dir,
+            results["num_images"],
+            results["num_abnormal"],
+            results["image_auroc"],
+            "" if pixel is None else f", pixel AUROC {pixel:.4f}",
+            self.output_dir,
         )
         return results
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from ignite.engine import Engine
@@ -45,7 +45,7 @@ class DetectorCheckpointLoader(CheckpointLoader):
         if len(networks) != 1 or not isinstance(networks[0], SignDrivenDetector):
             raise TypeError(
                 "DetectorCheckpointLoader's load_dict must be {'model': <SignDrivenDetector>}, got "
-                f"{ {k: type(v).__name__ for k, v in load_dict.items()} if isinstance(load_dict, Mapping) else load_dict}."
+                f"{ {k: type(v).__name__ for k, v in load_dict.items()} if isinstance(load_dict, Mapping) else load_dict }."
             )
         super().__init__(load_path=str(load_path), load_dict=dict(load_dict), name=name, map_location=map_location)
 

@@ -33,9 +33,9 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,9 +155,7 @@ class ProtocolReport:
         self.category_names = list(category_names)
         self.display_names = list(display_names) if display_names is not None else self.category_names
         self.prompt_texts = list(prompt_texts) if prompt_texts is not None else None
-        self.prompt_categories = (
-            [int(c) for c in prompt_categories] if prompt_categories is not None else None
-        )
+        self.prompt_categories = [int(c) for c in prompt_categories] if prompt_categories is not None else None
         self.label_key = label_key
         self.meta_keys = tuple(meta_keys)
         self.extra_info = dict(extra_info or {})
@@ -243,9 +241,12 @@ class ProtocolReport:
         images = output.get(self.image_key, batch.get(self.image_key))
         if result is None or "anomaly_map" not in result or images is None or self.image_mean is None:
             self._overlay_skipped = (
-                f"variant {self.overlay_variant!r} not evaluated" if result is None
-                else "the detector computes no anomaly maps (map_layers=[])" if "anomaly_map" not in result
-                else f"no {self.image_key!r} in the batch" if images is None
+                f"variant {self.overlay_variant!r} not evaluated"
+                if result is None
+                else "the detector computes no anomaly maps (map_layers=[])"
+                if "anomaly_map" not in result
+                else f"no {self.image_key!r} in the batch"
+                if images is None
                 else "image_mean/image_std not given"
             )
             return
@@ -378,7 +379,9 @@ class ProtocolReport:
             v: {k: [torch.cat([share["variants"][v][k] for share in shares])[order]] for k in store}
             for v, store in shares[0]["variants"].items()
         }
-        self._similarity_sum = {v: sum(share["similarity_sum"][v] for share in shares) for v in shares[0]["similarity_sum"]}
+        self._similarity_sum = {
+            v: sum(share["similarity_sum"][v] for share in shares) for v in shares[0]["similarity_sum"]
+        }
         self._keep = next((share["keep"] for share in shares if share["keep"]), {})
         self._similarity_count = sum(share["similarity_count"] for share in shares)
         self._overlay_skipped = next((share["skipped"] for share in shares if share["skipped"]), None)
@@ -411,7 +414,9 @@ class ProtocolReport:
                 f"{variant:<14}{values['image_auroc']:>10.3f}{values['hamming_score']:>9.3f}"
                 f"{values['subset_accuracy']:>8.3f}{values['mean_category_auroc']:>10.3f}"
             )
-        logger.info("Evaluation on %d slices, written to %s:\n%s", results["num_slices"], self.output_dir, "\n".join(lines))
+        logger.info(
+            "Evaluation on %d slices, written to %s:\n%s", results["num_slices"], self.output_dir, "\n".join(lines)
+        )
         if self.note:
             logger.warning("Note: %s.", self.note)
         return results
@@ -441,7 +446,11 @@ class ProtocolReport:
             header += [f"{variant}:score:{n}" for n in self.category_names]
             header += [f"{variant}:prediction:{n}" for n in self.category_names]
             header.append(f"{variant}:image_score")
-            columns += [torch.cat(store["scores"]), torch.cat(store["predictions"]), torch.cat(store["image_score"])[:, None]]
+            columns += [
+                torch.cat(store["scores"]),
+                torch.cat(store["predictions"]),
+                torch.cat(store["image_score"])[:, None],
+            ]
         numbers = torch.cat(columns, dim=1).tolist()
         buffer = io.StringIO()
         writer = csv.writer(buffer)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,8 +200,16 @@ def _add_header(figure: Any, title: str, note: str | None, note_top: float) -> N
     figure.text(0.5, 1 - 0.15 / height, title, ha="center", va="top", fontsize=11)
     if note:
         figure.text(
-            0.5, 1 - note_top / height, note, ha="center", va="top", fontsize=10, color="#8b1a1a",
-            fontweight="bold", bbox=_NOTE_BOX, multialignment="center",
+            0.5,
+            1 - note_top / height,
+            note,
+            ha="center",
+            va="top",
+            fontsize=10,
+            color="#8b1a1a",
+            fontweight="bold",
+            bbox=_NOTE_BOX,
+            multialignment="center",
         )
 
 
@@ -238,9 +246,11 @@ def heatmap_figure(
     variants = list(means)
     num_rows, num_columns = len(rows.order), len(column_names)
     vmin, vmax = shared_color_limits([means[v] for v in variants])
-    names = [
-        f"{name} (n={int(n)})" for name, n in zip(column_names, column_counts)
-    ] if column_counts is not None else list(column_names)
+    names = (
+        [f"{name} (n={int(n)})" for name, n in zip(column_names, column_counts)]
+        if column_counts is not None
+        else list(column_names)
+    )
     longest = max([len(n) for n in names] + [8])
     label_chars = max([max(len(line) for line in label.split("\n")) for label in rows.labels] + [10])
     lines_per_row = max([label.count("\n") + 1 for label in rows.labels] + [1])
@@ -279,7 +289,12 @@ def heatmap_figure(
         panels.append(axis)
         matrix = np.ma.masked_invalid(np.asarray(means[variant], dtype=np.float64))
         axis.imshow(
-            matrix, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+            matrix,
+            aspect="auto",
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
             extent=(-0.5, num_columns - 0.5, num_rows - 0.5, -0.5),
         )
         axis.set_xlim(-1.6, num_columns - 0.5)
@@ -296,18 +311,37 @@ def heatmap_figure(
             if column < num_columns:
                 axis.add_patch(
                     patches.Rectangle(
-                        (column - 0.5, first - 0.5), 1, end - first, fill=False, edgecolor="#ff2d2d", linewidth=1.6,
+                        (column - 0.5, first - 0.5),
+                        1,
+                        end - first,
+                        fill=False,
+                        edgecolor="#ff2d2d",
+                        linewidth=1.6,
                         zorder=4,
                     )
                 )
         dropped = rows.dropped.get(variant)
         if dropped is not None:
             ys = [row for row, flag in enumerate(dropped) if flag]
-            axis.plot([-1.05] * len(ys), ys, linestyle="none", marker="X", markersize=6.5, color="#c0392b",
-                      markeredgecolor="white", markeredgewidth=0.4, clip_on=False)
+            axis.plot(
+                [-1.05] * len(ys),
+                ys,
+                linestyle="none",
+                marker="X",
+                markersize=6.5,
+                color="#c0392b",
+                markeredgecolor="white",
+                markeredgewidth=0.4,
+                clip_on=False,
+            )
         axis.set_xticks([-1.05] + list(range(num_columns)))
-        axis.set_xticklabels(["dropped by sign selection" if dropped is not None else "(no selection data)"] + names,
-                             rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
+        axis.set_xticklabels(
+            ["dropped by sign selection" if dropped is not None else "(no selection data)"] + names,
+            rotation=45,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=7,
+        )
         axis.get_xticklabels()[0].set_color("#c0392b")
         axis.tick_params(axis="x", length=2)
         kept = None if dropped is None else len(dropped) - sum(dropped)
@@ -335,8 +369,9 @@ def heatmap_figure(
         if not name:
             continue
         group_axis.plot([0.04, 0.04], [first - 0.35, end - 0.65], color="black", linewidth=1.2)
-        group_axis.text(0.1, (first + end - 1) / 2, _wrap(name, 15, 3), va="center", ha="left", fontsize=7.5,
-                        fontweight="bold")
+        group_axis.text(
+            0.1, (first + end - 1) / 2, _wrap(name, 15, 3), va="center", ha="left", fontsize=7.5, fontweight="bold"
+        )
     bar_axis = figure.add_axes(box(width - bar_room - bar_w, bottom, bar_w, grid_h))
     figure.colorbar(panels[0].images[0], cax=bar_axis)
     if grid_h >= 3.0:
@@ -346,18 +381,45 @@ def heatmap_figure(
     bar_axis.tick_params(labelsize=7)
     _add_header(figure, title, note, note_top)
     handles = [
-        Line2D([], [], linestyle="none", marker="X", markersize=7, color="#c0392b", markeredgecolor="white",
-               label="prompt dropped by sign selection (Eq. 6) for this panel's prompt features"),
-        patches.Patch(facecolor="none", edgecolor="#ff2d2d", linewidth=1.6,
-                      label="each category's own prompts, in its column (normal prompts: Normal column)"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="X",
+            markersize=7,
+            color="#c0392b",
+            markeredgecolor="white",
+            label="prompt dropped by sign selection (Eq. 6) for this panel's prompt features",
+        ),
+        patches.Patch(
+            facecolor="none",
+            edgecolor="#ff2d2d",
+            linewidth=1.6,
+            label="each category's own prompts, in its column (normal prompts: Normal column)",
+        ),
     ]
     if rows.label_variant is not None and any(rows.greyed):
-        handles.append(Line2D([], [], linestyle="none", marker="$abc$", markersize=12, color="0.55",
-                              label=f"grey italic prompt: dropped in {rows.label_variant}"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="$abc$",
+                markersize=12,
+                color="0.55",
+                label=f"grey italic prompt: dropped in {rows.label_variant}",
+            )
+        )
     if any(np.isnan(np.asarray(means[v], dtype=np.float64)).all(axis=0).any() for v in variants):
         handles.append(patches.Patch(facecolor="0.82", edgecolor="0.6", label="no image of this category (n=0)"))
-    figure.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7.5, frameon=False,
-                  bbox_to_anchor=(0.5, 0.02 / height))
+    figure.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=legend_columns,
+        fontsize=7.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.02 / height),
+    )
     return figure
 
 
@@ -394,11 +456,17 @@ def roc_figure(
     from sklearn.metrics import roc_curve
 
     labels = np.asarray(labels)
-    panels = [(str(name), labels[:, k], {v: np.asarray(s)[:, k] for v, s in scores.items()}) for k, name in
-              enumerate(names)]
+    panels = [
+        (str(name), labels[:, k], {v: np.asarray(s)[:, k] for v, s in scores.items()}) for k, name in enumerate(names)
+    ]
     if image_scores:
-        panels.append(("any finding (image score)", labels.any(axis=1).astype(np.float64),
-                       {v: np.asarray(s).reshape(-1) for v, s in image_scores.items()}))
+        panels.append(
+            (
+                "any finding (image score)",
+                labels.any(axis=1).astype(np.float64),
+                {v: np.asarray(s).reshape(-1) for v, s in image_scores.items()},
+            )
+        )
     count = len(panels)
     columns = min(3, count)
     rows = math.ceil(count / columns)
@@ -428,11 +496,26 @@ def roc_figure(
             rank = {variant: i for i, variant in enumerate(scores)}
             paired = sorted(zip(handles, legend_labels), key=lambda hl: rank.get(hl[1].split(":")[0], 0))
             # below the panel: a legend inside would hide the curves that run along the axes
-            axis.legend([h for h, _ in paired], [l for _, l in paired], fontsize=7.5, loc="upper center",
-                        bbox_to_anchor=(0.5, -0.16), handlelength=3.2, frameon=False)
+            axis.legend(
+                [h for h, _ in paired],
+                [l for _, l in paired],
+                fontsize=7.5,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.16),
+                handlelength=3.2,
+                frameon=False,
+            )
         else:
-            axis.text(0.5, 0.5, "one class only:\nno ROC curve", ha="center", va="center", fontsize=9, color="0.35",
-                      transform=axis.transAxes)
+            axis.text(
+                0.5,
+                0.5,
+                "one class only:\nno ROC curve",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="0.35",
+                transform=axis.transAxes,
+            )
         axis.set_title(f"{_wrap(name, 40, 2)}\nn = {positives} pos / {negatives} neg", fontsize=9)
         axis.set_xlim(-0.02, 1.02)
         axis.set_ylim(-0.02, 1.02)

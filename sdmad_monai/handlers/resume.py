@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import ignite.distributed as idist
 import numpy as np
@@ -134,8 +135,11 @@ class ResumeCheckpoint:
     def _check_settings(self, state: Mapping[str, Any]) -> None:
         saved = json.loads(state.get("settings", "{}"))
         keys = sorted(set(saved) | set(self.settings))
-        changed = [f"{k} {saved.get(k, '(unset)')} -> {self.settings.get(k, '(unset)')}" for k in keys
-                   if saved.get(k, "(unset)") != self.settings.get(k, "(unset)")]
+        changed = [
+            f"{k} {saved.get(k, '(unset)')} -> {self.settings.get(k, '(unset)')}"
+            for k in keys
+            if saved.get(k, "(unset)") != self.settings.get(k, "(unset)")
+        ]
         if changed:
             raise ResumeMismatchError(
                 f"Resume file {self.path} was written by a run with other settings ({'; '.join(changed)}): run with "
@@ -160,7 +164,9 @@ class ResumeCheckpoint:
             self.checkpoint_saver.load_state_dict(json.loads(state["checkpoint_saver"]))
         if "random" in state:
             _restore_random_states(state["random"], self.rng_objects, self.path)
-        best = f", best {state['best_metric']:.4f} at epoch {state['best_metric_epoch']}" if "best_metric" in state else ""
+        best = (
+            f", best {state['best_metric']:.4f} at epoch {state['best_metric_epoch']}" if "best_metric" in state else ""
+        )
         logger.info("Resuming training from %s at epoch %d%s", self.path, engine.state.epoch, best)
 
     def save(self, engine: Engine) -> None:

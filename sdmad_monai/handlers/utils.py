@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["detector_output"]
 
@@ -18,7 +19,9 @@ def detector_output(key: str, variant: str | None = None, label_key: str = "labe
 
     def transform(output: Any) -> tuple:
         if isinstance(output, list):
-            raise TypeError("detector_output needs the evaluator's batch output: create the evaluator with decollate=False.")
+            raise TypeError(
+                "detector_output needs the evaluator's batch output: create the evaluator with decollate=False."
+            )
         pred = output["pred"] if variant is None else output["pred"][variant]
         return pred[key], output[label_key]
 

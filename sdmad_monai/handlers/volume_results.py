@@ -88,8 +88,9 @@ class VolumeResultsWriter:
             if isinstance(outcome, FailedVolume):
                 self.collector.fail(outcome.source, outcome.error)
             else:
-                self.collector.add(outcome, stem=self._stems[index] if index < len(self._stems) else None,
-                                   position=index)
+                self.collector.add(
+                    outcome, stem=self._stems[index] if index < len(self._stems) else None, position=index
+                )
             self._done.append((index, outcome))
 
     def completed(self, engine: Engine) -> None:

@@ -7,7 +7,8 @@ block's output for every token: ``out <- lambda * out + (1 - lambda) * adapter(o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

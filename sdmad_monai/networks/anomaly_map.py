@@ -33,7 +33,8 @@ The memory bank is a buffer of this module, so it is saved and loaded with the d
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -17,10 +17,10 @@ while averaged patch tokens let the per-token shift adapters pass local signs in
 from __future__ import annotations
 
 import logging
-
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import open_clip
 import torch

@@ -299,10 +299,17 @@ def build_demo_weights(
         "model_name": TINY_MODEL_NAME,
         "recipe": asdict(recipe),
         "recipe_fingerprint": recipe.fingerprint(),
-        "corpus": {"slices": len(corpus), "volumes": recipe.corpus_volumes, "subject_fingerprints": corpus.fingerprints},
-        "loss": {"first": losses[0], "last_50_mean": sum(losses[-50:]) / len(losses[-50:]), "chance": math.log(
-            min(recipe.batch_size, len(corpus))
-        ), "every_10_steps": [round(v, 4) for v in losses[::10]]},
+        "corpus": {
+            "slices": len(corpus),
+            "volumes": recipe.corpus_volumes,
+            "subject_fingerprints": corpus.fingerprints,
+        },
+        "loss": {
+            "first": losses[0],
+            "last_50_mean": sum(losses[-50:]) / len(losses[-50:]),
+            "chance": math.log(min(recipe.batch_size, len(corpus))),
+            "every_10_steps": [round(v, 4) for v in losses[::10]],
+        },
         "built": {
             "seconds_corpus": round(corpus_seconds, 1),
             "seconds_total": round(time.time() - started, 1),

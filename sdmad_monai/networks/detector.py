@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import open_clip
 import torch
@@ -236,9 +237,7 @@ class SignDrivenDetector(nn.Module):
         self._check_context_length(tokenizer, texts)
         self.prompt_texts = texts
         self.register_buffer("tokens", tokenizer(texts), persistent=False)
-        self.register_buffer(
-            "prompt_categories", torch.tensor(prompt_categories, dtype=torch.long), persistent=False
-        )
+        self.register_buffer("prompt_categories", torch.tensor(prompt_categories, dtype=torch.long), persistent=False)
         #: cached text states by :meth:`_text_cache_key`; several entries, so that alternating adapters on/off (the
         #: evaluation's ``clip`` and ``sdmad`` variants on every batch) does not recompute them on each switch
         self._text_cache: dict[tuple, TextState] = {}
@@ -246,7 +245,7 @@ class SignDrivenDetector(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> "SignDrivenDetector":
+    def from_preset(cls, preset: str, **overrides: Any) -> SignDrivenDetector:
         """Build from :data:`PRESETS` (``"paper"`` or ``"tiny"``) with keyword overrides."""
         if preset not in PRESETS:
             raise ValueError(f"Unknown detector preset {preset!r}; choose one of {sorted(PRESETS)}.")
@@ -296,7 +295,7 @@ class SignDrivenDetector(nn.Module):
         return self.adapters_enabled
 
     @contextlib.contextmanager
-    def adapters_disabled(self) -> Iterator["SignDrivenDetector"]:
+    def adapters_disabled(self) -> Iterator[SignDrivenDetector]:
         """Temporarily run the bare CLIP backbone: the paper's zero-shot CLIP baseline."""
         previous = self.adapters_enabled
         self.adapters_enabled = False
@@ -305,7 +304,7 @@ class SignDrivenDetector(nn.Module):
         finally:
             self.adapters_enabled = previous
 
-    def train(self, mode: bool = True) -> "SignDrivenDetector":
+    def train(self, mode: bool = True) -> SignDrivenDetector:
         """Set training mode; the backbone always stays in eval mode.
 
         Switching to eval mode also computes the prompt features now, so that inference (and a TorchScript trace,
@@ -383,7 +382,10 @@ class SignDrivenDetector(nn.Module):
         anchor = anchor_feature_from_normal_prompts(features, categories)
         if self.sign_selection:
             keep = selection_with_fallback(
-                select_signs(features.detach(), categories), categories, self.num_categories, self.category_labels,
+                select_signs(features.detach(), categories),
+                categories,
+                self.num_categories,
+                self.category_labels,
                 warn=warn,
             )
         else:
@@ -649,8 +651,10 @@ class SignDrivenDetector(nn.Module):
             )
         # the seed initialises the adapters (replaced by the checkpoint's) and, only for pretrained=None, the
         # backbone: with pretrained weights a checkpoint of any seed (e.g. a sweep's) fits, and records its own
-        keys = _ARCHITECTURE_KEYS if mine["config"]["pretrained"] is None else tuple(
-            k for k in _ARCHITECTURE_KEYS if k != "seed"
+        keys = (
+            _ARCHITECTURE_KEYS
+            if mine["config"]["pretrained"] is None
+            else tuple(k for k in _ARCHITECTURE_KEYS if k != "seed")
         )
         differing = {
             key: (state["config"].get(key), mine["config"][key])
@@ -694,8 +698,11 @@ class SignDrivenDetector(nn.Module):
         candidates = [data] + (list(data.values()) if isinstance(data, Mapping) else [])
         for state in candidates:
             if isinstance(state, Mapping) and "_extra_state" in state:
-                broken = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-                          and not torch.isfinite(v).all()]
+                broken = [
+                    k
+                    for k, v in state.items()
+                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+                ]
                 if broken:
                     raise DetectorStateError(
                         f"Checkpoint {path} holds non-finite weights (NaN or infinity) in {', '.join(broken[:4])}"
@@ -715,7 +722,7 @@ class SignDrivenDetector(nn.Module):
         map_location: str | torch.device = "cpu",
         pretrained: str | None = None,
         **overrides: Any,
-    ) -> "SignDrivenDetector":
+    ) -> SignDrivenDetector:
         """Rebuild a detector from a checkpoint: the recorded backbone, prompt bank and adapters.
 
         Args:

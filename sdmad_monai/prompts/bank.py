@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 __all__ = ["CategoryPrompts", "PromptBank", "PromptBankError", "BUILTIN_BANKS", "load_prompt_bank"]
 
@@ -132,7 +133,7 @@ class PromptBank:
             categories.extend([index] * len(category.signs))
         return texts, categories
 
-    def select(self, labels: Sequence[str]) -> "PromptBank":
+    def select(self, labels: Sequence[str]) -> PromptBank:
         """A bank with only ``labels``, in that order (the datalist's category order).
 
         Raises:
@@ -173,7 +174,7 @@ class PromptBank:
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<in memory>") -> "PromptBank":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<in memory>") -> PromptBank:
         """Build from the JSON structure; errors name ``source`` and the missing or malformed field."""
         if not isinstance(data, Mapping):
             raise PromptBankError(f"Prompt bank {source} must be a JSON object, got {type(data).__name__}.")
@@ -202,7 +203,7 @@ class PromptBank:
         )
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "PromptBank":
+    def from_json(cls, path: str | Path) -> PromptBank:
         """Read a bank from a JSON file."""
         path = Path(path)
         try:
@@ -214,7 +215,9 @@ class PromptBank:
         return cls.from_dict(data, source=str(path))
 
 
-def load_prompt_bank(bank: str | Path | Mapping[str, Any] | PromptBank, labels: Sequence[str] | None = None) -> PromptBank:
+def load_prompt_bank(
+    bank: str | Path | Mapping[str, Any] | PromptBank, labels: Sequence[str] | None = None
+) -> PromptBank:
     """Load a prompt bank from a built-in name (``"fastmri_brain"``), a JSON path, a dict, or pass one through.
 
     Args:

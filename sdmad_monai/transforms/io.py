@@ -239,7 +239,9 @@ def _check_series_ends(ordered: Sequence[tuple[str, Any]], folder: str) -> None:
         ValueError: naming the series folder, what is missing and how it was found.
     """
     count = len(ordered)
-    stated = {int(ds.ImagesInAcquisition) for _, ds in ordered if "ImagesInAcquisition" in ds and ds.ImagesInAcquisition}
+    stated = {
+        int(ds.ImagesInAcquisition) for _, ds in ordered if "ImagesInAcquisition" in ds and ds.ImagesInAcquisition
+    }
     if len(stated) == 1 and len(ordered) == sum(1 for _, ds in ordered if "ImagesInAcquisition" in ds):
         expected = stated.pop()
         if count < expected:

@@ -150,7 +150,9 @@ class AnomalyMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         if self.image_key not in d:
-            raise KeyError(f"AnomalyMaskd needs the loaded image under {self.image_key!r} (keys: {sorted(map(str, d))}).")
+            raise KeyError(
+                f"AnomalyMaskd needs the loaded image under {self.image_key!r} (keys: {sorted(map(str, d))})."
+            )
         height, width = (int(v) for v in d[self.image_key].shape[-2:])
         path = d.get(self.mask_key)
         if path is None:

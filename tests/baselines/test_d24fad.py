@@ -9,9 +9,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from sdmad_monai.baselines import D24FAD, LearnToWeight, reconstruction_anomaly_map, score_images, support_weights
-from sdmad_monai.baselines import scale_cosine_loss, train_d24fad
-
+from sdmad_monai.baselines import (
+    D24FAD,
+    LearnToWeight,
+    reconstruction_anomaly_map,
+    scale_cosine_loss,
+    score_images,
+    support_weights,
+    train_d24fad,
+)
 
 
 def test_support_weights_by_hand():

@@ -10,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 from sdmad_monai.baselines import SIR, reconstruction_anomaly_map, scale_cosine_loss, score_images, train_sir
 
 
-
 def test_loops_change_the_output_and_the_loss_averages_them(teacher, make_textures):
     torch.manual_seed(0)
     model = SIR(teacher, 64, loops=3, sigma=0).eval()

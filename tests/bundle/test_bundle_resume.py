@@ -104,7 +104,9 @@ def test_interrupted_then_resumed_training_matches_the_uninterrupted_run(runs):
     assert evaluator.state.best_metric == pytest.approx(expected["best_validation_value"], abs=1e-6)
     a, b = _tensors(reference), _tensors(interrupted)
     assert a and a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    if expected["best_validation_epoch"] <= 2:  # the best model saved before the interruption was not replaced by a worse one
+    if (
+        expected["best_validation_epoch"] <= 2
+    ):  # the best model saved before the interruption was not replaced by a worse one
         import io
 
         before = torch.load(io.BytesIO(saved_best), map_location="cpu", weights_only=True)

@@ -85,7 +85,9 @@ def test_evaluate_writes_the_three_protocols(trained):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["variants"]) == {"clip", "sdmad_no_ss", "sdmad"}
     for values in metrics["variants"].values():
-        assert {"image_auroc", "hamming_score", "subset_accuracy", "category_auroc", "mean_category_auroc"} <= set(values)
+        assert {"image_auroc", "hamming_score", "subset_accuracy", "category_auroc", "mean_category_auroc"} <= set(
+            values
+        )
         assert 0.0 <= values["hamming_score"] <= 1.0
     # the workflow loaded the trained adapters (DetectorCheckpointLoader): the trained variants differ from clip
     assert metrics["variants"]["sdmad_no_ss"] != metrics["variants"]["clip"]
@@ -107,7 +109,10 @@ def test_evaluate_writes_the_three_protocols(trained):
 
 def test_evaluate_refuses_a_checkpoint_of_another_layout(trained):
     evaluate = workflow(
-        ["train.json", "evaluate.json"], trained, run_id="evaluating", image_adapter_layers=[5, 6],
+        ["train.json", "evaluate.json"],
+        trained,
+        run_id="evaluating",
+        image_adapter_layers=[5, 6],
         eval_dir=str(trained / "eval_other"),
     )
     evaluate.initialize()
@@ -168,8 +173,17 @@ def test_inference_on_volumes(trained, tmp_path):
     from sdmad_monai.inference import infer_volumes
 
     detector = SignDrivenDetector.load(trained / "models" / "model.pt")
-    infer_volumes(detector, images, tmp_path / "direct", indices=[0, 5, 10], anomaly_maps=True, overlays_top=10,
-                  overlays_random=10, seed=0, overlay_scope="run")
+    infer_volumes(
+        detector,
+        images,
+        tmp_path / "direct",
+        indices=[0, 5, 10],
+        anomaly_maps=True,
+        overlays_top=10,
+        overlays_random=10,
+        seed=0,
+        overlay_scope="run",
+    )
     run(inference(trained, tmp_path / "workers", input_files=[str(p) for p in images], num_workers=1))
     expected = tree(tmp_path / "direct")
     assert any(name.suffix == ".png" for name in expected) and any(name.name.endswith(".nii.gz") for name in expected)

@@ -22,8 +22,10 @@ import pytest
 if os.environ.get("SDMAD_REQUIRE_DEPLOY") == "1" or os.environ.get("CI") == "true":
     import monai.deploy  # noqa: F401  (a missing SDK is an error here, not a skip)
 else:
-    pytest.importorskip("monai.deploy", reason="monai-deploy-app-sdk is not installed (set SDMAD_REQUIRE_DEPLOY=1 "
-                                               "to make this an error)")
+    pytest.importorskip(
+        "monai.deploy",
+        reason="monai-deploy-app-sdk is not installed (set SDMAD_REQUIRE_DEPLOY=1 to make this an error)",
+    )
 
 import nibabel as nib
 import numpy as np
@@ -83,10 +85,18 @@ def study(tmp_path_factory):
     """An axial brain MR series (MNI anatomy), a coronal series and a file that is not DICOM; and a checkpoint."""
     root = tmp_path_factory.mktemp("deploy")
     volume, affine = mni_volume()
-    write_dicom_series(volume, root / "in" / "ax", study_instance_uid=STUDY, series_instance_uid=AXIAL,
-                       affine=affine, series_description="AX T1", attributes={"BodyPartExamined": "BRAIN"})
-    write_dicom_series(volume, root / "in" / "cor", "coronal", STUDY, CORONAL, series_description="COR T1",
-                       series_number=2)
+    write_dicom_series(
+        volume,
+        root / "in" / "ax",
+        study_instance_uid=STUDY,
+        series_instance_uid=AXIAL,
+        affine=affine,
+        series_description="AX T1",
+        attributes={"BodyPartExamined": "BRAIN"},
+    )
+    write_dicom_series(
+        volume, root / "in" / "cor", "coronal", STUDY, CORONAL, series_description="COR T1", series_number=2
+    )
     (root / "in" / "notes.txt").write_text("not DICOM")
     detector = SignDrivenDetector.from_preset("tiny")
     detector.save(root / "model.pt")
@@ -124,8 +134,9 @@ def test_app_command_line_writes_the_command_line_sr(study, tmp_path, monkeypatc
     torch and Holoscan): one SR for the axial series, equal to process_dicom_folder's."""
     out = tmp_path / "out"
     monkeypatch.setenv("SDMAD_DEVICE", "cpu")
-    monkeypatch.setattr(sys, "argv", [str(APP_DIR), "-i", str(study["input"]), "-o", str(out), "-m",
-                                      str(study["model"])])
+    monkeypatch.setattr(
+        sys, "argv", [str(APP_DIR), "-i", str(study["input"]), "-o", str(out), "-m", str(study["model"])]
+    )
     runpy.run_path(str(APP_DIR), run_name="__main__")  # the SDK sets up logging to stderr (INFO)
     log = capfd.readouterr().err
     assert f"Series {CORONAL} (COR T1) in {study['input'] / 'cor'} skipped: orientation is coronal" in log
@@ -136,8 +147,9 @@ def test_app_command_line_writes_the_command_line_sr(study, tmp_path, monkeypatc
     sr = pydicom.dcmread(sr_path)
     assert (sr.SOPClassUID, sr.Modality, sr.StudyInstanceUID) == (COMPREHENSIVE_SR, "SR", STUDY)
     read = read_sr_findings(sr)
-    instances = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                 for p in (study["input"] / "ax").iterdir()}
+    instances = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (study["input"] / "ax").iterdir()
+    }
     assert list(read["evidence"]) == [AXIAL] and set(read["evidence"][AXIAL]) == instances
     detector = study["detector"]
     assert [f["label"] for f in read["findings"]] == detector.category_labels
@@ -147,8 +159,9 @@ def test_app_command_line_writes_the_command_line_sr(study, tmp_path, monkeypatc
     copy = json.loads((out / f"sdmad_sr_{AXIAL}.json").read_text())
     assert copy["sr"]["sop_instance_uid"] == read["sop_instance_uid"]
     assert [s["slice"] for s in copy["slices"]] == [0, 5, 10]
-    assert [(f["label"], f["finding"]) for f in copy["findings"]] == [(f["label"], f["finding"])
-                                                                     for f in read["findings"]]
+    assert [(f["label"], f["finding"]) for f in copy["findings"]] == [
+        (f["label"], f["finding"]) for f in read["findings"]
+    ]
 
     # the command line path on the same folder and checkpoint: same document, same scores
     cli = read_sr_findings(process_dicom_folder(study["model"], study["input"], tmp_path / "cli")[0])
@@ -173,23 +186,32 @@ def test_app_anomaly_map_option_writes_the_map_series(study, app_module, tmp_pat
     monkeypatch.setenv("SDMAD_ANOMALY_MAP", "1")
     run_app(app_module, "-i", study["input"], "-o", tmp_path / "out", "-m", study["model"], "--device", "cpu")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        f"sdmad_map_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json"]
+        f"sdmad_map_{AXIAL}.dcm",
+        f"sdmad_sr_{AXIAL}.dcm",
+        f"sdmad_sr_{AXIAL}.json",
+    ]
     pmap = pydicom.dcmread(tmp_path / "out" / f"sdmad_map_{AXIAL}.dcm")
     detector = study["detector"]
     assert (pmap.SeriesInstanceUID, pmap.SOPInstanceUID) == anomaly_map_identifiers(
-        STUDY, AXIAL, AlgorithmInfo.from_detector(detector))
+        STUDY, AXIAL, AlgorithmInfo.from_detector(detector)
+    )
     assert str(pmap.ReferencedSeriesSequence[0].SeriesInstanceUID) == AXIAL
-    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in (study["input"] / "ax").iterdir()),
-                     key=lambda ds: float(ds.ImagePositionPatient[2]))
+    sources = sorted(
+        (pydicom.dcmread(p, stop_before_pixels=True) for p in (study["input"] / "ax").iterdir()),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
     reference = infer_volume(detector, load_volume(study["input"] / "ax"), indices=[0, 5, 10], anomaly_maps=True)
     expected = reference.anomaly_volume()  # [X, Y, Z] on the series' grid
-    frames = {str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID): (frame, item)
-              for frame, item in zip(pmap.pixel_array, pmap.PerFrameFunctionalGroupsSequence, strict=True)}
+    frames = {
+        str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID): (frame, item)
+        for frame, item in zip(pmap.pixel_array, pmap.PerFrameFunctionalGroupsSequence, strict=True)
+    }
     assert len(frames) == len(sources) == 16
     for k, source in enumerate(sources):
         frame, item = frames[str(source.SOPInstanceUID)]
         assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
-            [float(v) for v in source.ImagePositionPatient])
+            [float(v) for v in source.ImagePositionPatient]
+        )
         np.testing.assert_allclose(frame, expected[:, :, k].T, atol=1e-5)
         assert np.any(frame != 0) == (k in (0, 5, 10))
 
@@ -198,8 +220,14 @@ def test_app_missing_slice_fails_after_writing_the_good_series(study, app_module
     folder = tmp_path / "in"
     volume, affine = mni_volume()
     write_dicom_series(volume, folder / "ax", study_instance_uid=STUDY, series_instance_uid=AXIAL, affine=affine)
-    write_dicom_series(volume, folder / "gap", study_instance_uid=STUDY, series_instance_uid=GAP, affine=affine,
-                       series_description="GAP")
+    write_dicom_series(
+        volume,
+        folder / "gap",
+        study_instance_uid=STUDY,
+        series_instance_uid=GAP,
+        affine=affine,
+        series_description="GAP",
+    )
     (folder / "gap" / "IM0006.dcm").unlink()
     with pytest.raises(SeriesProcessingError, match=rf"1 of 2 selected series .*{GAP} \(GAP\).*missing slice"):
         run_app(app_module, "-i", folder, "-o", tmp_path / "out", "-m", study["model"], "--device", "cpu")
@@ -223,8 +251,10 @@ def test_app_site_rules_file(study, app_module, tmp_path, monkeypatch):
     monkeypatch.setenv("SDMAD_SLICES", "all")
     monkeypatch.setenv("SDMAD_AXIS", "coronal")
     run_app(app_module, "-i", study["input"], "-o", tmp_path / "out", "-m", study["model"], "--device", "cpu")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"sdmad_sr_{CORONAL}.dcm",
-                                                                    f"sdmad_sr_{CORONAL}.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"sdmad_sr_{CORONAL}.dcm",
+        f"sdmad_sr_{CORONAL}.json",
+    ]
     assert len(json.loads((tmp_path / "out" / f"sdmad_sr_{CORONAL}.json").read_text())["slices"]) == 16
     rules.write_text('{"orientation": "coronal"}')
     with pytest.raises(SeriesRulesError, match=rf"{rules} has unknown key"):

@@ -15,8 +15,16 @@ ROOT = CONFIGS.parent
 
 _TENSOR = {
     "type": "object",
-    "required": ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
-                 "channel_def"],
+    "required": [
+        "type",
+        "format",
+        "num_channels",
+        "spatial_shape",
+        "dtype",
+        "value_range",
+        "is_patch_data",
+        "channel_def",
+    ],
     "properties": {
         "type": {"enum": ["image", "probabilities", "series", "tuples", "sequence", "object"]},
         "format": {"type": "string", "minLength": 1},
@@ -31,8 +39,20 @@ _TENSOR = {
 }
 SCHEMA = {
     "type": "object",
-    "required": ["version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task", "description",
-                 "authors", "copyright", "data_source", "intended_use", "network_data_format"],
+    "required": [
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "data_source",
+        "intended_use",
+        "network_data_format",
+    ],
     "properties": {
         "version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
         "changelog": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},

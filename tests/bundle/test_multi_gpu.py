@@ -102,8 +102,18 @@ def test_two_process_inference_writes_what_one_process_writes(trained):
         ],
     }  # fmt: skip
     for name, command in runs.items():
-        command = command + ["--bundle_root", str(tmp_path), "--input_files", inputs,
-                             "--output_dir", str(tmp_path / name), "--overlays_top", "3", "--overlays_random", "2"]
+        command = command + [
+            "--bundle_root",
+            str(tmp_path),
+            "--input_files",
+            inputs,
+            "--output_dir",
+            str(tmp_path / name),
+            "--overlays_top",
+            "3",
+            "--overlays_random",
+            "2",
+        ]
         result = subprocess.run(command, cwd=ROOT, env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
         assert result.returncode != 0, "a volume that cannot be assessed must fail the run"
         assert "1 of 6 volume(s) could not be processed" in result.stdout + result.stderr

@@ -58,8 +58,9 @@ def test_bad_input_is_one_clear_error(brain, tmp_path):
         prepare_bmad_training(None, tmp_path)
     with pytest.raises(BMADProtocolError, match="support_views"):
         prepare_bmad_training(brain, tmp_path, k_shot=1, support_views=0)
-    only_test = generate_bmad_like_dataset(tmp_path / "RESC", num_train=1, num_normal=2, num_abnormal=2, size=16,
-                                           splits=("test",))
+    only_test = generate_bmad_like_dataset(
+        tmp_path / "RESC", num_train=1, num_normal=2, num_abnormal=2, size=16, splits=("test",)
+    )
     with pytest.raises(BMADProtocolError, match="valid is missing or empty"):
         prepare_bmad_training(only_test, tmp_path, k_shot=1)
     missing = generate_bmad_like_dataset(tmp_path / "LiverCT", num_train=1, num_normal=2, num_abnormal=2, size=16)

@@ -110,9 +110,7 @@ def test_items_carry_their_boxes(small):
     assert _item(res, "volB", 0)["label"][5] == 1.0 and _item(res, "volB", 0)["boxes"] == "[]"
     assert _item(res, "volD", 0)["boxes"] == "[]" and _item(res, "volE", 5)["boxes"] == "[]"
     # the item boxes are the same boxes as the top-level list
-    from_items = sorted(
-        (it["file"], it["slice"], *box) for it in res.items for box in decode_boxes(it["boxes"])
-    )
+    from_items = sorted((it["file"], it["slice"], *box) for it in res.items for box in decode_boxes(it["boxes"]))
     from_list = sorted((b["file"], b["slice"], b["x"], b["y"], b["width"], b["height"], b["label"]) for b in res.boxes)
     assert from_items == from_list and len(from_items) == 6
     # fastMRI .h5: boxes were drawn on up/down-flipped slices

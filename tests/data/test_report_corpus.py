@@ -14,8 +14,8 @@ from sdmad_monai.data.report_corpus import (
     CORPUS_STYLE,
     NORMAL_PHRASES,
     REPORT_PHRASES,
-    category_mentions,
     build_report_corpus,
+    category_mentions,
     write_report,
 )
 from sdmad_monai.prompts import load_prompt_bank
@@ -86,6 +86,7 @@ def test_write_report_noise_is_what_it_says():
     reports = [write_report(["Craniotomy", "Enlarged ventricles"], rng, omit_probability=0.15) for _ in range(2000)]
     mentions = np.mean([any(p in r for p in category_mentions("Craniotomy")) for r in reports])
     assert 0.80 < mentions < 0.90  # 15 % of findings left out
+
     def position(report, category):
         found = [report.find(p) for p in category_mentions(category) if p in report]
         return min(found) if found else None

@@ -103,16 +103,20 @@ def orthanc(tmp_path_factory) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"Orthanc exited with status {process.returncode} at start-up; log:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 if requests.get(f"{base}/dicom-web/studies", timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s; log:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.1)
         yield f"{base}/dicom-web"
     finally:

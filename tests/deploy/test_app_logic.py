@@ -128,12 +128,23 @@ def test_options_defaults_environment_and_command_line(tmp_path):
     codes = tmp_path / "codes.json"
     codes.write_text(json.dumps({"categories": {"Glioma": {"finding": {
         "scheme": "SCT", "value": "52988006", "meaning": "Lesion"}}}}))  # fmt: skip
-    environ = {"SDMAD_SERIES_RULES": str(rules), "SDMAD_SLICES": "all", "SDMAD_BATCH_SIZE": "4",
-               "SDMAD_ALLOW_NO_MATCH": "yes", "SDMAD_AXIS": "coronal", "SDMAD_FINDING_CODES": str(codes)}
+    environ = {
+        "SDMAD_SERIES_RULES": str(rules),
+        "SDMAD_SLICES": "all",
+        "SDMAD_BATCH_SIZE": "4",
+        "SDMAD_ALLOW_NO_MATCH": "yes",
+        "SDMAD_AXIS": "coronal",
+        "SDMAD_FINDING_CODES": str(codes),
+    }
     options, rest = DeployAppOptions.parse(["app", "-i", "in", "--slices", "2,3", "--device", "cpu"], environ)
     assert rest == ["app", "-i", "in"]
     assert (options.rules, options.slices, options.batch_size, options.allow_no_match, options.axis) == (
-        str(rules), "2,3", 4, True, "coronal")
+        str(rules),
+        "2,3",
+        4,
+        True,
+        "coronal",
+    )
     assert options.slice_indices == [2, 3] and options.torch_device() == "cpu"
     assert options.series_rules().orientations == ("axial", "coronal")
     assert list(options.finding_code_map().categories) == ["Glioma"]
@@ -173,8 +184,15 @@ def test_options_bad_rules_file_names_it(tmp_path):
 @pytest.fixture(scope="module")
 def study_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
-    write_dicom_series(volume(0), folder / "ax", "axial", STUDY, AXIAL, series_description="AX T2",
-                       attributes={"BodyPartExamined": "BRAIN"})
+    write_dicom_series(
+        volume(0),
+        folder / "ax",
+        "axial",
+        STUDY,
+        AXIAL,
+        series_description="AX T2",
+        attributes={"BodyPartExamined": "BRAIN"},
+    )
     write_dicom_series(volume(1), folder / "cor", "coronal", STUDY, CORONAL, series_description="COR T2")
     return folder
 
@@ -186,8 +204,11 @@ def test_select_study_series(study_folder, caplog):
         selected = select_study_series([study], load_series_rules())
     assert selected == [(study, [axial])]
     assert f"Series {CORONAL} (COR T2) in {study_folder / 'cor'} skipped: orientation is coronal" in caplog.text
-    with pytest.raises(NoMatchingSeriesError, match=rf"No series in /in matches .* Skipped 1 series - {CORONAL}: "
-                                                    "orientation is coronal, expected axial"):
+    with pytest.raises(
+        NoMatchingSeriesError,
+        match=rf"No series in /in matches .* Skipped 1 series - {CORONAL}: "
+        "orientation is coronal, expected axial",
+    ):
         select_study_series([Study(coronal)], load_series_rules(), source="/in")
     with caplog.at_level(logging.WARNING, logger="sdmad_monai.deploy"):
         assert select_study_series([], load_series_rules(), strict=False, source="/in") == []
@@ -216,11 +237,25 @@ def test_image_to_metatensor_matches_itk_reader(tmp_path, orientation):
 
 def test_sdk_image_affine_errors():
     with pytest.raises(ValueError, match=r"one: the SDK image metadata lacks \['dicom_affine_transform'\]"):
-        sdk_image_affine({"row_direction_cosine": [1, 0, 0], "col_direction_cosine": [0, 1, 0],
-                          "row_pixel_spacing": 1.0, "col_pixel_spacing": 1.0}, "one")
+        sdk_image_affine(
+            {
+                "row_direction_cosine": [1, 0, 0],
+                "col_direction_cosine": [0, 1, 0],
+                "row_pixel_spacing": 1.0,
+                "col_pixel_spacing": 1.0,
+            },
+            "one",
+        )
     with pytest.raises(ValueError, match="degenerate affine"):
-        sdk_image_affine({"row_direction_cosine": [1, 0, 0], "col_direction_cosine": [1, 0, 0],
-                          "row_pixel_spacing": 1.0, "col_pixel_spacing": 1.0, "dicom_affine_transform": np.eye(4)})
+        sdk_image_affine(
+            {
+                "row_direction_cosine": [1, 0, 0],
+                "col_direction_cosine": [1, 0, 0],
+                "row_pixel_spacing": 1.0,
+                "col_pixel_spacing": 1.0,
+                "dicom_affine_transform": np.eye(4),
+            }
+        )
     with pytest.raises(ValueError, match=r"expected an SDK image array \[slices, rows, columns\]"):
         image_to_metatensor(np.zeros((4, 4)), {})
 
@@ -255,8 +290,11 @@ def test_app_path_equals_command_line_path(tmp_path, study_folder, detector):
     outcome = infer_series_volumes(lambda: detector, volumes)
     app_files = write_inference_outcome(outcome, tmp_path / "app")
     cli_files = process_dicom_folder(detector, study_folder, tmp_path / "cli")
-    assert [p.name for p in app_files] == [p.name for p in cli_files] == [f"sdmad_sr_{AXIAL}.dcm",
-                                                                          f"sdmad_sr_{AXIAL}.json"]
+    assert (
+        [p.name for p in app_files]
+        == [p.name for p in cli_files]
+        == [f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json"]
+    )
     app, cli = read_sr_findings(app_files[0]), read_sr_findings(cli_files[0])
     assert app["sop_instance_uid"] == cli["sop_instance_uid"]
     assert app["evidence"] == cli["evidence"] and len(app["evidence"][AXIAL]) == 12
@@ -266,8 +304,10 @@ def test_app_path_equals_command_line_path(tmp_path, study_folder, detector):
         assert got["score"] == pytest.approx(want["score"], abs=1e-6)
     # the processed slices 0, 5, 10 are the sources of every group, as on the command line
     groups = [pydicom.dcmread(f).ContentSequence[-1].ContentSequence[0] for f in (app_files[0], cli_files[0])]
-    refs = [[i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in g.ContentSequence if i.ValueType == "IMAGE"]
-            for g in groups]
+    refs = [
+        [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in g.ContentSequence if i.ValueType == "IMAGE"]
+        for g in groups
+    ]
     assert refs[0] == refs[1] and len(refs[0]) == 3
     findings = outcome.findings[0]
     assert findings.result.slice_indices == [0, 5, 10] and findings.result.source == str(study_folder / "ax")
@@ -281,8 +321,9 @@ def test_failed_series_reported_after_writing_the_others(tmp_path, detector):
     loads = []
     outcome = infer_series_volumes(lambda: loads.append(1) or detector, volumes)
     assert len(loads) == 1 and outcome.selected == 2
-    with pytest.raises(SeriesProcessingError, match=rf"1 of 2 selected series .* series {BROKEN} \(GAP\): missing") \
-            as info:
+    with pytest.raises(
+        SeriesProcessingError, match=rf"1 of 2 selected series .* series {BROKEN} \(GAP\): missing"
+    ) as info:
         write_inference_outcome(outcome, tmp_path / "out")
     assert [p.name for p in info.value.written] == [f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json"]
     assert all(p.is_file() for p in info.value.written)
@@ -306,8 +347,9 @@ def test_infer_series_rejects_inconsistent_sdk_image(tmp_path, detector):
     with pytest.raises(ValueError, match=r"has shape \(12, 20, 23\), expected \(12, 20, 24\)"):
         infer_series(detector, SeriesVolume(name="ax", datasets=datasets, array=array[..., 1:], metadata=metadata))
     with pytest.raises(ValueError, match="slice index 20 is outside"):
-        infer_series(detector, SeriesVolume(name="ax", datasets=datasets, array=array, metadata=metadata),
-                     slices=[0, 20])
+        infer_series(
+            detector, SeriesVolume(name="ax", datasets=datasets, array=array, metadata=metadata), slices=[0, 20]
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ model

@@ -72,20 +72,30 @@ def test_all_dicom_sct_codes_pass_the_check():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d["categories"]["Craniotomy"]["finding"].update(meaning="Craniotomy"),
-         "SCT 245849007 means 'post-surgical anatomy' in DICOM PS3.16, not 'Craniotomy'"),
-        (lambda d: d["categories"]["Craniotomy"]["finding"].update(value="245849008"),
-         "not a SNOMED CT concept identifier"),
-        (lambda d: d["categories"]["Nonspecific lesion"]["finding"].update(scheme="DCM", value="999999"),
-         "DCM 999999 is not a code of DICOM PS3.16"),
+        (
+            lambda d: d["categories"]["Craniotomy"]["finding"].update(meaning="Craniotomy"),
+            "SCT 245849007 means 'post-surgical anatomy' in DICOM PS3.16, not 'Craniotomy'",
+        ),
+        (
+            lambda d: d["categories"]["Craniotomy"]["finding"].update(value="245849008"),
+            "not a SNOMED CT concept identifier",
+        ),
+        (
+            lambda d: d["categories"]["Nonspecific lesion"]["finding"].update(scheme="DCM", value="999999"),
+            "DCM 999999 is not a code of DICOM PS3.16",
+        ),
         (lambda d: d["categories"]["Craniotomy"]["finding"].update(scheme="SNOMED"), "unknown coding scheme 'SNOMED'"),
-        (lambda d: d["categories"]["Craniotomy"]["finding"].update(scheme="99SITE"),
-         "private scheme '99SITE' is not declared"),
+        (
+            lambda d: d["categories"]["Craniotomy"]["finding"].update(scheme="99SITE"),
+            "private scheme '99SITE' is not declared",
+        ),
         (lambda d: d["categories"]["Craniotomy"]["finding"].pop("meaning"), "exactly 'scheme', 'value' and 'meaning'"),
         (lambda d: d["categories"]["Craniotomy"].update(site={}), "category 'Craniotomy' must be an object"),
         (lambda d: d.update(categorys={}), "unknown key(s) ['categorys']"),
-        (lambda d: d["categories"]["Nonspecific lesion"].update(
-            copy.deepcopy(d["categories"]["Craniotomy"])), "have the same finding and finding site"),
+        (
+            lambda d: d["categories"]["Nonspecific lesion"].update(copy.deepcopy(d["categories"]["Craniotomy"])),
+            "have the same finding and finding site",
+        ),
         (lambda d: d["categories"]["Craniotomy"]["finding"].update(meaning="x" * 65), "DICOM allows 64"),
     ],
 )

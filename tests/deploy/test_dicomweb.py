@@ -79,7 +79,8 @@ def stored_srs(url: str, study: str) -> list[pydicom.Dataset]:
     dicomweb = client(url)
     return [
         dicomweb.retrieve_instance(study, series, item["00080018"]["Value"][0])
-        for series, modality in series_modalities(url, study).items() if modality == "SR"
+        for series, modality in series_modalities(url, study).items()
+        if modality == "SR"
         for item in dicomweb.search_for_instances(study_instance_uid=study, series_instance_uid=series)
     ]
 
@@ -93,8 +94,9 @@ def first_instance(url: str, study: str, series: str) -> pydicom.Dataset:
 
 def test_round_trip(orthanc, detector, tmp_path, caplog, dciodvfy):
     study, axial, coronal = generate_uid(), generate_uid(), generate_uid()
-    axial_files = write_dicom_series(volume(0), tmp_path / "ax", "axial", study, axial, series_description="AX T2",
-                                     attributes=BRAIN)
+    axial_files = write_dicom_series(
+        volume(0), tmp_path / "ax", "axial", study, axial, series_description="AX T2", attributes=BRAIN
+    )
     upload(orthanc, axial_files)
     upload(orthanc, write_dicom_series(volume(1), tmp_path / "cor", "coronal", study, coronal))
     before = {uid: metadata(orthanc, study, uid) for uid in (axial, coronal)}
@@ -197,8 +199,9 @@ def test_unreachable_pacs_bounded_retries(tmp_path):
         process_study(connection, "1.2.3", lambda: pytest.fail("model loaded"))
     assert info.value.attempts == 4 and session.requests == 4
     assert delays == pytest.approx([0.01, 0.02, 0.04])  # backoff * 2**k
-    assert url in str(info.value) and "after 4 attempt(s)" in str(info.value) and "Connection refused" in str(
-        info.value)
+    assert (
+        url in str(info.value) and "after 4 attempt(s)" in str(info.value) and "Connection refused" in str(info.value)
+    )
 
 
 class _FixedStatusServer:
@@ -280,17 +283,22 @@ def test_no_matching_series(orthanc, detector, tmp_path, caplog):
 def test_missing_slice_gets_no_sr(orthanc, detector, tmp_path):
     """A broken series gets no SR and a clear error; the good series of the same study still gets its SR."""
     study, broken, good = generate_uid(), generate_uid(), generate_uid()
-    files = write_dicom_series(volume(4), tmp_path / "broken", "axial", study, broken, series_description="AX T2",
-                               attributes=BRAIN)
+    files = write_dicom_series(
+        volume(4), tmp_path / "broken", "axial", study, broken, series_description="AX T2", attributes=BRAIN
+    )
     missing = pydicom.dcmread(files[6]).SOPInstanceUID
     upload(orthanc, files[:6] + files[7:])
-    upload(orthanc, write_dicom_series(volume(5), tmp_path / "good", "axial", study, good, attributes=BRAIN,
-                                       series_number=2))
+    upload(
+        orthanc,
+        write_dicom_series(volume(5), tmp_path / "good", "axial", study, good, attributes=BRAIN, series_number=2),
+    )
     with pytest.raises(SeriesProcessingError) as info:
         process_study(orthanc, study, detector)
     message = str(info.value)
     assert f"series {broken} (AX T2)" in message and "missing slice" in message
-    assert f"{orthanc}/studies/{study}/series/{broken}" in message and "No SR was stored for the failed series" in message
+    assert (
+        f"{orthanc}/studies/{study}/series/{broken}" in message and "No SR was stored for the failed series" in message
+    )
     assert "stored: SR" in message and f"for series {good}" in message
     assert missing not in message
     srs = stored_srs(orthanc, study)
@@ -322,8 +330,19 @@ def test_cli_round_trip(orthanc, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sign selection kept no prompt")
         model = SignDrivenDetector.from_preset("tiny").save(tmp_path / "model.pt")
-    command = ["process_study", "--url", orthanc, "--study_uid", study, "--model", str(model), "--backoff", "0.01",
-               "--output_dir", str(tmp_path / "out")]
+    command = [
+        "process_study",
+        "--url",
+        orthanc,
+        "--study_uid",
+        study,
+        "--model",
+        str(model),
+        "--backoff",
+        "0.01",
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     main(command)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("stored: SR 2.25.") and lines[0].endswith(f"for series {axial}")

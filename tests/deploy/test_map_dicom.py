@@ -44,8 +44,16 @@ def series(tmp_path):
     """An axial MR series with non-square pixels (2 mm between rows, 3 mm between columns), read in reverse file
     order and sorted along the slice normal, as the SDK image's slices are."""
     rng = np.random.default_rng(0)
-    paths = write_dicom_series(rng.uniform(0, 1000, (COLUMNS, ROWS, SLICES)), tmp_path / "ax", "axial", STUDY,
-                               SERIES, pixel_spacing=(2.0, 3.0), slice_thickness=4.0, series_description="AX T1")
+    paths = write_dicom_series(
+        rng.uniform(0, 1000, (COLUMNS, ROWS, SLICES)),
+        tmp_path / "ax",
+        "axial",
+        STUDY,
+        SERIES,
+        pixel_spacing=(2.0, 3.0),
+        slice_thickness=4.0,
+        series_description="AX T1",
+    )
     datasets = [pydicom.dcmread(p) for p in reversed(paths)]
     return sorted(datasets, key=lambda ds: float(ds.ImagePositionPatient[2]))
 
@@ -70,18 +78,29 @@ def frames_by_source(ds):
 
 def test_map_geometry_values_and_references(series, tmp_path):
     volume = planted_volume()
-    path = write_anomaly_map(volume, series, ALGORITHM, PROCESSED, tmp_path / "out",
-                             processed_images=[series[k] for k in PROCESSED])
+    path = write_anomaly_map(
+        volume, series, ALGORITHM, PROCESSED, tmp_path / "out", processed_images=[series[k] for k in PROCESSED]
+    )
     assert path == tmp_path / "out" / f"sdmad_map_{SERIES}.dcm"
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left behind
     ds = pydicom.dcmread(path)
     assert (ds.SOPClassUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (
-        PARAMETRIC_MAP, STUDY, series[0].FrameOfReferenceUID)
+        PARAMETRIC_MAP,
+        STUDY,
+        series[0].FrameOfReferenceUID,
+    )
     assert (ds.PatientID, ds.SeriesDescription, ds.Rows, ds.Columns, int(ds.NumberOfFrames)) == (
-        series[0].PatientID, MAP_SERIES_DESCRIPTION, ROWS, COLUMNS, SLICES)
+        series[0].PatientID,
+        MAP_SERIES_DESCRIPTION,
+        ROWS,
+        COLUMNS,
+        SLICES,
+    )
     assert ds.ContentDescription == "SD-MAD anomaly map; axial slices 0,2,5"
-    assert "axial slices (canonical index along the axis, 0 at the lowest world coordinate): 0,2,5; source " \
-           "InstanceNumbers 1,3,6." in ds.ImageComments
+    assert (
+        "axial slices (canonical index along the axis, 0 at the lowest world coordinate): 0,2,5; source "
+        "InstanceNumbers 1,3,6." in ds.ImageComments
+    )
     assert ds.pixel_array.dtype == np.float32
 
     shared = ds.SharedFunctionalGroupsSequence[0]
@@ -91,10 +110,14 @@ def test_map_geometry_values_and_references(series, tmp_path):
         frame, item = frames[str(source.SOPInstanceUID)]
         orientation = item.get("PlaneOrientationSequence", shared.get("PlaneOrientationSequence"))
         measures = item.get("PixelMeasuresSequence", shared.get("PixelMeasuresSequence"))
-        np.testing.assert_array_equal([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
-                                      [float(v) for v in source.ImagePositionPatient])
-        np.testing.assert_array_equal([float(v) for v in orientation[0].ImageOrientationPatient],
-                                      [float(v) for v in source.ImageOrientationPatient])
+        np.testing.assert_array_equal(
+            [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+            [float(v) for v in source.ImagePositionPatient],
+        )
+        np.testing.assert_array_equal(
+            [float(v) for v in orientation[0].ImageOrientationPatient],
+            [float(v) for v in source.ImageOrientationPatient],
+        )
         np.testing.assert_array_equal([float(v) for v in measures[0].PixelSpacing], [2.0, 3.0])
         # frame [rows, columns] = the volume's slice k transposed, exactly (float32 stored as float32)
         np.testing.assert_array_equal(frame, volume[:, :, k].T)
@@ -111,16 +134,22 @@ def test_map_geometry_values_and_references(series, tmp_path):
     # stored value = anomaly score: identity mapping, unit "no units", the map's value range
     mapping = shared.RealWorldValueMappingSequence[0]
     assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
-    assert (mapping.MeasurementUnitsCodeSequence[0].CodeValue,
-            mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator) == ("1", "UCUM")
+    assert (
+        mapping.MeasurementUnitsCodeSequence[0].CodeValue,
+        mapping.MeasurementUnitsCodeSequence[0].CodingSchemeDesignator,
+    ) == ("1", "UCUM")
     assert mapping.DoubleFloatRealWorldValueFirstValueMapped == pytest.approx(float(volume.min()))
     assert mapping.DoubleFloatRealWorldValueLastValueMapped == pytest.approx(float(volume.max()))
 
 
 def test_map_uids_are_deterministic(series, tmp_path):
     volume, processed = planted_volume(), [series[k] for k in PROCESSED]
-    first, second = (pydicom.dcmread(write_anomaly_map(volume, series, ALGORITHM, PROCESSED, tmp_path / d,
-                                                       processed_images=processed)) for d in "ab")
+    first, second = (
+        pydicom.dcmread(
+            write_anomaly_map(volume, series, ALGORITHM, PROCESSED, tmp_path / d, processed_images=processed)
+        )
+        for d in "ab"
+    )
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == (second.SeriesInstanceUID, second.SOPInstanceUID)
     assert (first.SeriesInstanceUID, first.SOPInstanceUID) == anomaly_map_identifiers(STUDY, SERIES, ALGORITHM)
     assert first.SeriesInstanceUID.startswith("2.25.")
@@ -128,7 +157,8 @@ def test_map_uids_are_deterministic(series, tmp_path):
     assert {first.SeriesInstanceUID, first.SOPInstanceUID}.isdisjoint({sr.series_instance_uid, sr.sop_instance_uid})
     other = AlgorithmInfo(version="0.1.0", fingerprint="cd" * 32)  # another checkpoint: other UIDs
     assert set(anomaly_map_identifiers(STUDY, SERIES, other)).isdisjoint(
-        {first.SeriesInstanceUID, first.SOPInstanceUID})
+        {first.SeriesInstanceUID, first.SOPInstanceUID}
+    )
 
 
 def test_map_across_acquired_planes(series):
@@ -136,8 +166,10 @@ def test_map_across_acquired_planes(series):
     volume = np.zeros((COLUMNS, ROWS, SLICES), np.float32)
     volume[:, 1, :] = 0.75  # coronal slice: one row of every frame
     pmap = build_anomaly_map(volume, series, ALGORITHM, [3], axis="coronal", processed_images=None)
-    assert "coronal slices (canonical index along the axis, 0 at the lowest world coordinate): 3. They cut across" \
-           in pmap.ImageComments
+    assert (
+        "coronal slices (canonical index along the axis, 0 at the lowest world coordinate): 3. They cut across"
+        in pmap.ImageComments
+    )
     assert all("FrameLabel" not in item.FrameContentSequence[0] for item in pmap.PerFrameFunctionalGroupsSequence)
     np.testing.assert_array_equal(pmap.pixel_array[:, 1, :], 0.75)
     assert not np.any(np.delete(pmap.pixel_array, 1, axis=1))
@@ -187,8 +219,13 @@ def tiny_series(tmp_path_factory):
     first, last = (np.asarray(ds.ImagePositionPatient, dtype=np.float64) for ds in (datasets[0], datasets[-1]))
     lps = np.eye(4)
     lps[:3, 2], lps[:3, 3] = (last - first) / (len(datasets) - 1), first
-    metadata = {"row_direction_cosine": [1.0, 0.0, 0.0], "col_direction_cosine": [0.0, 1.0, 0.0],
-                "row_pixel_spacing": 2.0, "col_pixel_spacing": 1.5, "dicom_affine_transform": lps}
+    metadata = {
+        "row_direction_cosine": [1.0, 0.0, 0.0],
+        "col_direction_cosine": [0.0, 1.0, 0.0],
+        "row_pixel_spacing": 2.0,
+        "col_pixel_spacing": 1.5,
+        "dicom_affine_transform": lps,
+    }
     volume = SeriesVolume(name=SERIES, datasets=datasets, array=array, metadata=metadata)
     torch.manual_seed(0)
     return volume, SignDrivenDetector.from_preset("tiny")
@@ -209,10 +246,14 @@ def test_inference_outcome_to_map(tiny_series, tmp_path):
         np.testing.assert_array_equal(frame, findings.anomaly_volume[:, :, k].T)
         assert np.any(frame != 0) == (k in (0, 5, 10))
 
-    no_volume = SeriesFindings(name="x", result=findings.result, datasets=volume.datasets, source_images=None,
-                               algorithm=findings.algorithm)
-    with pytest.raises(ValueError, match=r"No anomaly volume for series \['x'\]: run the inference with "
-                                         r"anomaly_maps=True"):
+    no_volume = SeriesFindings(
+        name="x", result=findings.result, datasets=volume.datasets, source_images=None, algorithm=findings.algorithm
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"No anomaly volume for series \['x'\]: run the inference with "
+        r"anomaly_maps=True",
+    ):
         write_outcome_anomaly_maps(InferenceOutcome(findings=[no_volume]), tmp_path)
 
 
@@ -226,8 +267,9 @@ def test_detector_without_maps_is_one_clear_error(tiny_series):
 
 def test_map_passes_dciodvfy(series, tmp_path, dciodvfy):
     volume = planted_volume() * 0.1  # a range narrower than 1: the window is valid only as LINEAR_EXACT
-    path = write_anomaly_map(volume, series, ALGORITHM, PROCESSED, tmp_path / "out",
-                             processed_images=[series[k] for k in PROCESSED])
+    path = write_anomaly_map(
+        volume, series, ALGORITHM, PROCESSED, tmp_path / "out", processed_images=[series[k] for k in PROCESSED]
+    )
     assert dciodvfy(path) == []
     ds = pydicom.dcmread(path)
     window = ds.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]

@@ -39,10 +39,19 @@ def volume(seed=0):
 def mixed_folder(tmp_path_factory):
     """One folder holding an axial brain MR series, a coronal MR series (prefix COR) and a note that is not DICOM."""
     folder = tmp_path_factory.mktemp("study")
-    write_dicom_series(volume(0), folder, "axial", STUDY, AXIAL, series_description="AX T2",
-                       attributes={"BodyPartExamined": "BRAIN"}, prefix="AX")
-    write_dicom_series(volume(1), folder, "coronal", STUDY, CORONAL, series_description="COR T2", prefix="COR",
-                       series_number=2)
+    write_dicom_series(
+        volume(0),
+        folder,
+        "axial",
+        STUDY,
+        AXIAL,
+        series_description="AX T2",
+        attributes={"BodyPartExamined": "BRAIN"},
+        prefix="AX",
+    )
+    write_dicom_series(
+        volume(1), folder, "coronal", STUDY, CORONAL, series_description="COR T2", prefix="COR", series_number=2
+    )
     (folder / "README.txt").write_text("not DICOM")
     return folder
 
@@ -70,8 +79,9 @@ def test_mixed_folder_gives_one_sr(tmp_path, mixed_folder, detector, caplog):
     # the processed slices 0, 5, 10 are referenced as the source of each group (bottom-up: slice k = file AX000k)
     sr = pydicom.dcmread(written[0])
     groups = sr.ContentSequence[-1].ContentSequence
-    referenced = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in groups[0].ContentSequence
-                  if i.ValueType == "IMAGE"]
+    referenced = [
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in groups[0].ContentSequence if i.ValueType == "IMAGE"
+    ]
     by_name = {f.path.name: f.header.SOPInstanceUID for f in read_dicom_headers(mixed_folder)[AXIAL]}
     assert referenced == [by_name[f"AX{k:04d}.dcm"] for k in (0, 5, 10)]
     # a re-run replaces the same files with the same UIDs
@@ -120,8 +130,16 @@ def test_bad_series_do_not_sink_the_good_one(tmp_path, detector):
     folder = tmp_path / "in"
     uids = [f"1.2.826.0.1.3680043.8.498.4{i}" for i in range(3)]
     for i, (uid, data) in enumerate(zip(uids, (volume(0), volume(1), np.zeros((32, 32, 12))))):
-        write_dicom_series(data, folder / f"s{i}", "axial", STUDY, uid, series_description=f"AX T2 {i}",
-                           attributes={"BodyPartExamined": "BRAIN"}, series_number=i + 1)
+        write_dicom_series(
+            data,
+            folder / f"s{i}",
+            "axial",
+            STUDY,
+            uid,
+            series_description=f"AX T2 {i}",
+            attributes={"BodyPartExamined": "BRAIN"},
+            series_number=i + 1,
+        )
     for broken in sorted((folder / "s1").glob("*.dcm")):  # whichever file holds a requested slice
         ds = pydicom.dcmread(broken)
         del ds.PixelData
@@ -143,8 +161,16 @@ def test_undecodable_jpeg2000_series_fails_alone(tmp_path, detector):
     folder = tmp_path / "in"
     good, broken = "1.2.826.0.1.3680043.8.498.50", "1.2.826.0.1.3680043.8.498.51"
     for i, uid in enumerate((good, broken)):
-        write_dicom_series(volume(i), folder / f"s{i}", "axial", STUDY, uid, series_description=f"AX T2 {i}",
-                           attributes={"BodyPartExamined": "BRAIN"}, series_number=i + 1)
+        write_dicom_series(
+            volume(i),
+            folder / f"s{i}",
+            "axial",
+            STUDY,
+            uid,
+            series_description=f"AX T2 {i}",
+            attributes={"BodyPartExamined": "BRAIN"},
+            series_number=i + 1,
+        )
     for path in sorted((folder / "s1").glob("*.dcm")):
         ds = pydicom.dcmread(path)
         ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
@@ -153,7 +179,10 @@ def test_undecodable_jpeg2000_series_fails_alone(tmp_path, detector):
     with pytest.raises(SeriesProcessingError) as info:
         process_dicom_folder(detector, folder, tmp_path / "out")
     message = str(info.value)
-    assert message.startswith("1 of 2 selected series") and "cannot read the pixel data (transfer syntax JPEG 2000" in message
+    assert (
+        message.startswith("1 of 2 selected series")
+        and "cannot read the pixel data (transfer syntax JPEG 2000" in message
+    )
     assert [p.name for p in info.value.written] == [f"sdmad_sr_{good}.dcm", f"sdmad_sr_{good}.json"]
 
 
@@ -162,8 +191,11 @@ def test_missing_first_instance_is_detected(tmp_path, detector):
     folder = tmp_path / "in" / "ax"
     write_dicom_series(volume(), folder, "axial", STUDY, AXIAL, series_description="AX T2")
     (folder / "IM0000.dcm").unlink()  # InstanceNumber 1
-    with pytest.raises(SeriesProcessingError, match=r"incomplete series - its InstanceNumbers run from 2 to 12 .*"
-                                                    r"instance\(s\) 1 to 1 at the start are missing"):
+    with pytest.raises(
+        SeriesProcessingError,
+        match=r"incomplete series - its InstanceNumbers run from 2 to 12 .*"
+        r"instance\(s\) 1 to 1 at the start are missing",
+    ):
         process_dicom_folder(detector, tmp_path / "in", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

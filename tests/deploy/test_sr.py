@@ -115,7 +115,9 @@ def test_sr_round_trip(tmp_path, result, series, algorithm, dciodvfy):
         assert f"checkpoint=sha256:{algorithm.fingerprint}" in parameters
         # what a reader needs besides the model: which slices were looked at, and that it is not a diagnosis
         assert parameters[-3:] == [
-            "operating_point=eq8", f"slices_analysed=axial {','.join(map(str, SLICES))}", INTENDED_USE
+            "operating_point=eq8",
+            f"slices_analysed=axial {','.join(map(str, SLICES))}",
+            INTENDED_USE,
         ]
         assert "not for diagnostic use" in INTENDED_USE
         images = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
@@ -170,7 +172,9 @@ def test_deterministic_uids(result, series, algorithm):
     from sdmad_monai.deploy.codes import load_finding_codes
 
     shipped = load_finding_codes()
-    recoded = dataclasses.replace(shipped, categories={k: v for k, v in shipped.categories.items() if k != "Craniotomy"})
+    recoded = dataclasses.replace(
+        shipped, categories={k: v for k, v in shipped.categories.items() if k != "Craniotomy"}
+    )
     changed = build_sr(result, headers, algorithm, finding_codes=recoded)
     assert changed.SOPInstanceUID != first.SOPInstanceUID and changed.SeriesInstanceUID == first.SeriesInstanceUID
 

@@ -17,8 +17,9 @@ def test_pixel_auroc_handler_matches_sklearn():
         amap = (bins.double() + 0.5) / 16  # on the bin centres: the histogram AUROC is exact
         batches.append({"pred": {"anomaly_map": amap}, "pixel_label": mask})
     engine = Engine(lambda engine, batch: batch)
-    handler = PixelAUROC(num_bins=16, output_transform=detector_output("anomaly_map", label_key="pixel_label"),
-                         save_details=True)
+    handler = PixelAUROC(
+        num_bins=16, output_transform=detector_output("anomaly_map", label_key="pixel_label"), save_details=True
+    )
     handler.attach(engine, "pixel_auroc")
     engine.run(batches)
     p = torch.cat([b["pred"]["anomaly_map"].flatten() for b in batches]).numpy()

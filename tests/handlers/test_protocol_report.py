@@ -48,7 +48,9 @@ def test_metrics_json_matches_sklearn(run_report, variant):
     assert set(got["category_auroc"]) == set(CATEGORIES)
     for name in CATEGORIES[:2]:
         assert got["category_auroc"][name] == pytest.approx(expected["category_auroc"][name], abs=1e-9)
-    assert got["category_auroc"]["Ventricles"] is None  # one class only: undefined (null in the file), excluded from the mean
+    assert (
+        got["category_auroc"]["Ventricles"] is None
+    )  # one class only: undefined (null in the file), excluded from the mean
     assert got["mean_category_auroc"] == pytest.approx(
         (got["category_auroc"]["Craniotomy"] + got["category_auroc"]["Lesion"]) / 2
     )
@@ -166,8 +168,13 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 # every slice comes from a 40 (R) x 20 (A) x 5 (S) volume with an identity RAS affine: axial slices are 20 rows x
 # 40 columns, resized to 16 x 8 -> padded with 4 rows on top (ResizeToSquare)
 VOLUME_SHAPE = (40, 20, 5)
-BOXES = {0: [[10, 5, 10, 5, "Craniotomy"]], 2: [[0, 0, 40, 20, "Craniotomy"], [20, 10, 5, 5, "Lesion"]],
-         3: [[10, 5, 10, 5, "Lesion"]], 5: [[2, 4, 6, 8, "Craniotomy"]], 7: [[10, 5, 10, 5, "Lesion"]]}
+BOXES = {
+    0: [[10, 5, 10, 5, "Craniotomy"]],
+    2: [[0, 0, 40, 20, "Craniotomy"], [20, 10, 5, 5, "Lesion"]],
+    3: [[10, 5, 10, 5, "Lesion"]],
+    5: [[2, 4, 6, 8, "Craniotomy"]],
+    7: [[10, 5, 10, 5, "Lesion"]],
+}
 FRAMES = ["display", "display", "display", "flipped_rows", "display", "flipped_rows", "display", "flipped_rows"]
 # hand-computed: scale 16 / 40 = 0.4, top padding (16 - 8) // 2 = 4, flipped rows: y -> 20 - y - height first
 EXPECTED_BOXES = {
@@ -188,7 +195,7 @@ def overlay_batches(batch_size: int = 4) -> list[dict]:
         rows = range(start, min(start + batch_size, LABELS.shape[0]))
         count = len(rows)
         batch["image"] = MetaTensor(
-            images[start:start + count],
+            images[start : start + count],
             meta={
                 "slice_axis": ["axial"] * count,
                 "volume_affine": torch.eye(4, dtype=torch.float64)[None].repeat(count, 1, 1),
@@ -197,7 +204,7 @@ def overlay_batches(batch_size: int = 4) -> list[dict]:
         )
         batch["boxes"] = [json.dumps(BOXES.get(i, [])) for i in rows]
         batch["box_frame"] = [FRAMES[i] for i in rows]
-        batch["pred"]["sdmad"]["anomaly_map"] = maps[start:start + count]
+        batch["pred"]["sdmad"]["anomaly_map"] = maps[start : start + count]
     return data
 
 
@@ -207,8 +214,9 @@ def test_geometry_of_the_overlay_volume():
 
 
 def test_overlays_top_and_random_with_boxes(tmp_path):
-    report = make_report(tmp_path, prompt_texts=None, image_mean=MEAN, image_std=STD, overlays_top=2,
-                         overlays_random=3, overlay_seed=1)
+    report = make_report(
+        tmp_path, prompt_texts=None, image_mean=MEAN, image_std=STD, overlays_top=2, overlays_random=3, overlay_seed=1
+    )
     engine = Engine(lambda engine, batch: {"label": batch["label"], "pred": batch["pred"], "image": batch["image"]})
     report.attach(engine)
     engine.run(overlay_batches(), max_epochs=1)
@@ -257,8 +265,9 @@ def test_no_overlays_without_maps_or_when_turned_off(tmp_path):
     report.attach(engine)
     engine.run(data, max_epochs=1)
     assert not (tmp_path / "report" / "overlays").exists()
-    off = make_report(tmp_path / "off", prompt_texts=None, image_mean=MEAN, image_std=STD, overlays_top=0,
-                      overlays_random=0)
+    off = make_report(
+        tmp_path / "off", prompt_texts=None, image_mean=MEAN, image_std=STD, overlays_top=0, overlays_random=0
+    )
     engine = Engine(lambda engine, batch: {"label": batch["label"], "pred": batch["pred"], "image": batch["image"]})
     off.attach(engine)
     engine.run(overlay_batches(), max_epochs=1)
@@ -287,8 +296,12 @@ def test_keep_masks_come_from_the_detector_text_states(tmp_path):
     assert torch.equal(outputs["sdmad"]["keep"], trained_keep) and "sign_selection_keep" not in outputs["sdmad"]
     assert outputs["clip"]["keep"].all() and outputs["sdmad_no_ss"]["keep"].all()
     report = ProtocolReport(
-        tmp_path, detector.category_labels, prompt_texts=detector.prompt_texts,
-        prompt_categories=detector.prompt_categories, overlays_top=0, overlays_random=0,
+        tmp_path,
+        detector.category_labels,
+        prompt_texts=detector.prompt_texts,
+        prompt_categories=detector.prompt_categories,
+        overlays_top=0,
+        overlays_random=0,
     )
     labels = torch.tensor([[1.0] + [0.0] * (detector.num_categories - 1), [0.0] * detector.num_categories])
     engine = Engine(lambda engine, batch: {"label": labels, "pred": outputs})

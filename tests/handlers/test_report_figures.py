@@ -71,8 +71,13 @@ def test_heatmap_one_shared_colour_scale(run_report):
     colorbars = [axis for axis in figure.axes if axis.get_ylabel().startswith("mean cosine similarity")]
     assert len(colorbars) == 1  # one colour bar for both panels
     column_names = [t.get_text() for t in panels[0].get_xticklabels()]
-    assert column_names == ["dropped by sign selection", "Craniotomy (n=3)", "Lesion (n=3)", "Ventricles (n=0)",
-                            "Normal (n=3)"]
+    assert column_names == [
+        "dropped by sign selection",
+        "Craniotomy (n=3)",
+        "Lesion (n=3)",
+        "Ventricles (n=0)",
+        "Normal (n=3)",
+    ]
 
 
 def test_heatmap_marks_dropped_prompts(run_report):
@@ -96,8 +101,11 @@ def test_heatmap_marks_dropped_prompts(run_report):
     assert "prompt dropped by sign selection (Eq. 6) for this panel's prompt features" in legend
     assert "grey italic prompt: dropped in sdmad" in legend
     metrics = json.loads((run_report[1] / "metrics.json").read_text())
-    assert metrics["sign_selection"]["clip"] == {"num_prompts": 4, "num_kept": 2,
-                                                 "dropped_prompts": ["a craniotomy", "big ventricles"]}
+    assert metrics["sign_selection"]["clip"] == {
+        "num_prompts": 4,
+        "num_kept": 2,
+        "dropped_prompts": ["a craniotomy", "big ventricles"],
+    }
     assert metrics["sign_selection"]["sdmad"]["dropped_prompts"] == ["a normal brain"]
 
 
@@ -139,9 +147,7 @@ def test_roc_panels_counts_legends_and_styles(run_report):
     ]
     for index, name in enumerate(CATEGORIES[:2]):
         legend = [t.get_text() for t in panels[index].get_legend().get_texts()]
-        assert legend == [
-            f"{v}: AUROC {expected_metrics(v)['category_auroc'][name]:.3f}" for v in VARIANTS
-        ]
+        assert legend == [f"{v}: AUROC {expected_metrics(v)['category_auroc'][name]:.3f}" for v in VARIANTS]
     assert figure.texts[0].get_text() == "ROC curves on 8 slices, one panel per category"
     image_legend = [t.get_text() for t in panels[3].get_legend().get_texts()]
     assert image_legend == [f"{v}: AUROC {expected_metrics(v)['image_auroc']:.3f}" for v in VARIANTS]
@@ -157,8 +163,12 @@ def test_roc_panels_counts_legends_and_styles(run_report):
 def test_roc_curves_that_coincide_stay_visible(tmp_path):
     """Identical scores for every variant: three curves, three styles, thickest at the bottom."""
     same = {key: value for key, value in OUTPUTS["clip"].items()}
-    engine = evaluator(lambda batch: {"label": batch["label"], "pred": {v: batch["pred"]["clip"] for v in
-                                                                         ("clip", "sdmad_no_ss", "sdmad")}})
+    engine = evaluator(
+        lambda batch: {
+            "label": batch["label"],
+            "pred": {v: batch["pred"]["clip"] for v in ("clip", "sdmad_no_ss", "sdmad")},
+        }
+    )
     report = make_report(tmp_path, prompt_texts=None)
     engine.add_event_handler(Events.ITERATION_COMPLETED, report.collect)
     engine.run(batches(), max_epochs=1)

@@ -13,7 +13,10 @@ from sdmad_monai.handlers import ResumeCheckpoint
 
 MAX_EPOCHS = 4
 DATA = [
-    (torch.randn(4, 3, generator=torch.Generator().manual_seed(i)), torch.randn(4, 2, generator=torch.Generator().manual_seed(100 + i)))
+    (
+        torch.randn(4, 3, generator=torch.Generator().manual_seed(i)),
+        torch.randn(4, 2, generator=torch.Generator().manual_seed(100 + i)),
+    )
     for i in range(3)
 ]
 
@@ -176,8 +179,14 @@ def test_best_metric_saver_record_and_random_states_are_restored(tmp_path):
     evaluator = SimpleNamespace(state=SimpleNamespace(best_metric=0.75, best_metric_epoch=2))
     saver = Saver()
     saver._key_metric_checkpoint._saved = [Checkpoint.Item(0.75, "model.pt")]
-    handler = ResumeCheckpoint(path, {"network": model}, settings={"lr": 0.1}, evaluator=evaluator,
-                               checkpoint_saver=saver, rng_objects=transforms)
+    handler = ResumeCheckpoint(
+        path,
+        {"network": model},
+        settings={"lr": 0.1},
+        evaluator=evaluator,
+        checkpoint_saver=saver,
+        rng_objects=transforms,
+    )
     engine = Engine(lambda e, b: None)
     engine.state.epoch, engine.state.iteration = 2, 6
     handler.save(engine)
@@ -186,8 +195,14 @@ def test_best_metric_saver_record_and_random_states_are_restored(tmp_path):
     fresh_evaluator = SimpleNamespace(state=SimpleNamespace(best_metric=-1, best_metric_epoch=-1))
     fresh_saver = Saver()
     fresh_flip = RandFlip(prob=0.5)
-    fresh = ResumeCheckpoint(path, {"network": model}, settings={"lr": 0.1}, evaluator=fresh_evaluator,
-                             checkpoint_saver=fresh_saver, rng_objects=Compose([fresh_flip]))
+    fresh = ResumeCheckpoint(
+        path,
+        {"network": model},
+        settings={"lr": 0.1},
+        evaluator=fresh_evaluator,
+        checkpoint_saver=fresh_saver,
+        rng_objects=Compose([fresh_flip]),
+    )
     fresh.restore(Engine(lambda e, b: None))
     assert (fresh_evaluator.state.best_metric, fresh_evaluator.state.best_metric_epoch) == (0.75, 2)
     assert [tuple(i) for i in fresh_saver._key_metric_checkpoint._saved] == [(0.75, "model.pt")]

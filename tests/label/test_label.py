@@ -132,9 +132,7 @@ def test_bad_label_files_name_the_file_and_the_problem(tmp_path, content, messag
 
 def test_datastore_datalist_matches_the_bundle_datalist(demo, tmp_path):
     # label files written from the demo annotations give back the bundle's own slice items
-    categories = list(
-        ConfigParser.load_config_file(ROOT / "configs" / "train.json")["categories"]
-    )
+    categories = list(ConfigParser.load_config_file(ROOT / "configs" / "train.json")["categories"])
     items = build_fastmri_datalist(
         demo["annotations_csv"],
         demo["file_list_csv"],
@@ -148,9 +146,7 @@ def test_datastore_datalist_matches_the_bundle_datalist(demo, tmp_path):
         records.append({"image": image, "label": str(label)})
     rebuilt = datastore_datalist(records, categories)
     key = lambda item: (item["image"], item["slice"])
-    expected = [
-        {k: item[k] for k in ("image", "file", "slice", "label")} for item in items
-    ]
+    expected = [{k: item[k] for k in ("image", "file", "slice", "label")} for item in items]
     assert sorted(rebuilt, key=key) == sorted(expected, key=key)
 
 
@@ -160,11 +156,7 @@ def test_datastore_datalist_needs_labelled_images():
 
 
 def test_split_by_volume_keeps_volumes_whole():
-    items = [
-        {"file": f"v{v}", "slice": s, "image": f"v{v}.nii.gz", "label": [0.0]}
-        for v in range(10)
-        for s in (0, 5)
-    ]
+    items = [{"file": f"v{v}", "slice": s, "image": f"v{v}.nii.gz", "label": [0.0]} for v in range(10) for s in (0, 5)]
     training, validation = split_by_volume(items, 0.3, seed=1)
     assert len(validation) == 3 * 2 and len(training) == 7 * 2
     assert not {i["file"] for i in training} & {i["file"] for i in validation}

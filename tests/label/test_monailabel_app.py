@@ -80,9 +80,7 @@ def load_app(bundle: Path, studies: Path, app_dir: Path | None = None, models: s
     app_dir = app_dir or studies.parent / "app"
     if not app_dir.exists():
         shutil.copytree(APP, app_dir, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
-    app_class = get_class_of_subclass_from_file(
-        "main", str(app_dir / "main.py"), "MONAILabelApp"
-    )
+    app_class = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
     return app_class(
         app_dir=str(app_dir),
         studies=str(studies),
@@ -99,19 +97,13 @@ def make_studies(folder: Path, demo, labelled: bool) -> Path:
     for image in demo:
         shutil.copy(image, folder / Path(image).name)
     if labelled:
-        datastore = LocalDatastore(
-            str(folder), extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT
-        )
+        datastore = LocalDatastore(str(folder), extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT)
         for image, slices in demo.items():
             label = write_slice_labels(
-                folder.parent
-                / "incoming"
-                / (Path(image).name[: -len(DEMO_SUFFIX)] + ".json"),
+                folder.parent / "incoming" / (Path(image).name[: -len(DEMO_SUFFIX)] + ".json"),
                 slices,
             )
-            datastore.save_label(
-                Path(image).name[: -len(DEMO_SUFFIX)], str(label), "final", {}
-            )
+            datastore.save_label(Path(image).name[: -len(DEMO_SUFFIX)], str(label), "final", {})
     return folder
 
 
@@ -124,17 +116,13 @@ def app(tmp_path_factory, demo, monailabel_settings):
 
 
 def assert_scores_are_infer_volumes(params, checkpoint: Path, image: Path):
-    reference = infer_volume(
-        SignDrivenDetector.load(checkpoint), image, axis="axial", indices=SLICES
-    )
+    reference = infer_volume(SignDrivenDetector.load(checkpoint), image, axis="axial", indices=SLICES)
     assert [p["label"] for p in params["prediction"]] == CATEGORIES
     assert [p["idx"] for p in params["prediction"]] == list(range(len(CATEGORIES)))
     assert [p["score"] for p in params["prediction"]] == pytest.approx(
         [f["score"] for f in reference.findings], abs=1e-6
     )
-    without_score = lambda findings: [
-        {k: v for k, v in f.items() if k != "score"} for f in findings
-    ]
+    without_score = lambda findings: [{k: v for k, v in f.items() if k != "score"} for f in findings]
     assert without_score(params["findings"]) == without_score(reference.findings)
     assert [s["slice"] for s in params["slices"]] == SLICES
     return reference
@@ -186,20 +174,14 @@ def test_infer_task_class_on_a_file_outside_the_datastore(app, demo):
 
     _, bundle = app
     image = Path(sorted(demo)[1])
-    label, params = SDMADInferTask(str(bundle), {})(
-        {"image": str(image), "device": "cpu"}
-    )
+    label, params = SDMADInferTask(str(bundle), {})({"image": str(image), "device": "cpu"})
     assert_scores_are_infer_volumes(params, bundle / "models" / "model.pt", image)
     assert_label_is_on_the_scans_grid(label, params, image)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        SDMADInferTask(str(bundle), {})(
-            {"image": str(image) + ".missing.nii.gz", "device": "cpu"}
-        )
+        SDMADInferTask(str(bundle), {})({"image": str(image) + ".missing.nii.gz", "device": "cpu"})
 
 
-def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(
-    tmp_path, demo, monailabel_settings
-):
+def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(tmp_path, demo, monailabel_settings):
     bundle = make_bundle(tmp_path / "bundle")
     cli_checkpoint = (bundle / "models" / "model.pt").read_bytes()
     instance = load_app(bundle, make_studies(tmp_path / "studies", demo, labelled=True))
@@ -217,10 +199,7 @@ def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(
         }
     )
     assert summary["best_validation_metric"] == "val_mean_category_auroc"
-    assert (
-        Path(summary["checkpoint"]) == checkpoint.resolve()
-        and checkpoint.read_bytes() != before
-    )
+    assert Path(summary["checkpoint"]) == checkpoint.resolve() and checkpoint.read_bytes() != before
     # the command line's checkpoint is not MONAI Label's: training through MONAI Label leaves it alone
     assert (bundle / "models" / "model.pt").read_bytes() == cli_checkpoint
     # no demo data was generated: the datastore was the training data
@@ -229,17 +208,13 @@ def test_train_on_the_datastore_then_infer_uses_the_new_checkpoint(
     restarted = load_app(bundle, tmp_path / "studies", app_dir=Path(instance.app_dir))
     assert (app_model(restarted) / "models" / "model.pt").read_bytes() == checkpoint.read_bytes()
     image = Path(sorted(demo)[2])
-    result = instance.infer(
-        {"model": "sdmad", "image": image.name[: -len(DEMO_SUFFIX)], "device": "cpu"}
-    )
+    result = instance.infer({"model": "sdmad", "image": image.name[: -len(DEMO_SUFFIX)], "device": "cpu"})
     assert_scores_are_infer_volumes(result["params"], checkpoint, image)
 
 
 def test_train_on_the_bundles_demo_data(tmp_path, demo, monailabel_settings):
     bundle = make_bundle(tmp_path / "bundle")
-    instance = load_app(
-        bundle, make_studies(tmp_path / "studies", demo, labelled=False)
-    )
+    instance = load_app(bundle, make_studies(tmp_path / "studies", demo, labelled=False))
     summary = instance.train(
         {
             "model": "sdmad", "device": "cpu", "dataset": "demo", "demo_volumes": 24, "k_shot": 1,
@@ -248,15 +223,11 @@ def test_train_on_the_bundles_demo_data(tmp_path, demo, monailabel_settings):
     )  # fmt: skip
     assert summary["best_validation_epoch"] == 1
     splits = json.loads((app_model(instance) / ".sdmad_cache" / "splits.json").read_text())
-    assert (
-        splits["settings"]["demo_volumes"] == 24 and splits["settings"]["k_shot"] == 1
-    )
+    assert splits["settings"]["demo_volumes"] == 24 and splits["settings"]["k_shot"] == 1
     SignDrivenDetector.load(app_model(instance) / "models" / "model.pt")
 
 
-def test_train_refuses_bad_datastore_labels_before_training(
-    tmp_path, demo, monailabel_settings
-):
+def test_train_refuses_bad_datastore_labels_before_training(tmp_path, demo, monailabel_settings):
     bundle = make_bundle(tmp_path / "bundle")
     checkpoint = (bundle / "models" / "model.pt").read_bytes()
     instance = load_app(bundle, make_studies(tmp_path / "empty", demo, labelled=False), app_dir=tmp_path / "app")

@@ -97,8 +97,9 @@ def test_deepcopy_hooks_use_the_copy_adapter_and_switch():
         clone.adapter.fc2.bias.add_(1.0)  # change the copy's adapter only
     assert torch.equal(original.block(x), before)
     assert not torch.equal(clone.block(x), before)
-    torch.testing.assert_close(clone.block(x), clone.adapter.shift(nn.functional.linear(x, clone.block.weight,
-                                                                                        clone.block.bias)))
+    torch.testing.assert_close(
+        clone.block(x), clone.adapter.shift(nn.functional.linear(x, clone.block.weight, clone.block.bias))
+    )
     clone.enabled = False  # the copy's switch turns the copy's adapter off, not the original's
     assert torch.equal(clone.block(x), nn.functional.linear(x, clone.block.weight, clone.block.bias))
     assert torch.equal(original.block(x), before)

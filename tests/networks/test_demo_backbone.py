@@ -16,7 +16,6 @@ from sdmad_monai.data.report_corpus import build_report_corpus, slice_labels_fro
 from sdmad_monai.metrics import compute_auroc
 from sdmad_monai.networks import SignDrivenDetector, load_clip
 from sdmad_monai.networks.backbone import DEMO_PRETRAINED, TINY_MODEL_NAME
-from sdmad_monai.prompts import load_prompt_bank
 from sdmad_monai.networks.demo_backbone import (
     DEMO_WEIGHTS_DIR,
     DEMO_WEIGHTS_FILE,
@@ -27,6 +26,7 @@ from sdmad_monai.networks.demo_backbone import (
     read_demo_manifest,
     save_demo_weights,
 )
+from sdmad_monai.prompts import load_prompt_bank
 
 HELD_OUT_KEY = 0xD15C  # random stream of the held-out slices: neither the demo's [seed, i] nor the corpus's
 
@@ -84,7 +84,9 @@ def _prompt_zero_shot(model, tokenizer, images: torch.Tensor, labels: torch.Tens
         image = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
         text = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
     similarities = image @ text.T
-    scores = torch.stack([similarities[:, categories == k].amax(dim=1) for k in range(len(FASTMRI_BRAIN_CATEGORIES))], 1)
+    scores = torch.stack(
+        [similarities[:, categories == k].amax(dim=1) for k in range(len(FASTMRI_BRAIN_CATEGORIES))], 1
+    )
     per_category = compute_auroc(scores, labels, average="none")
     return float(per_category[~torch.isnan(per_category)].mean())
 
@@ -117,7 +119,13 @@ def test_compact_weights_round_trip_and_are_checked(tmp_path):
     model, tokenizer = load_clip(TINY_MODEL_NAME, None, seed=3)
     initial, _ = load_clip(TINY_MODEL_NAME, None, seed=3)
     corpus = build_report_corpus(7, seed=5, progress=False)
-    pretrain(model, corpus.images[:32], tokenizer(corpus.reports[:32]), PretrainRecipe(steps=2, batch_size=16, warmup_steps=1, init_seed=3), progress=False)
+    pretrain(
+        model,
+        corpus.images[:32],
+        tokenizer(corpus.reports[:32]),
+        PretrainRecipe(steps=2, batch_size=16, warmup_steps=1, init_seed=3),
+        progress=False,
+    )
     manifest = save_demo_weights(model, initial, tmp_path / DEMO_WEIGHTS_FILE, {"recipe": {"init_seed": 3}})
     used_tokens = torch.unique(tokenizer(corpus.reports[:32]))
     # only rows of tokens that occur (padding and special tokens included) changed and are stored

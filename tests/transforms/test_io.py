@@ -87,7 +87,9 @@ def test_header_declaring_a_huge_volume_is_refused_before_decoding(tmp_path, mon
     path = tmp_path / "bomb.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), path)
     monkeypatch.setenv("SDMAD_MAX_VOLUME_BYTES", str(64**3 * 4 - 1))
-    with pytest.raises(ValueError, match=r"bomb.nii.gz: its header declares shape \(64, 64, 64\).*SDMAD_MAX_VOLUME_BYTES"):
+    with pytest.raises(
+        ValueError, match=r"bomb.nii.gz: its header declares shape \(64, 64, 64\).*SDMAD_MAX_VOLUME_BYTES"
+    ):
         LoadSlices("axial", indices=[0])(str(path))
     forged = tmp_path / "forged.nii"  # 2000^3 voxels declared in a file of a few hundred bytes
     header = nib.Nifti1Header()

@@ -56,9 +56,7 @@ class SDMADInferTask(BundleInferTask):
         :func:`~sdmad_monai.inference.prepare_volume`), at the axis the request asks for."""
         return []
 
-    def run_inferer(
-        self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"
-    ) -> dict:
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
         network = self._get_network(device, data)
         settings = {**self.settings, "axis": data.get("axis", self.settings["axis"])}
         answer = segment_volume(
@@ -69,9 +67,7 @@ class SDMADInferTask(BundleInferTask):
         data["sdmad"] = answer.details
         return data
 
-    def writer(
-        self, data: dict[str, Any], extension: Any = None, dtype: Any = None
-    ) -> tuple[Any, dict]:
+    def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[Any, dict]:
         label, result = super().writer(data, extension or ".nii.gz", dtype or "uint8")
         result.update(data["sdmad"])
         return label, result

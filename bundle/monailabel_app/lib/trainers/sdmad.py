@@ -44,27 +44,21 @@ class SDMADTrainTask(BundleTrainTask):
         self._request: dict[str, Any] = {}
         if not self.valid:
             return
-        self.categories = [
-            str(c) for c in self.bundle_config.get_parsed_content("categories")
-        ]
+        self.categories = [str(c) for c in self.bundle_config.get_parsed_content("categories")]
         self.axis = str(self.bundle_config.get_parsed_content("axis"))
 
     def config(self) -> dict[str, Any]:
         options = super().config()
         options["dataset"] = list(DATASETS)
         options["max_epochs"] = self.bundle_config.get_parsed_content("max_epochs")
-        options.update(
-            {key: self.bundle_config.get_parsed_content(key) for key in BUNDLE_OPTIONS}
-        )
+        options.update({key: self.bundle_config.get_parsed_content(key) for key in BUNDLE_OPTIONS})
         return options
 
     def _dataset(self) -> str:
         dataset = self._request.get("dataset", DATASETS[0])
         dataset = dataset[0] if isinstance(dataset, list) else dataset
         if dataset not in DATASETS:
-            raise ValueError(
-                f"Train request: dataset must be one of {list(DATASETS)}, got {dataset!r}."
-            )
+            raise ValueError(f"Train request: dataset must be one of {list(DATASETS)}, got {dataset!r}.")
         return dataset
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
@@ -78,34 +72,24 @@ class SDMADTrainTask(BundleTrainTask):
         with open(summary, encoding="utf-8") as handle:
             return json.load(handle)
 
-    def _load_checkpoint(
-        self, model_pytorch: str, pretrained: bool, train_handlers: list
-    ) -> None:
+    def _load_checkpoint(self, model_pytorch: str, pretrained: bool, train_handlers: list) -> None:
         # MONAI Label 0.8.5 calls os.path.exists(None) when pretrained is false
         if pretrained:
             super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
 
-    def _fetch_datalist(
-        self, request: dict[str, Any], datastore: Datastore
-    ) -> list[dict[str, Any]]:
+    def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, Any]]:
         if self._dataset() == "demo":
             return []
         return datastore_datalist(datastore.datalist(), self.categories, self.axis)
 
-    def _partition_datalist(
-        self, datalist: list, request: dict[str, Any], shuffle: bool = False
-    ) -> tuple:
+    def _partition_datalist(self, datalist: list, request: dict[str, Any], shuffle: bool = False) -> tuple:
         if self._dataset() == "demo":
             return [], None
         seed = int(request.get("seed", self.bundle_config.get_parsed_content("seed")))
-        return split_by_volume(
-            datalist, float(request.get("val_split", 0.2)), seed=seed
-        )
+        return split_by_volume(datalist, float(request.get("val_split", 0.2)), seed=seed)
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        overrides.update(
-            {key: self._request[key] for key in BUNDLE_OPTIONS if key in self._request}
-        )
+        overrides.update({key: self._request[key] for key in BUNDLE_OPTIONS if key in self._request})
         training = overrides.pop(self.const.key_train_dataset_data())
         validation = overrides.pop(self.const.key_validate_dataset_data(), None)
         if self._dataset() == "datastore":
