@@ -5,6 +5,7 @@ Not a test module and not part of the package; the scripts put this folder on ``
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -19,7 +20,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Where a run writes its result unless ``--output`` says otherwise: ignored by git, so that running a benchmark
+#: leaves the tree clean. ``benchmarks/results/`` holds the recorded results RESULTS.md cites (copied there by hand).
+OUTPUT_DIR = Path(__file__).resolve().parent / "output"
+
+
+def add_output_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--output`` option every script shares (default: :data:`OUTPUT_DIR`, see :func:`write_result`)."""
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="result .json file or folder (default: benchmarks/output/, ignored by git; "
+        "copy a run to record into benchmarks/results/)",
+    )
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -150,11 +163,11 @@ def run_worker(script: Path, args: Sequence[str], timeout: float | None = None) 
 
 
 def write_result(name: str, data: dict, output: str | Path | None) -> Path:
-    """Write ``data`` atomically to ``output`` (a ``.json`` file or a folder) or ``benchmarks/results/<name>.json``."""
+    """Write ``data`` atomically to ``output`` (a ``.json`` file or a folder) or ``benchmarks/output/<name>.json``."""
     from sdmad_monai.utils import atomic_write_json
 
     if output is None:
-        path = RESULTS_DIR / f"{name}.json"
+        path = OUTPUT_DIR / f"{name}.json"
     else:
         path = Path(output)
         if path.suffix != ".json":

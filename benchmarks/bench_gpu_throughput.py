@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100 SXM: 989)")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for batch in args.batch_sizes:
         images = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
 
-        def call():
+        def call(images=images):
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                 return detector(images)
 

@@ -24,6 +24,7 @@ tighter figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(bu.CLOCKS),
         help="wall time, or CPU time of the calling thread (use with --threads 1 on a busy machine)",
     )
-    parser.add_argument("--output", default=None, help="JSON file or folder (default benchmarks/results/)")
+    bu.add_output_argument(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny model, batches 1 and 2, one repeat")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -153,9 +154,9 @@ def bench_model(key: str, args: argparse.Namespace) -> dict[str, Any]:
             detector_calls_before = dict(calls)
             timings = bu.time_interleaved(
                 {
-                    "detector": lambda: run_detector(images),
-                    "disabled": lambda: run_disabled(images),
-                    "bare": lambda: run_bare(images),
+                    "detector": functools.partial(run_detector, images),
+                    "disabled": functools.partial(run_disabled, images),
+                    "bare": functools.partial(run_bare, images),
                 },
                 args.warmup,
                 args.repeats,

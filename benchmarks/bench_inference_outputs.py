@@ -23,6 +23,7 @@ CPU cores).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--formats", choices=FORMATS, nargs="+", default=["nii.gz"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
-    parser.add_argument("--output", default=None, help="result .json or folder (default benchmarks/results/)")
+    bu.add_output_argument(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.volumes, args.repeats, args.slices = 7, 1, ["fastmri"]
@@ -106,10 +107,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             volumes = converted[fmt]
             slices = dict(indices=[0, 5, 10]) if policy == "fastmri" else dict(stride=1)
             calls = {
-                mode: (
-                    lambda mode=mode: infer_volumes(
-                        detector, volumes, Path(temporary) / f"out_{fmt}_{policy}_{mode}", **MODES[mode], **slices
-                    )
+                mode: functools.partial(
+                    infer_volumes,
+                    detector,
+                    volumes,
+                    Path(temporary) / f"out_{fmt}_{policy}_{mode}",
+                    **MODES[mode],
+                    **slices,
                 )
                 for mode in MODES
             }

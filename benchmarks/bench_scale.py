@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--in-process", action="store_true", help="no subprocess per size (memory is then cumulative)")
     parser.add_argument("--no-figures", action="store_true", help="skip roc.png and similarity_heatmap.png")
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     parser.add_argument("--smoke", action="store_true", help="40 and 80 slices, batch 20, in-process, no figures")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=1000, help=argparse.SUPPRESS)

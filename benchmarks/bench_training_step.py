@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the modes here, not in subprocesses (peak memory is then cumulative over the modes)",
     )
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny model, batch 2, one step, in-process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="cached", choices=MODES, help=argparse.SUPPRESS)

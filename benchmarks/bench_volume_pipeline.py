@@ -20,6 +20,7 @@ Run: ``python benchmarks/bench_volume_pipeline.py`` (about 2 minutes on 2 CPU co
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="where the volumes are written (default: a temp folder)")
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny model, small volumes, one repeat")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -132,10 +133,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 full = ExtractSlices("axial", **policy)
                 timings = bu.time_interleaved(
                     {
-                        "lazy_read": lambda: lazy(path),
-                        "full_read": lambda: full(load_volume(path)),
-                        "pipeline": lambda: prepare(lazy(path)),
-                        "full_pipeline": lambda: prepare(full(load_volume(path))),
+                        "lazy_read": lambda lazy=lazy, path=path: lazy(path),
+                        "full_read": lambda full=full, path=path: full(load_volume(path)),
+                        "pipeline": lambda lazy=lazy, path=path: prepare(lazy(path)),
+                        "full_pipeline": lambda full=full, path=path: prepare(full(load_volume(path))),
                     },
                     args.warmup,
                     args.repeats,
@@ -144,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 count = images.shape[0]
                 if count not in model_ms:
                     with torch.no_grad():
-                        model_ms[count] = bu.time_call(lambda: detector(images), 1, args.model_repeats)["median_s"]
+                        timing = bu.time_call(functools.partial(detector, images), 1, args.model_repeats)
+                        model_ms[count] = timing["median_s"]
                 lazy_s, full_s, pipe_s = (timings[n]["median_s"] for n in ("lazy_read", "full_read", "pipeline"))
                 row = {
                     "format": fmt,

@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--probe-c", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     parser.add_argument("--k-shot", type=int, default=4, help="support set size of the k-shot probe (train.json's)")
     parser.add_argument(
         "--k-shot-seeds",

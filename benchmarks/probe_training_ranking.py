@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="train.json seeds (k-shot draws)")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", default=None)
+    bu.add_output_argument(parser)
     parser.add_argument("--smoke", action="store_true", help="24 volumes, 1-shot, 2 epochs, random backbone")
     args = parser.parse_args(argv)
     if args.epochs < 1:

@@ -4,8 +4,8 @@ series out, and with ``--anomaly-map`` the series' 3D anomaly map as a DICOM Par
 Run locally (CPU or GPU)::
 
     python bundle/deploy_app -i <dicom folder> -o <output folder> -m <SignDrivenDetector checkpoint>
-        [--rules site_rules.json] [--finding-codes site_codes.json] [--slices 0,5,10|all] [--axis axial] [--device auto|cpu|cuda]
-        [--batch-size 16] [--allow-no-match] [--anomaly-map]
+        [--rules site_rules.json] [--finding-codes site_codes.json] [--slices 0,5,10|all] [--axis axial]
+        [--device auto|cpu|cuda] [--batch-size 16] [--allow-no-match] [--anomaly-map]
 
 The SDK's ``-i/-o/-m`` may also come from ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` /
 ``HOLOSCAN_MODEL_PATH``, and the application's options from ``SDMAD_SERIES_RULES``, ``SDMAD_SLICES``, ``SDMAD_AXIS``,

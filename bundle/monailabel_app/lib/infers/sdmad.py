@@ -1,4 +1,5 @@
-"""MONAI Label infer task for the SD-MAD bundle: per-category scores and findings, and a label volume the viewers show."""
+"""MONAI Label infer task for the SD-MAD bundle: per-category scores and findings, and a label volume the viewers
+show."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ class SDMADInferTask(BundleInferTask):
     re-implemented here.
 
     The answer: the label image (NIfTI, uint8, on the scan's grid with the scan's affine): on the slices with a
-    finding (by the findings' decision rule, Eq. 8 by default), the voxels whose anomaly map is at least ``threshold`` (a request option, default 0.5), labelled
-    with the slice's top predicted category (labels ``1..6`` in category order, 0 background); and the JSON with
+    finding (by the findings' decision rule, Eq. 8 by default), the voxels whose anomaly map is at least
+    ``threshold`` (a request option, default 0.5), labelled with the slice's top predicted category (labels ``1..6``
+    in category order, 0 background); and the JSON with
     ``prediction`` (``idx``, ``label``, ``score``: the study score per category), ``findings`` (score, binary finding
     and positive slices per category), ``slices`` (per-slice scores), ``label_volume``, ``model`` and ``source``.
     """
