@@ -98,15 +98,16 @@ def anomaly_volume(
 def format_slice_ranges(indices: Sequence[int]) -> str:
     """Compact text of slice indices: ``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``."""
     values = sorted({int(i) for i in indices})
+    if not values:
+        return ""
     parts: list[str] = []
-    start = previous = None
-    for value in values + [None]:
-        if start is not None and (value is None or value != previous + 1):
+    start = previous = values[0]
+    for value in values[1:]:
+        if value != previous + 1:
             parts.append(str(start) if start == previous else f"{start}-{previous}")
-            start = None
-        if value is not None and start is None:
             start = value
         previous = value
+    parts.append(str(start) if start == previous else f"{start}-{previous}")
     return ",".join(parts)
 
 

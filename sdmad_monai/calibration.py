@@ -122,6 +122,14 @@ class CategoryCalibration:
         """``sigmoid(a m + b)`` of an array of margins; ``None`` when not calibrated."""
         if not self.calibrated:
             return None
+        return self._probability(margins)
+
+    def _probability(self, margins: np.ndarray) -> np.ndarray:
+        """``sigmoid(a m + b)`` of an array of margins, for a calibrated category."""
+        if self.slope is None or self.intercept is None:
+            raise ValueError(
+                f"category {self.label!r} is not calibrated (slope {self.slope}, intercept {self.intercept})."
+            )
         z = self.slope * np.asarray(margins, dtype=np.float64) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
@@ -138,16 +146,16 @@ class CategoryCalibration:
             return {"rule": "eq8"}
         if not self.calibrated or not self.positive_margins:
             return {"rule": "eq8", "note": f"no probability threshold: {self.note or 'not calibrated'}; Eq. 8 decides"}
-        positives = np.sort(self.probability(np.asarray(self.positive_margins)))[::-1]
+        positives = np.sort(self._probability(np.asarray(self.positive_margins)))[::-1]
         needed = max(1, math.ceil(point.target_sensitivity * len(positives) - 1e-9))
         threshold = float(positives[needed - 1])
-        negatives = self.probability(np.asarray(self.negative_margins)) if self.negative_margins else np.zeros(0)
+        negatives = self._probability(np.asarray(self.negative_margins)) if self.negative_margins else np.zeros(0)
         return {
             "rule": "probability",
             "threshold": threshold,
             "target_sensitivity": point.target_sensitivity,
-            "validation_sensitivity": float((positives >= threshold).mean()),
-            "validation_specificity": float((negatives < threshold).mean()) if negatives.size else None,
+            "validation_sensitivity": float(np.mean(positives >= threshold)),
+            "validation_specificity": float(np.mean(negatives < threshold)) if negatives.size else None,
         }
 
 

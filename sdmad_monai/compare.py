@@ -184,9 +184,9 @@ def _zero_shot(detector: Any, images: torch.Tensor, batch_size: int = 32) -> tup
     with detector.adapters_disabled():
         for start in range(0, images.shape[0], batch_size):
             out = detector(images[start : start + batch_size], output="all")
-            scores.append(out["image_score"])
-            if "anomaly_map" in out:
-                maps.append(out["anomaly_map"])
+            scores.append(out.image_score)
+            if out.anomaly_map is not None:
+                maps.append(out.anomaly_map)
     return torch.cat(scores), (torch.cat(maps) if maps else None)
 
 
@@ -265,12 +265,14 @@ def compare_methods(
     sir_images = {d.name: _draw(d.train.shape[0], 1, generator)[0] for d in datasets}
     rows: list[MethodResult] = []
     curves: dict[str, dict[str, torch.Tensor]] = {d.name: {} for d in datasets}
-    teacher = None
-    sir_model = None
+    teacher: CLIPTeacher | None = None
+    sir_model: SIR | None = None
     for method in methods:
         if method in ("d24fad", "sir") and teacher is None:
             teacher = CLIPTeacher(probe.backbone)
         if method == "sir":
+            if teacher is None:
+                raise RuntimeError("the CLIP teacher is made before SIR is trained")
             torch.manual_seed(seed)
             sir_model = SIR(teacher, image_size, loops=sir_loops)
             started = time.perf_counter()
@@ -307,6 +309,8 @@ def compare_methods(
                     row.note = "D²4FAD trains leave one dataset out: give at least two datasets"
                     rows.append(row)
                     continue
+                if teacher is None:
+                    raise RuntimeError("the CLIP teacher is made before D²4FAD is trained")
                 torch.manual_seed(seed)
                 model = D24FAD(teacher, image_size)
                 train_d24fad(model, others, shots=min(shots, min(o.shape[0] for o in others) - 1), steps=d24fad_steps,
@@ -315,6 +319,8 @@ def compare_methods(
                 scores, maps = score_images(model, data.test, support)
                 train_maps = score_images(model, data.train, support)[1]
             else:
+                if sir_model is None:
+                    raise RuntimeError("SIR is trained before it scores")
                 scores, maps = score_images(sir_model, data.test)
                 train_maps = score_images(sir_model, data.train)[1]
             row = _metrics(row, data, scores, maps, train_maps)

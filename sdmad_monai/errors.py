@@ -26,7 +26,7 @@ __all__ = ["innermost_user_error", "install_bundle_error_hook", "is_user_error",
 #: ``RuntimeError`` subclasses of the package that are about the input (looked up by module, so that this module
 #: imports nothing heavy)
 _USER_RUNTIME_ERRORS = {
-    "sdmad_monai.networks.detector": ("DetectorStateError",),
+    "sdmad_monai.networks.checkpoint_io": ("DetectorStateError",),
     "sdmad_monai.networks.backbone": ("WeightsUnavailableError",),
     "sdmad_monai.networks.demo_backbone": ("DemoWeightsError",),
     "sdmad_monai.handlers.resume": ("ResumeMismatchError",),

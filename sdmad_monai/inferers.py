@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from monai.inferers import Inferer
-from torch import nn
 
 from .networks.detector import SignDrivenDetector
+from .networks.outputs import DetectorOutput
 
 __all__ = ["DetectorInferer", "ProtocolInferer", "VARIANTS", "VolumeInferer"]
 
@@ -37,12 +38,12 @@ class DetectorInferer(Inferer):
         self.output = output
         self.maps = bool(maps)
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return network(inputs, *args, output=self.output, maps=self.maps, **kwargs)
 
 
 class ProtocolInferer(Inferer):
-    """Score a batch for several evaluation variants; returns ``{variant: detector outputs dict}``.
+    """Score a batch for several evaluation variants; returns ``{variant: DetectorOutput}``.
 
     The trained variants share one image-encoder pass; ``clip`` needs a second pass with the adapters off.
 
@@ -64,26 +65,29 @@ class ProtocolInferer(Inferer):
             raise ValueError(f"Unknown evaluation variants {unknown or list(variants)}; choose from {list(VARIANTS)}.")
         self.variants = tuple(variants)
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> dict[str, DetectorOutput]:
         detector = getattr(network, "module", network)
         if not isinstance(detector, SignDrivenDetector):
             raise TypeError(f"ProtocolInferer needs a SignDrivenDetector, got {type(detector).__name__}.")
-        results: dict[str, Any] = {}
+        results: dict[str, DetectorOutput] = {}
         if "sdmad" in self.variants or "sdmad_no_ss" in self.variants:
             features, captured = detector.encode_image_with_tokens(inputs)
             text = detector.text_state()
             if "sdmad" in self.variants:  # as detector(inputs, output="all"), maps included
                 results["sdmad"] = detector.score_with_maps(features, captured, inputs.shape[-2:], text)
             if "sdmad_no_ss" in self.variants:
-                results["sdmad_no_ss"] = detector.score(features, text._replace(keep=torch.ones_like(text.keep)))
-                results["sdmad_no_ss"]["sign_selection_keep"] = text.keep
+                every = cast(DetectorOutput, detector.score(features, text._replace(keep=torch.ones_like(text.keep))))
+                results["sdmad_no_ss"] = dataclasses.replace(every, sign_selection_keep=text.keep)
         if "clip" in self.variants:
             with detector.adapters_disabled():
                 text = detector.text_state()
-                results["clip"] = detector.score(
-                    detector.encode_image(inputs), text._replace(keep=torch.ones_like(text.keep))
+                every = cast(
+                    DetectorOutput,
+                    detector.score(detector.encode_image(inputs), text._replace(keep=torch.ones_like(text.keep))),
                 )
-                results["clip"]["sign_selection_keep"] = text.keep
+                results["clip"] = dataclasses.replace(every, sign_selection_keep=text.keep)
         return {variant: results[variant] for variant in self.variants}
 
 
@@ -104,8 +108,14 @@ class VolumeInferer(Inferer):
         self.batch_size = int(batch_size)
         self.anomaly_maps = bool(anomaly_maps)
 
-    def __call__(self, inputs: Sequence[Any], network: nn.Module, *args: Any, **kwargs: Any) -> list[Any]:
+    # monai's Inferer.__call__ types ``inputs`` as a Tensor; the volume evaluator's batches are lists of volumes
+    def __call__(  # type: ignore[override]
+        self, inputs: Sequence[Any], network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> list[Any]:
         from .inference import FailedVolume, score_volume
+
+        if not isinstance(network, SignDrivenDetector):
+            raise TypeError(f"VolumeInferer needs a SignDrivenDetector, got {type(network).__name__}.")
 
         outcomes: list[Any] = []
         for volume in inputs:

@@ -79,7 +79,7 @@ def inference_settings(bundle_config: ConfigParser) -> dict[str, Any]:
 
 def study_scores(result: VolumeResult) -> torch.Tensor:
     """The study-level score of each category: ``[K]``, in ``result.category_labels`` order."""
-    by_label = {finding["label"]: finding["score"] for finding in result.findings}
+    by_label = {finding.label: finding.score for finding in result.findings}
     return torch.tensor([by_label[label] for label in result.category_labels], dtype=torch.float32)
 
 
@@ -104,6 +104,8 @@ def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.nda
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"The anomaly-map threshold must be in [0, 1] (the maps' range), got {threshold}.")
     maps = result.anomaly_volume()
+    if result.slice_shape is None or result.volume_shape is None:  # anomaly_volume() has refused these already
+        raise ValueError(f"{result.source}: the result has no slice or volume shape to place the labels on.")
     classes = torch.zeros_like(torch.as_tensor(result.anomaly_maps), dtype=torch.float32)
     for row, positive in enumerate(positive_slice_categories(result)):
         if positive.any():
@@ -130,7 +132,7 @@ def positive_slice_categories(result: VolumeResult) -> torch.Tensor:
     rows = {int(index): row for row, index in enumerate(result.slice_indices)}
     positive = torch.zeros(len(result.slice_indices), len(result.category_labels), dtype=torch.bool)
     for k, finding in enumerate(result.findings):
-        for index in finding["positive_slices"]:
+        for index in finding.positive_slices:
             positive[rows[int(index)], k] = True
     return positive
 

@@ -1,7 +1,8 @@
 """Loss modules for MONAI trainers: thin wrappers over :mod:`sdmad_monai.functional` (Eq. 3-5), and MVFA's
 segmentation terms for the pixel-level protocol.
 
-Each takes the dict that ``SignDrivenDetector(image, output="all")`` returns as its prediction and the ``[B, K]``
+Each takes the :class:`~sdmad_monai.networks.outputs.DetectorOutput` that ``SignDrivenDetector(image, output="all")``
+returns (or any mapping with its keys) as its prediction and the ``[B, K]``
 multi-hot labels as target, the ``loss(pred, label)`` call MONAI's ``SupervisedTrainer`` makes. With pixel-level
 training the target is instead the mapping ``{"label": [B, K], "mask": [B, 1, H, W], "mask_valid": [B]}`` that
 :class:`sdmad_monai.workflows.PrepareBatchWithMasks` builds.
@@ -25,8 +26,9 @@ _REQUIRED = ("image_features", "text_features", "prompt_categories")
 def _unpack(outputs: Mapping[str, torch.Tensor], need_anchor: bool) -> tuple[torch.Tensor, ...]:
     if not isinstance(outputs, Mapping):
         raise TypeError(
-            "SD-MAD losses take the dict of SignDrivenDetector(image, output='all'), got "
-            f"{type(outputs).__name__}; use SDMADTrainingInferer or call the network with output='all'."
+            "SD-MAD losses take the DetectorOutput of SignDrivenDetector(image, output='all'), got "
+            f"{type(outputs).__name__}; use sdmad_monai.inferers.DetectorInferer(output='all') or call the network "
+            "with output='all'."
         )
     keys = _REQUIRED + (("anchor_feature",) if need_anchor else ())
     missing = [k for k in keys if k not in outputs]

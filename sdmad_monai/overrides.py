@@ -5,8 +5,9 @@ unused key ``max_epoch`` and train all 40 epochs; ``--text_adapter false`` would
 true. :func:`check_overrides` compares every override with the config files it overrides: the id must exist (the
 closest valid id is suggested) and the value must have the type of the value it replaces (an ``int`` for an ``int``,
 a number for a ``float``, ``True``/``False`` for a ``bool``, a list for a list; ``null`` and ``$`` expression
-defaults take anything, and ``None`` or an expression is accepted as a value). The bundle configs call :func:`check_command_line_overrides` first thing in
-``initialize``; ``sdmad sweep`` calls :func:`check_overrides` before it starts any seed.
+defaults take anything, and ``None`` or an expression is accepted as a value). The bundle configs call
+:func:`check_command_line_overrides` first thing in ``initialize``; ``sdmad sweep`` calls :func:`check_overrides`
+before it starts any seed.
 """
 
 from __future__ import annotations

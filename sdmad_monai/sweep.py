@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .overrides import BundleOptionError, check_overrides, parse_override_value
 from .sweep_summary import aggregate, metrics_complete, summary_markdown, write_summary
@@ -286,9 +287,11 @@ def run_bundle_step(step: Step) -> int:
         ) as process,
     ):
         assert process.stdout is not None
+        # stdout=PIPE with the default bufsize gives a BufferedReader (typeshed types it as IO[bytes]).
+        stdout = cast(io.BufferedReader, process.stdout)
         try:
             while True:
-                chunk = process.stdout.read1(65536)
+                chunk = stdout.read1(65536)
                 if not chunk:
                     break
                 log.write(chunk)

@@ -57,14 +57,15 @@ def metrics_complete(path: Path) -> dict[str, Any] | None:
 
 
 def _variants(metrics: Any) -> dict[str, dict[str, Any]]:
-    """``metrics["variants"]`` (ProtocolReport), plus its ``baselines`` as ``baseline_<name>``; a flat ``metrics.json`` (e.g. the BMAD protocol) is one variant,
-    ``model``."""
+    """``metrics["variants"]`` (ProtocolReport), plus its ``baselines`` as ``baseline_<name>``; a flat
+    ``metrics.json`` (e.g. the BMAD protocol) is one variant, ``model``."""
     if not isinstance(metrics, dict):
         return {}
     if isinstance(metrics.get("variants"), dict):
         variants = {str(k): v for k, v in metrics["variants"].items() if isinstance(v, dict)}
-        baselines = metrics.get("baselines") if isinstance(metrics.get("baselines"), dict) else {}
-        variants.update({f"baseline_{k}": v for k, v in baselines.items() if isinstance(v, dict)})
+        baselines = metrics.get("baselines")
+        if isinstance(baselines, dict):
+            variants.update({f"baseline_{k}": v for k, v in baselines.items() if isinstance(v, dict)})
         return variants
     return {"model": metrics} if _scalar_metrics(metrics) else {}
 

@@ -34,7 +34,7 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
 
     For writers that need a file name (``torch.save``, ``savefig``); :func:`atomic_write_bytes` for bytes in memory.

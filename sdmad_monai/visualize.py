@@ -31,7 +31,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -188,8 +188,10 @@ def save_overlay(
         vmax = vmin + 1e-6
     scale = max(1, PANEL_PIXELS // max(height, width))
     size = (width * scale, height * scale)
-    base = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.NEAREST), dtype=np.float32)
-    smooth = np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    base = np.asarray(
+        Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.NEAREST), dtype=np.float32
+    )
+    smooth = np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
     scaled = np.clip((smooth - vmin) / (vmax - vmin), 0.0, 1.0)
     colour = _inferno_lut()[(scaled * 255).round().astype(np.int64)].astype(np.float32)
     alpha = (0.15 + 0.7 * scaled)[..., None]  # opacity grows with the value: the anatomy stays readable where low
@@ -198,7 +200,7 @@ def save_overlay(
         binary = torch.as_tensor(mask).detach().cpu().squeeze().numpy() > 0.5
         left_title = "image + mask contour" if binary.any() else "image (mask: empty)"
         if binary.any():
-            big = np.asarray(Image.fromarray(binary).resize(size, Image.NEAREST))
+            big = np.asarray(Image.fromarray(binary).resize(size, Image.Resampling.NEAREST))
             edge = _contour(big)
             for panel in panels:
                 panel[edge] = _MASK_COLOUR
@@ -331,8 +333,8 @@ class OverlaySelector:
 
         def get() -> OverlayItem:
             nonlocal built
-            if built is None:
-                built = item()
+            if built is None:  # then ``item`` is the builder, by the line above
+                built = cast(Callable[[], OverlayItem], item)()
                 built.order = index
             return built
 

@@ -259,7 +259,7 @@ def calibrate_checkpoint(
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             outputs = detector(torch.as_tensor(batch["image"]).to(device), output="all", maps=False)
-            margins.append(calibration_margin(outputs["scores"], outputs["anchor_similarity"]).cpu())
+            margins.append(calibration_margin(outputs.scores, outputs.anchor_similarity).cpu())
             labels.append(torch.as_tensor(batch["label"]).cpu())
     if not margins:
         raise RuntimeError(f"No {split} slice to calibrate {checkpoint} on.")

@@ -101,7 +101,8 @@ def test_failures(tmp_path, model, study):
     # a bad site file (series rules, finding codes) is named before anything is read
     for option, text, expected in [
         ("--rules", '{"modality": "MR"}', "unknown key"),
-        ("--finding_codes", '{"categories": {"Craniotomy": {"finding": {"scheme": "SCT", "value": "1", "meaning": "x"}}}}',
+        ("--finding_codes",
+         '{"categories": {"Craniotomy": {"finding": {"scheme": "SCT", "value": "1", "meaning": "x"}}}}',
          "'1' is not a SNOMED CT concept identifier"),
     ]:  # fmt: skip
         bad = tmp_path / f"{option.strip('-')}.json"

@@ -51,8 +51,8 @@ def test_comparison_writes_one_table(datasets, tmp_path):
     assert sdmad.image_auroc == pytest.approx(bundle_metrics["image_auroc"], abs=1e-9)
     assert sdmad.pixel_auroc == bundle_metrics["pixel_auroc"] and sdmad.pixel_best_dice is not None
     predictions = list(csv.DictReader((out / "sdmad" / "BrainMRI" / "eval_bmad" / "predictions.csv").open()))
-    assert sdmad.image_auroc == pytest.approx(roc_auc_score([int(float(r["label"])) for r in predictions],
-                                                            [float(r["image_score"]) for r in predictions]))  # fmt: skip
+    labels, scores = [int(float(r["label"])) for r in predictions], [float(r["image_score"]) for r in predictions]
+    assert sdmad.image_auroc == pytest.approx(roc_auc_score(labels, scores))
     for row in [r for r in rows if r is not skipped]:
         assert 0.0 <= row.image_auroc <= 1.0 and 0.0 <= row.image_ap <= 1.0 and row.num_test == 8
         pixel = (row.pixel_auroc, row.pixel_ap, row.pixel_best_dice)
@@ -62,8 +62,22 @@ def test_comparison_writes_one_table(datasets, tmp_path):
     for entry in record["datasets"]:  # the supports are training images, recorded by name
         assert len(entry["d24fad_supports"]) == 2 and entry["sir_image"]
         assert all(name.startswith("train") for name in entry["d24fad_supports"] + [entry["sir_image"]])
+    with open(out / "results.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == ["dataset", "method", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_best_dice",
+                      "num_test", "num_abnormal", "seconds", "note"]  # fmt: skip
     table = list(csv.DictReader((out / "results.csv").open()))
     assert [r["method"] for r in table] == ["clip", "sdmad", "d24fad", "sir"] * 2
+    assert len(table) == len(rows)  # one row per (dataset, method)
+    for line, row in zip(table, rows):  # the table holds the in-memory results (floats written with 3 decimals)
+        assert (line["dataset"], line["method"], line["note"]) == (row.dataset, row.method, row.note)
+        assert (int(line["num_test"]), int(line["num_abnormal"])) == (row.num_test, row.num_abnormal)
+        for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_best_dice", "seconds"):
+            value = getattr(row, key)
+            if value is None:
+                assert line[key] == "", (row.dataset, row.method, key)
+            else:
+                assert float(line[key]) == pytest.approx(value, abs=5e-4 + 1e-9), (row.dataset, row.method, key)
     assert (out / "results.md").read_text().count("\n") == 2 + 8
     assert (out / "roc_BrainMRI.png").is_file() and (out / "roc_RSNA.png").is_file()
     # same seed, same table (supports, initialisation and training draws are seeded)

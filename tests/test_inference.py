@@ -5,6 +5,7 @@ infer_volumes' files and errors."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import nibabel as nib
@@ -22,7 +23,6 @@ from sdmad_monai.inference import (
     write_volume_results,
 )
 from sdmad_monai.networks import SignDrivenDetector
-from sdmad_monai.transforms import LoadSlices, clip_slice_transforms
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
 
@@ -117,7 +117,21 @@ def test_study_findings_zero_slices():
 
 
 # ---------------------------------------------------------------- infer_volume
+def preprocess_by_hand(plane: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    """clip_slice_transforms as its docstring and intensity.py's describe it, written out with numpy and torch: clip
+    to the 0.5 / 99.5 percentiles and scale to [0, 1], repeat to 3 channels, resize the longer side to ``size``
+    (bilinear, centred zero padding; here square to square), then ``(x - mean) / std``."""
+    lo, hi = np.percentile(plane.astype(np.float64), [0.5, 99.5])
+    scaled = np.clip((plane.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    rgb = torch.from_numpy(scaled)[None, None].repeat(1, 3, 1, 1)
+    resized = torch.nn.functional.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False)[0]
+    return (resized - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
 def test_infer_volume_matches_manual_pipeline(detector, volumes):
+    """Expected values from an independent path: the file read with nibabel, the axial slices cut and put in the
+    documented radiological display orientation by hand, preprocessed by hand, and the detector's forward called on
+    them (none of LoadSlices, ExtractSlices, clip_slice_transforms or prepare_volume/score_volume)."""
     result = infer_volume(detector, volumes[0], indices=[0, 5, 10])
     assert result.slice_indices == [0, 5, 10]
     assert result.axis == "axial" and result.source == str(volumes[0])
@@ -126,15 +140,21 @@ def test_infer_volume_matches_manual_pipeline(detector, volumes):
     assert result.image_scores.shape == (3,)
     assert result.category_labels == detector.category_labels
 
-    slices = LoadSlices("axial", indices=[0, 5, 10])(volumes[0])
-    data = np.asarray(nib.load(str(volumes[0])).dataobj, dtype=np.float32)  # RAS: axial slice k = data[:, :, k]
-    for k, plane in zip([0, 5, 10], slices):  # the slices read are those of the file (in display orientation)
-        np.testing.assert_array_equal(np.sort(np.asarray(plane).ravel()), np.sort(data[:, :, k].ravel()))
-    preprocess = clip_slice_transforms("image", 64, detector.image_mean, detector.image_std)
-    images = torch.stack([torch.as_tensor(preprocess({"image": s})["image"]) for s in slices]).float()
+    image = nib.load(str(volumes[0]))
+    assert np.allclose(image.affine, np.diag([1.5, 1.5, 4.0, 1.0]))  # RAS: array axes i -> R, j -> A, k -> S
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    # axial slice k = data[:, :, k] (slice 0 most inferior); display rows run anterior -> posterior (j decreasing),
+    # columns right -> left (i decreasing): plane[r, c] = data[X - 1 - c, Y - 1 - r, k]
+    planes = [data[::-1, ::-1, k].T for k in (0, 5, 10)]
+    assert planes[0][0, 0] == data[-1, -1, 0] and planes[0][0, 1] == data[-2, -1, 0]
+    images = torch.stack(
+        [preprocess_by_hand(p, detector.image_size, detector.image_mean, detector.image_std) for p in planes]
+    )
     assert images.shape == (3, 3, 64, 64)
     with torch.no_grad():
-        expected = detector(images, output="all")
+        expected = detector.eval()(images, output="all")
+        flipped = detector(images.flip(-1), output="all")  # the orientation matters to the scores
+    assert not torch.allclose(flipped["scores"], expected["scores"], atol=1e-4)
     torch.testing.assert_close(result.scores, expected["scores"], atol=1e-5, rtol=1e-5)
     assert torch.equal(result.predictions, expected["predictions"])
     torch.testing.assert_close(result.image_scores, expected["image_score"], atol=1e-5, rtol=1e-5)
@@ -191,9 +211,12 @@ def test_infer_volumes_writes_files(detector, volumes, tmp_path):
     with open(output / "slices.csv", newline="") as handle:
         slice_rows = list(csv.reader(handle))
     labels = detector.category_labels
-    assert slice_rows[0] == ["source", "axis", "slice", "image_score"] + [f"score:{l}" for l in labels] + [
-        f"prediction:{l}" for l in labels
-    ] + [f"probability:{l}" for l in labels]
+    assert slice_rows[0] == (
+        ["source", "axis", "slice", "image_score"]
+        + [f"score:{label}" for label in labels]
+        + [f"prediction:{label}" for label in labels]
+        + [f"probability:{label}" for label in labels]
+    )
     assert len(slice_rows) == 1 + 2 * 3
     assert [int(r[2]) for r in slice_rows[1:]] == [0, 5, 10, 0, 5, 10]
     # the values are the results' own: per slice, the image score, every category's score and prediction
@@ -298,8 +321,7 @@ def test_non_finite_scores_are_not_reported(detector, volumes, monkeypatch):
 
     def nan_scores(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        out["scores"] = torch.full_like(out["scores"], float("nan"))
-        return out
+        return dataclasses.replace(out, scores=torch.full_like(out.scores, float("nan")))
 
     monkeypatch.setattr(SignDrivenDetector, "score", nan_scores)
     with pytest.raises(NotAssessableError, match="non-finite"):
@@ -341,7 +363,8 @@ def test_a_volume_whose_outputs_fail_half_way_leaves_none(detector, volumes, tmp
         (folder / "top_001.png").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(inference, "write_overlays", disk_full)
+    monkeypatch.setattr(inference.outputs, "write_overlays", disk_full)  # per-volume overlays
+    monkeypatch.setattr(inference.run, "write_overlays", disk_full)  # the run's gallery
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         infer_volumes(

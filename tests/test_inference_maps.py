@@ -98,6 +98,12 @@ def test_run_gallery_is_the_top_and_a_sample_of_all_volumes(detector, volume, tm
     sample = [r["name"] for r in rows if r["kind"] == "random"]
     assert top == [name for _, name in scores[:3]]
     assert len(sample) == 2 and not set(sample) & set(top) and set(sample) <= {name for _, name in scores}
+    assert list(rows[0]) == ["kind", "rank", "name", "score", "label", "png"] and len(rows) == 3 + 2
+    by_name = {name: score for score, name in scores}
+    # the index's scores are the results' image scores, written with 6 significant digits
+    assert [float(r["score"]) for r in rows] == pytest.approx([by_name[r["name"]] for r in rows], rel=1e-5)
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 1, 2]
+    assert all((out / "overlays" / r["png"]).is_file() and r["png"].startswith(f"{r['kind']}/") for r in rows)
     pngs = sorted(p.relative_to(out / "overlays").parts[0] for p in (out / "overlays").rglob("*.png"))
     assert pngs == ["random"] * 2 + ["top"] * 3
     assert not [p for p in out.iterdir() if p.name.startswith(".overlays")]

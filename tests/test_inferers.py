@@ -9,7 +9,7 @@ from torch import nn
 
 from sdmad_monai.functional import anchor_feature_from_normal_prompts, anchor_predictions, category_scores
 from sdmad_monai.inferers import VARIANTS, DetectorInferer, ProtocolInferer
-from sdmad_monai.networks import SignDrivenDetector, load_clip
+from sdmad_monai.networks import DetectorOutput, SignDrivenDetector, load_clip
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
 
@@ -47,7 +47,7 @@ def test_detector_inferer_outputs(detector, images):
         direct = detector(images, output="all")
         scores = DetectorInferer("scores")(images, detector)
         predictions = DetectorInferer("predictions")(images, detector)
-    assert isinstance(everything, dict)
+    assert isinstance(everything, DetectorOutput) and isinstance(direct, DetectorOutput)
     assert_outputs_close(everything, direct)
     torch.testing.assert_close(scores, direct["scores"])
     assert torch.equal(predictions, direct["predictions"])

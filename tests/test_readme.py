@@ -41,6 +41,6 @@ def test_ci_runs_the_readme_test_line():
 
 def test_main_job_line_is_the_bundle_training():
     two_lines = README.split("## Two lines", 1)[1].split("\n## ", 1)[0]
-    lines = [l for l in two_lines.splitlines() if l.startswith("pip install")]
+    lines = [line for line in two_lines.splitlines() if line.startswith("pip install")]
     assert len(lines) == 2, "the README promises exactly two copy-paste lines"
     assert "monai.bundle run training --config_file configs/train.json" in lines[0]

@@ -1,5 +1,6 @@
 """Overlay selection (top N, seeded sample of the other slices), box mapping and PNG writing."""
 
+import csv
 from collections import Counter
 
 import numpy as np
@@ -100,7 +101,15 @@ def test_write_overlays(tmp_path):
     rows = write_overlays(selector, tmp_path)
     assert [r["png"] for r in rows] == ["top/top_001_0.9000_vol_slice_3.png", "random/random_001_vol_slice_4.png"]
     assert Image.open(tmp_path / rows[0]["png"]).size[0] > 300
-    assert (tmp_path / "index.csv").read_text().startswith("kind,rank,name,score,label,png")
+    with open(tmp_path / "index.csv", newline="") as handle:
+        index = list(csv.reader(handle))
+    assert index[0] == ["kind", "rank", "name", "score", "label", "png"]
+    assert len(index) == 1 + len(rows) == 3  # one row per PNG
+    for line, row in zip(index[1:], rows):
+        assert line[:3] == [row["kind"], str(row["rank"]), row["name"]] and line[5] == row["png"]
+        assert float(line[3]) == pytest.approx(row["score"], rel=1e-6) and line[4] == row["label"] == "abnormal"
+    assert [float(line[3]) for line in index[1:]] == pytest.approx([0.9, 0.2], rel=1e-6)
+    assert [line[2] for line in index[1:]] == ["vol/slice 3.png", "vol/slice 4.png"]
     assert overlay_file_name("top", 12, "a b.nii.gz", 0.5) == "top_012_0.5000_a_b.png"
 
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from .decoder import ReconstructionDecoder
 from .functional import reconstruction_anomaly_map, scale_cosine_loss
+
+if TYPE_CHECKING:
+    from .teacher import CLIPTeacher, WideResNetTeacher
 
 __all__ = ["D24FAD", "D24FADLoss", "D24FADOutput", "LearnToWeight", "support_weights"]
 
@@ -99,7 +102,9 @@ class D24FAD(nn.Module):
     tsd_weight: weight of the teacher-student term (0.1 in D²4FAD).
     """
 
-    def __init__(self, teacher: nn.Module, image_size: int, sigma: float = 4.0, tsd_weight: float = 0.1) -> None:
+    def __init__(
+        self, teacher: CLIPTeacher | WideResNetTeacher, image_size: int, sigma: float = 4.0, tsd_weight: float = 0.1
+    ) -> None:
         super().__init__()
         self.teacher = teacher
         self.image_size = int(image_size)
@@ -124,13 +129,16 @@ class D24FAD(nn.Module):
         shared = supports.ndim == 4
         images = supports if shared else supports.flatten(0, 1)
         _, support_students = self._student(images)
-        references, weights = [], None
+        references: list[torch.Tensor] = []
+        weights: torch.Tensor | None = None
         for scale, (q, module) in enumerate(zip(query, self.weighting)):
             s_features = support_students[scale]
             s_features = (s_features[None].expand(b, *s_features.shape) if shared
                           else s_features.reshape(b, -1, *s_features.shape[1:]))  # fmt: skip
             reference, weights = module(q, s_features)
             references.append(reference)
+        if weights is None:
+            raise ValueError("the teacher has no feature scales; D24FAD needs at least one.")
         return references, weights
 
     def forward(self, query: torch.Tensor, supports: torch.Tensor) -> D24FADOutput:

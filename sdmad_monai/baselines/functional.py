@@ -8,6 +8,7 @@ of the same distance.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +56,13 @@ def reconstruction_anomaly_map(
     """
     if len(targets) != len(reconstructions) or not targets:
         raise ValueError(f"Need one reconstruction per scale, got {len(targets)} targets, {len(reconstructions)}.")
-    total = None
+    total: torch.Tensor | None = None
     for target, reconstruction in zip(targets, reconstructions):
         distance = cosine_distance_map(target, reconstruction)[:, None]
         distance = F.interpolate(distance, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
         total = distance if total is None else total + distance
+    if total is None:  # unreachable: ``targets`` is checked non-empty above
+        raise ValueError("Need at least one scale.")
     return smooth_anomaly_map(total[:, 0], sigma)
 
 
@@ -67,4 +70,5 @@ def scale_cosine_loss(targets: Sequence[torch.Tensor], reconstructions: Sequence
     """Sum over scales of the mean :func:`cosine_distance_map` (RD4AD's loss; D²4FAD's TSD and SSD terms)."""
     if len(targets) != len(reconstructions) or not targets:
         raise ValueError(f"Need one reconstruction per scale, got {len(targets)} targets, {len(reconstructions)}.")
-    return sum(cosine_distance_map(t, r).mean() for t, r in zip(targets, reconstructions))
+    # a tensor, not sum()'s 0 start: ``targets`` is checked non-empty above
+    return cast(torch.Tensor, sum(cosine_distance_map(t, r).mean() for t, r in zip(targets, reconstructions)))

@@ -19,13 +19,16 @@ here:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from .decoder import ReconstructionDecoder, resize_to
 from .functional import reconstruction_anomaly_map, scale_cosine_loss
+
+if TYPE_CHECKING:
+    from .teacher import CLIPTeacher, WideResNetTeacher
 
 __all__ = ["SIR", "SIROutput"]
 
@@ -48,7 +51,9 @@ class SIR(nn.Module):
     sigma: Gaussian smoothing of the map in pixels.
     """
 
-    def __init__(self, teacher: nn.Module, image_size: int, loops: int = 3, sigma: float = 4.0) -> None:
+    def __init__(
+        self, teacher: CLIPTeacher | WideResNetTeacher, image_size: int, loops: int = 3, sigma: float = 4.0
+    ) -> None:
         super().__init__()
         if int(loops) < 1:
             raise ValueError(f"loops must be >= 1, got {loops}.")
@@ -80,4 +85,5 @@ class SIR(nn.Module):
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """Mean over loops of the teacher-vs-reconstruction cosine loss, for normal ``images``."""
         teacher, per_loop = self.reconstructions(images)
-        return sum(scale_cosine_loss(teacher, rebuilt) for rebuilt in per_loop) / len(per_loop)
+        # a tensor: the sum has at least one loop's term (loops >= 1)
+        return cast(torch.Tensor, sum(scale_cosine_loss(teacher, rebuilt) for rebuilt in per_loop) / len(per_loop))

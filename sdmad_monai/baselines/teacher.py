@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..networks.anomaly_map import CaptureHook
 from ..networks.backbone import WeightsUnavailableError, image_blocks, load_clip
 
 __all__ = ["CLIPTeacher", "TeacherFeatures", "WideResNetTeacher", "default_clip_layers"]
@@ -89,7 +90,7 @@ class CLIPTeacher(_FrozenTeacher):
         self._captured: dict[int, torch.Tensor] = {}
         capture = [*self.layers, len(blocks)]
         for layer in capture:
-            blocks[layer - 1].register_forward_hook(self._hook(layer))
+            blocks[layer - 1].register_forward_hook(CaptureHook(self, layer))
         self._deepest = len(blocks)
         self._freeze()
 
@@ -106,12 +107,6 @@ class CLIPTeacher(_FrozenTeacher):
         offline errors as SD-MAD's backbone)."""
         model, _ = load_clip(model_name, pretrained, image_size, seed=seed)
         return cls(model, layers)
-
-    def _hook(self, layer: int):
-        def hook(module: nn.Module, args, output) -> None:
-            self._captured[layer] = output[0] if isinstance(output, tuple) else output
-
-        return hook
 
     def _grid(self, tokens: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if not self._batch_first:

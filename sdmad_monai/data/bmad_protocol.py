@@ -398,7 +398,8 @@ def build_memory_bank(detector: torch.nn.Module, items: Sequence[dict], transfor
         TypeError: the detector has no memory bank.
     """
     inner = getattr(detector, "module", detector)
-    if not callable(getattr(inner, "set_memory_bank", None)):
+    set_memory_bank = getattr(inner, "set_memory_bank", None)
+    if not callable(set_memory_bank):
         raise TypeError(
             f"{type(inner).__name__} has no set_memory_bank(): the few-shot anomaly-map branch is not available in "
             "this version of the detector."
@@ -409,6 +410,6 @@ def build_memory_bank(detector: torch.nn.Module, items: Sequence[dict], transfor
         images = images.to(parameter.device)
     inner.eval()
     with torch.no_grad():
-        inner.set_memory_bank(images)
+        set_memory_bank(images)
     logger.info("Memory bank: %d normal image(s) %s", len(items), [Path(i["image"]).name for i in items])
     return detector

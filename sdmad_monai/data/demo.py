@@ -43,6 +43,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import nibabel as nib
 import numpy as np
@@ -50,6 +51,9 @@ from scipy import ndimage
 
 from sdmad_monai.data.fastmri import FASTMRI_BRAIN_CATEGORIES, FASTMRI_CSV_COLUMNS
 from sdmad_monai.utils import atomic_write_bytes, atomic_write_json, current_umask
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = [
     "DEMO_SUFFIX",
@@ -126,7 +130,7 @@ def load_template() -> tuple[np.ndarray, np.ndarray]:
     path = Path(spec.origin).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     if not path.is_file():
         raise FileNotFoundError(f"MNI152 template not found inside nilearn at {path}.")
-    img = nib.load(path)
+    img = cast("SpatialImage", nib.load(path))  # a NIfTI file: nib.load is typed as the FileBasedImage base
     data = np.asarray(img.dataobj, dtype=np.float32)
     data /= data.max()
     # anti-alias before sampling the 1 mm template on a 2.2 mm grid

@@ -167,11 +167,12 @@ def read_fastmri_annotations(csv_path: str | os.PathLike) -> list[FastMRIAnnotat
             stem = (r["file"] or "").strip()
             if not stem:
                 raise ValueError(f"{where}: empty file name.")
-            box = None
+            box: tuple[int, int, int, int] | None = None
             raw = [(r[k] or "").strip() for k in ("x", "y", "width", "height")]
             if level == "No":
                 try:
-                    box = tuple(int(float(v)) for v in raw)  # type: ignore[assignment]
+                    x, y, width, height = (int(float(v)) for v in raw)
+                    box = (x, y, width, height)
                 except ValueError:
                     raise ValueError(
                         f"{where}: slice-level row needs a numeric box x,y,width,height, got {raw}."
@@ -376,7 +377,7 @@ def build_fastmri_datalist(
     items: list[dict] = []
     boxes: list[dict] = []
     rows_names = list(categories) + ["normal", "excluded", "items"]
-    counts = {name: {s: 0 for s in slices} for name in rows_names}
+    counts: dict[str, dict[int | str, int]] = {name: {s: 0 for s in slices} for name in rows_names}
     for stem in stems:
         image = data_dir / f"{stem}{suffix}"
         if missing != "ignore" and not image.exists():
@@ -421,8 +422,8 @@ def build_fastmri_datalist(
                 "(use missing='skip' to drop them)."
             )
         warnings.warn(f"skipped {len(missing_files)} volume(s) not on disk, e.g. {missing_files[:3]}.", stacklevel=2)
-    for c in counts.values():
-        c["total"] = sum(c[s] for s in slices)
+    for row_counts in counts.values():
+        row_counts["total"] = sum(row_counts[s] for s in slices)
     table = _format_table(counts, slices)
     logger.info("fastMRI+ datalist (%d items):\n%s", len(items), table)
     if verbose:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = ["planted_lesion_slices"]
 
@@ -32,7 +36,7 @@ def _mni_axial_slices() -> np.ndarray:
     path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MNI152 template not found inside nilearn at {path}.")
-    image = nib.load(path)
+    image = cast("SpatialImage", nib.load(path))  # a NIfTI file: nib.load is typed as the FileBasedImage base
     z0 = int(round(np.linalg.inv(image.affine)[2, 3]))  # voxel index of MNI z = 0 (1 mm, axis-aligned template)
     data = np.asarray(image.dataobj[:, :, z0 : z0 + 41 : 4], dtype=np.float32)
     data /= data.max()

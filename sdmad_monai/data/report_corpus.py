@@ -6,17 +6,17 @@ only in part to a given hospital's scans. This corpus gives the tiny demo CLIP (
 * **Images**: every axial slice (16 per volume) of volumes drawn by the demo generator
   (:func:`sdmad_monai.data.demo.render_volume`), with random streams disjoint from the demo dataset's
   (``default_rng([CORPUS_STREAM, seed, i])`` here, ``default_rng([seed, i])`` there;
-  :func:`~sdmad_monai.data.demo.subject_fingerprint` lets a test check that no subject is shared) and in a *shifted domain*: signs drawn with other sizes and intensities
-  (:data:`CORPUS_STYLE`) a per-volume contrast curve (gamma in :data:`CORPUS_GAMMA`) and, for a share of the
-  volumes (:data:`CORPUS_INVERTED`), inverted contrast. Slices go through the same
-  slice extraction and CLIP preprocessing as the demo's training data.
+  :func:`~sdmad_monai.data.demo.subject_fingerprint` lets a test check that no subject is shared) and in a *shifted
+  domain*: signs drawn with other sizes and intensities (:data:`CORPUS_STYLE`) a per-volume contrast curve (gamma in
+  :data:`CORPUS_GAMMA`) and, for a share of the volumes (:data:`CORPUS_INVERTED`), inverted contrast. Slices go
+  through the same slice extraction and CLIP preprocessing as the demo's training data.
 * **Reports**: one short report per slice, written from a radiology phrase vocabulary (:data:`REPORT_PHRASES`, and
   :data:`REPORT_TERMS` after a qualifier) that shares no four-word run with the prompt bank (a test checks it, frames
-  included), with the noise of real reports: a finding is left
-  out with probability ``omit_probability`` (a slice whose findings are all left out reads as normal), hedged
-  ("possible", "cannot exclude"), now and then a hedged mention of a finding that is not there (a differential),
-  the findings come in random order inside varied sentence frames ("findings: ...", "there is ..."), normal slices get varied normal phrasing, and
-  some reports carry a technique or location remark that says nothing about the finding.
+  included), with the noise of real reports: a finding is left out with probability ``omit_probability`` (a slice
+  whose findings are all left out reads as normal), hedged ("possible", "cannot exclude"), now and then a hedged
+  mention of a finding that is not there (a differential), the findings come in random order inside varied sentence
+  frames ("findings: ...", "there is ..."), normal slices get varied normal phrasing, and some reports carry a
+  technique or location remark that says nothing about the finding.
 
 Everything is deterministic from ``seed``. The slice labels (what is really drawn) are kept beside the reports, so
 the corpus can also score a zero-shot model.

@@ -622,7 +622,7 @@ def infer_series_volumes(
             logger.error("[%d/%d] series %s failed: %s", number, len(volumes), volume.name, error)
             outcome.failures.append(f"series {volume.name}: {error}")
             continue
-        positives = [f["display_name"] for f in findings.result.findings if f["finding"]]
+        positives = findings.result.findings.positive_names()
         logger.info(
             "[%d/%d] series %s: %d slices, findings: %s",
             number,
@@ -700,6 +700,7 @@ def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path
         )
     written: list[Path] = []
     for findings in outcome.findings:
+        assert findings.anomaly_volume is not None  # checked above, for every series
         path = write_anomaly_map(
             findings.anomaly_volume,
             findings.datasets,

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -46,6 +46,9 @@ __all__ = [
     "process_dicom_folder",
     "read_dicom_headers",
 ]
+
+#: a series instance: its file path or its dataset
+_Item = TypeVar("_Item")
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +153,10 @@ def _series_folder(files: Sequence[DicomFile], all_series: dict[str, list[DicomF
 
 
 def _slice_images(
-    paths: Sequence[str], lps_affine: np.ndarray, header: Dataset, axis: str, slice_indices: Sequence[int]
-) -> list[str] | None:
-    """The file of each processed slice, or ``None`` when the slices cut across the acquired planes."""
+    paths: Sequence[_Item], lps_affine: np.ndarray, header: Dataset, axis: str, slice_indices: Sequence[int]
+) -> list[_Item] | None:
+    """The instance (file or dataset, in acquisition order) of each processed slice, or ``None`` when the slices cut
+    across the acquired planes."""
     from ..transforms.slices import slice_geometry
 
     shape = (int(header.Columns), int(header.Rows), len(paths))
@@ -165,10 +169,11 @@ def _slice_images(
 def _as_indices(slices: Sequence[int] | str | None) -> list[int] | None:
     if slices is None or (isinstance(slices, str) and slices.strip().lower() == "all"):
         return None
-    if isinstance(slices, str):
-        slices = [s for s in slices.replace(" ", "").split(",") if s]
+    parts: Sequence[int | str] = (
+        [s for s in slices.replace(" ", "").split(",") if s] if isinstance(slices, str) else slices
+    )
     try:
-        indices = [int(s) for s in slices]
+        indices = [int(s) for s in parts]
     except (TypeError, ValueError) as error:
         raise ValueError(f"slices must be slice indices such as 0,5,10 or 'all', got {slices!r}.") from error
     if not indices or any(i < 0 for i in indices):
@@ -276,7 +281,7 @@ def process_dicom_folder(
             failures.append(f"series {name}: {error}")
             logger.error("[%d/%d] series %s failed: %s", number, len(selected), name, error)
             continue
-        positives = [f["display_name"] for f in result.findings if f["finding"]]
+        positives = result.findings.positive_names()
         logger.info(
             "[%d/%d] series %s: %d slices, findings: %s; wrote %s",
             number,

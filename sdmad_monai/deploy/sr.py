@@ -34,9 +34,10 @@ without a standard code; it also names the calibrated probability and the decisi
 
 UIDs are derived deterministically (name-based ``2.25.`` UIDs, :func:`derive_uid`) from the source
 StudyInstanceUID and SeriesInstanceUID, the algorithm version and the checkpoint fingerprint, and (all but the SR's
-SeriesInstanceUID) the set of source SOPInstanceUIDs, the operating point and the category codes: running the same model on the same series again gives the
-same SR (a PACS then replaces the earlier copy instead of storing a duplicate); another model or checkpoint, or the
-same series once more instances have arrived, gives another SR (in the same SR series for the same model).
+SeriesInstanceUID) the set of source SOPInstanceUIDs, the operating point and the category codes: running the
+same model on the same series again gives the same SR (a PACS then replaces the earlier copy instead of storing a
+duplicate); another model or checkpoint, or the same series once more instances have arrived, gives another SR (in
+the same SR series for the same model).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from ..utils import atomic_path, atomic_write_json
 from .codes import PRIVATE_SCHEME, CodedTerm, FindingCodes, load_finding_codes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..inference import VolumeResult
+    from ..inference import Finding, VolumeResult
     from ..networks.detector import SignDrivenDetector
 
 __all__ = [
@@ -143,6 +144,7 @@ class AlgorithmInfo:
         backbone: backbone architecture name (the device observer's model name).
         operating_point: how the findings were decided: ``eq8`` or ``target_sensitivity=<t>``; another operating
             point on the same series gives another SR instance (in the same SR series).
+        sign_selection: whether Eq. 6 was applied; ``False`` (the "no SS" ablation) gives another SR instance too.
     """
 
     version: str
@@ -151,6 +153,7 @@ class AlgorithmInfo:
     name: str = ALGORITHM_NAME
     backbone: str = ""
     operating_point: str = "eq8"
+    sign_selection: bool = True
 
     @classmethod
     def from_detector(cls, detector: SignDrivenDetector) -> AlgorithmInfo:
@@ -171,12 +174,13 @@ class AlgorithmInfo:
                     f"prompt_bank={bank.get('name')} {bank.get('version')} "
                     f"(sha256:{description['prompt_bank_fingerprint'][:16]})"
                 ),
-                f"sign_selection={config.get('sign_selection', True)}",
+                f"sign_selection={detector.sign_selection}",
                 f"checkpoint=sha256:{fingerprint}",
                 f"operating_point={operating_point}",
             ),
             backbone=str(config["model_name"]),
             operating_point=operating_point,
+            sign_selection=detector.sign_selection,
         )
 
 
@@ -227,9 +231,11 @@ def sr_identifiers(
     """
     model = (study_instance_uid, series_instance_uid, algorithm.version, algorithm.fingerprint)
     codes_digest = _finding_codes(finding_codes).digest(category_labels)
-    key = (*model, instances_digest(instance_uids), codes_digest)
+    key: tuple[str, ...] = (*model, instances_digest(instance_uids), codes_digest)
     if algorithm.operating_point != "eq8":  # other decisions, other document (Eq. 8 SRs keep their UIDs)
         key = (*key, algorithm.operating_point)
+    if not algorithm.sign_selection:  # the "no SS" ablation decides otherwise: another document too
+        key = (*key, "no-sign-selection")
     return SRIdentifiers(
         series_instance_uid=derive_uid("sr-series", *model),
         sop_instance_uid=derive_uid("sr-instance", *key),
@@ -284,21 +290,21 @@ def _evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     return [first] + list(source_datasets[1:])
 
 
-def _measurements(finding: dict[str, Any]) -> list[hd.sr.Measurement]:
+def _measurements(finding: Finding) -> list[hd.sr.Measurement]:
     """Score (Eq. 7), and when the model is calibrated the probability and, under a probability operating point,
     the threshold the finding was decided with."""
     measurements = [
         hd.sr.Measurement(
-            name=SR_CODES["score"], value=float(finding["score"]), unit=SR_CODES["unitless"],
+            name=SR_CODES["score"], value=float(finding.score), unit=SR_CODES["unitless"],
             derivation=SR_CODES["maximum"],
         )
     ]  # fmt: skip
-    if finding.get("probability") is not None:
+    if finding.probability is not None:
         measurements.append(hd.sr.Measurement(
-            name=SR_CODES["probability"], value=float(finding["probability"]), unit=SR_CODES["unitless"],
+            name=SR_CODES["probability"], value=float(finding.probability), unit=SR_CODES["unitless"],
             derivation=SR_CODES["maximum"],
         ))  # fmt: skip
-    rule = finding.get("decision") or {}
+    rule = finding.decision or {}
     if rule.get("rule") == "probability":
         measurements.append(hd.sr.Measurement(
             name=SR_CODES["threshold"], value=float(rule["threshold"]), unit=SR_CODES["unitless"]
@@ -330,12 +336,12 @@ def build_sr(
     """
     study_uid, series_uid = _check_source(source_datasets)
     finding_codes = _finding_codes(finding_codes)
-    coded = finding_codes.resolve([f["label"] for f in result.findings], [f["display_name"] for f in result.findings])
+    coded = finding_codes.resolve([f.label for f in result.findings], [f.display_name for f in result.findings])
     ids = sr_identifiers(
         study_uid,
         series_uid,
         algorithm,
-        [f["label"] for f in result.findings],
+        [f.label for f in result.findings],
         [str(ds.SOPInstanceUID) for ds in source_datasets],
         finding_codes,
     )
@@ -422,7 +428,7 @@ def findings_document(
     per-category findings and per-slice results."""
     first = source_datasets[0]
     finding_codes = _finding_codes(finding_codes)
-    categories = [finding_codes.for_category(f["label"], f["display_name"]) for f in result.findings]
+    categories = [finding_codes.for_category(f.label, f.display_name) for f in result.findings]
     return {
         "study_instance_uid": str(first.StudyInstanceUID),
         "series_instance_uid": str(first.SeriesInstanceUID),
@@ -509,7 +515,8 @@ def read_sr_findings(
     finding_codes = _finding_codes(finding_codes)
     score_code = (SR_CODES["score"].value, SR_CODES["score"].scheme_designator)
     presence_code = (SR_CODES["presence"].value, SR_CODES["presence"].scheme_designator)
-    findings, algorithm = [], {"name": None, "version": None, "parameters": []}
+    findings: list[dict[str, Any]] = []
+    algorithm: dict[str, Any] = {"name": None, "version": None, "parameters": []}
     for top in _items(ds):
         if _code(top, "ConceptNameCodeSequence") != ("126010", "DCM"):  # Imaging Measurements
             continue

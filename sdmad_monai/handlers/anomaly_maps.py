@@ -62,8 +62,9 @@ class DetectionReport:
 
     - ``metrics.json``: ``image_auroc`` (normal vs abnormal, on the detector's ``image_score``), ``pixel_auroc`` and
       its binning ``pixel_auroc_error_bound``, ``pixel_ap`` and ``pixel_best_dice`` (MedIAnomaly's) when the evaluator
-      has the :class:`~sdmad_monai.handlers.PixelAUROC` metric ``pixel_metric`` (saved with ``save_details=True``), ``image_auroc_map_max`` (the image AUROC of the
-      maximum of each anomaly map, MVFA's image score from maps, for comparison), counts and ``info``;
+      has the :class:`~sdmad_monai.handlers.PixelAUROC` metric ``pixel_metric`` (saved with ``save_details=True``),
+      ``image_auroc_map_max`` (the image AUROC of the maximum of each anomaly map, MVFA's image score from maps, for
+      comparison), counts and ``info``;
     - ``predictions.csv``: one row per image: name, label, image score, anomaly-map maximum;
     - ``roc.png``: image-level ROC curves of both image scores.
 
@@ -115,7 +116,7 @@ class DetectionReport:
         if any(label is None for label in labels):
             raise ValueError(f"DetectionReport needs image labels under {self.label_key!r} in the batch.")
         self._names += _names(batch, self.name_key, count, len(self._names))
-        self._labels += [int(label) for label in labels]  # type: ignore[arg-type]
+        self._labels += [int(label) for label in labels if label is not None]  # all not None: checked above
         self._scores += scores.tolist()
         if self.map_key in pred:
             self._map_max += pred[self.map_key].detach().reshape(count, -1).amax(dim=1).cpu().tolist()

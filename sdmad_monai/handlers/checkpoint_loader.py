@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from ignite.engine import Engine
@@ -43,17 +44,25 @@ class DetectorCheckpointLoader(CheckpointLoader):
 
         networks = list(load_dict.values()) if isinstance(load_dict, Mapping) else []
         if len(networks) != 1 or not isinstance(networks[0], SignDrivenDetector):
+            got = {k: type(v).__name__ for k, v in load_dict.items()} if isinstance(load_dict, Mapping) else load_dict
             raise TypeError(
-                "DetectorCheckpointLoader's load_dict must be {'model': <SignDrivenDetector>}, got "
-                f"{ {k: type(v).__name__ for k, v in load_dict.items()} if isinstance(load_dict, Mapping) else load_dict }."
+                f"DetectorCheckpointLoader's load_dict must be {{'model': <SignDrivenDetector>}}, got {got}."
             )
-        super().__init__(load_path=str(load_path), load_dict=dict(load_dict), name=name, map_location=map_location)
+        super().__init__(
+            load_path=str(load_path),
+            load_dict=dict(load_dict),
+            name=name,
+            # monai annotates map_location as dict | None, but hands it to torch.load, which also takes a str/device
+            map_location=map_location,  # type: ignore[arg-type]
+        )
 
     def __call__(self, engine: Engine) -> None:
         """Read and load the checkpoint (called at ``Events.STARTED``)."""
         from ..networks import SignDrivenDetector
 
         (network,) = self.load_dict.values()
-        state = SignDrivenDetector.read_checkpoint(self.load_path, map_location=self.map_location or "cpu")
+        # a str or device (or None), as __init__ takes it; monai types the attribute as a dict
+        map_location = cast("str | torch.device", self.map_location or "cpu")
+        state = SignDrivenDetector.read_checkpoint(self.load_path, map_location=map_location)
         network.load_state_dict(state)
         self.logger.info(f"Restored the detector's adapters from {self.load_path}")

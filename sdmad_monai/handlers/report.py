@@ -250,6 +250,9 @@ class ProtocolReport:
                 else "image_mean/image_std not given"
             )
             return
+        mean, std, selector = self.image_mean, self.image_std, self._selector
+        if std is None or selector is None:  # __init__ sets image_std with image_mean; the caller checks the selector
+            raise RuntimeError("overlays need image_std and the overlay selector.")
         count = labels.shape[0]
         scores = result["image_score"].detach().cpu().reshape(-1).tolist()
         maps = result["anomaly_map"]
@@ -278,14 +281,14 @@ class ProtocolReport:
                 return OverlayItem(
                     score=float(scores[i]),
                     name=names[i],
-                    image=display_image(images[i], self.image_mean, self.image_std),
+                    image=display_image(images[i], mean, std),
                     anomaly_map=maps[i].detach().cpu().to(torch.float32).numpy(),
                     label=int(bool(labels[i].any())),
                     boxes=drawn,
                     caption=self._caption(labels[i], predictions[i]),
                 )
 
-            self._selector.offer(scores[i], build, index=self._index(offset + i))
+            selector.offer(scores[i], build, index=self._index(offset + i))
 
     def _slice_names(self, batch: dict, count: int, offset: int) -> list[str]:
         files = batch.get("file")

@@ -176,7 +176,8 @@ def shared_color_limits(matrices: Sequence[Any]) -> tuple[float, float]:
     Returns:
         the limits; ``(0, 1)`` when no value is finite, widened by ``1e-6`` when all values are equal.
     """
-    values = np.concatenate([np.asarray(m, dtype=np.float64).reshape(-1) for m in matrices]) if matrices else []
+    flat = [np.asarray(m, dtype=np.float64).reshape(-1) for m in matrices]
+    values = np.concatenate(flat) if matrices else np.zeros(0)
     values = np.asarray(values)[np.isfinite(values)]
     if values.size == 0:
         return 0.0, 1.0
@@ -277,8 +278,8 @@ def heatmap_figure(
     height = top + num_rows * row_h + bottom
     figure = plt.figure(figsize=(width, height))
 
-    def box(left: float, below: float, w: float, h: float) -> list[float]:
-        return [left / width, below / height, w / width, h / height]
+    def box(left: float, below: float, w: float, h: float) -> tuple[float, float, float, float]:
+        return (left / width, below / height, w / width, h / height)
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.82")
     grid_h = num_rows * row_h
@@ -300,10 +301,10 @@ def heatmap_figure(
         axis.set_xlim(-1.6, num_columns - 0.5)
         axis.set_ylim(num_rows - 0.5, -0.5)
         axis.axvline(-0.5, color="black", linewidth=0.8)
-        for name, first, end in rows.groups[1:]:
+        for _name, first, _end in rows.groups[1:]:
             axis.axhline(first - 0.5, color="white", linewidth=1.6)
         # outline each category's own prompts in its column (the normal prompts in the last column)
-        for row_index, (name, first, end) in enumerate(rows.groups):
+        for _name, first, end in rows.groups:
             category = rows.categories[first]
             if category is None:
                 continue
@@ -344,9 +345,9 @@ def heatmap_figure(
         )
         axis.get_xticklabels()[0].set_color("#c0392b")
         axis.tick_params(axis="x", length=2)
-        kept = None if dropped is None else len(dropped) - sum(dropped)
         panel_title = _PANEL_TITLES.get(variant, variant)
-        if kept is not None:
+        if dropped is not None:
+            kept = len(dropped) - sum(dropped)
             panel_title += f"\nsign selection keeps {kept} of {len(dropped)} prompts"
         axis.set_title(panel_title, fontsize=9)
         axis.set_yticks(range(num_rows))
@@ -463,7 +464,7 @@ def roc_figure(
         panels.append(
             (
                 "any finding (image score)",
-                labels.any(axis=1).astype(np.float64),
+                np.asarray(labels.any(axis=1), dtype=np.float64),  # numpy's stubs type any(axis=1) as maybe a scalar
                 {v: np.asarray(s).reshape(-1) for v, s in image_scores.items()},
             )
         )
@@ -498,7 +499,7 @@ def roc_figure(
             # below the panel: a legend inside would hide the curves that run along the axes
             axis.legend(
                 [h for h, _ in paired],
-                [l for _, l in paired],
+                [label for _, label in paired],
                 fontsize=7.5,
                 loc="upper center",
                 bbox_to_anchor=(0.5, -0.16),

@@ -47,7 +47,10 @@ def _randomizables(root: Any, seen: set[int] | None = None) -> Iterator[Any]:
 def _random_states(rng_objects: list[Any]) -> dict[str, Any]:
     """Global torch, numpy and Python random states, and those of the randomised transforms."""
     states = [obj.R.get_state() for root in rng_objects for obj in _randomizables(root)]
-    numpy_state = np.random.get_state()
+    # legacy=True is the default; passed so that numpy's stubs (which pick the dict overload without it) see the tuple
+    numpy_state = np.random.get_state(legacy=True)
+    if not isinstance(numpy_state, tuple):  # the global RandomState is always MT19937, whose legacy state is a tuple
+        raise TypeError(f"numpy's global random state is not a legacy MT19937 tuple: {type(numpy_state).__name__}.")
     return {
         "torch": torch.get_rng_state(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *map(float, numpy_state[2:])],
@@ -158,8 +161,9 @@ class ResumeCheckpoint:
         engine.state.epoch = int(state["epoch"])
         engine.state.iteration = int(state["iteration"])
         if self.evaluator is not None and "best_metric" in state:
-            self.evaluator.state.best_metric = float(state["best_metric"])
-            self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
+            evaluator_state: Any = self.evaluator.state  # ignite's State has no best_metric: MONAI's Workflow adds it
+            evaluator_state.best_metric = float(state["best_metric"])
+            evaluator_state.best_metric_epoch = int(state["best_metric_epoch"])
         if self.checkpoint_saver is not None and "checkpoint_saver" in state:
             self.checkpoint_saver.load_state_dict(json.loads(state["checkpoint_saver"]))
         if "random" in state:
@@ -175,9 +179,10 @@ class ResumeCheckpoint:
         state: dict[str, Any] = {name: obj.state_dict() for name, obj in self.save_dict.items()}
         state.update(epoch=engine.state.epoch, iteration=engine.state.iteration, settings=json.dumps(self.settings))
         if self.evaluator is not None:
+            evaluator_state: Any = self.evaluator.state  # ignite's State has no best_metric: MONAI's Workflow adds it
             state.update(
-                best_metric=float(self.evaluator.state.best_metric),
-                best_metric_epoch=int(self.evaluator.state.best_metric_epoch),
+                best_metric=float(evaluator_state.best_metric),
+                best_metric_epoch=int(evaluator_state.best_metric_epoch),
             )
         saver_checkpoint = getattr(self.checkpoint_saver, "_key_metric_checkpoint", None)
         if saver_checkpoint is not None:

@@ -12,7 +12,8 @@ def detector_output(key: str, variant: str | None = None, label_key: str = "labe
     """``output_transform`` giving ``(pred[key], label)`` from an evaluator's un-decollated output.
 
     Args:
-        key: detector output name: ``"scores"``, ``"predictions"`` or ``"image_score"``.
+        key: a :class:`~sdmad_monai.networks.outputs.DetectorOutput` field: ``"scores"``, ``"predictions"``,
+            ``"image_score"`` or ``"anomaly_map"`` (BMAD pixel level) ...
         variant: with :class:`~sdmad_monai.inferers.ProtocolInferer`, which variant's outputs.
         label_key: output key of the labels.
     """

@@ -66,14 +66,23 @@ class VolumeResultsWriter:
         from ..inference import VolumeResultsCollector, volume_stems
 
         loader = engine.state.dataloader
-        data = list(getattr(loader.dataset, "data", None) or [])
+        if loader is None:
+            raise RuntimeError("VolumeResultsWriter: the engine has no data loader at STARTED.")
+        data = list(getattr(getattr(loader, "dataset", None), "data", None) or [])
         self._stems = volume_stems([str(item["image"]) for item in data])  # by dataset index, as one process names
         # the dataset index of each volume this process scores, in order (all of them in one process)
-        self._order = [int(i) for i in iter(loader.sampler)] if getattr(loader, "sampler", None) is not None else []
-        self._done: list[tuple[int, Any]] = []
+        sampler = getattr(loader, "sampler", None)
+        self._order = [int(i) for i in iter(sampler)] if sampler is not None else []
+        self._done = []
+        total = len(data) or engine.state.epoch_length
+        if total is None:
+            raise RuntimeError(
+                "VolumeResultsWriter: unknown number of volumes (the data loader's dataset has no 'data' list and "
+                "the engine no epoch_length)."
+            )
         first = not distributed_run() or dist.get_rank() == 0
         self.collector = VolumeResultsCollector(
-            self.output_dir, len(data) or engine.state.epoch_length, self.overlays_top, self.overlays_random,
+            self.output_dir, total, self.overlays_top, self.overlays_random,
             self.seed, clear_previous=first, overlay_scope=self.overlay_scope,
         )  # fmt: skip
         if distributed_run():
@@ -82,7 +91,8 @@ class VolumeResultsWriter:
     def iteration_completed(self, engine: Engine) -> None:
         from ..inference import FailedVolume
 
-        for outcome in engine.state.output["pred"]:
+        output: Any = engine.state.output  # the evaluator's output dict (ignite annotates State.output int | None)
+        for outcome in output["pred"]:
             position = len(self._done)
             index = self._order[position] if position < len(self._order) else position
             if isinstance(outcome, FailedVolume):

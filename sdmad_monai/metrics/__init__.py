@@ -1,4 +1,5 @@
-"""Anomaly-detection metrics for SD-MAD (image, multi-label and pixel level), as MONAI ``CumulativeIterationMetric`` subclasses."""
+"""Anomaly-detection metrics for SD-MAD (image, multi-label and pixel level), as MONAI
+``CumulativeIterationMetric`` subclasses."""
 
 from .auroc import CategoryAUROCMetric, ImageAUROCMetric, average_ranks, binary_auroc, compute_auroc
 from .multilabel_accuracy import (

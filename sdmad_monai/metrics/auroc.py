@@ -106,7 +106,9 @@ def compute_auroc(
     if average == Average.MICRO:
         auc = binary_auroc(y_pred.flatten(), y.flatten())
         if torch.isnan(auc):
-            warnings.warn("micro-averaged AUROC is undefined: all labels belong to one class, returning NaN.")
+            warnings.warn(
+                "micro-averaged AUROC is undefined: all labels belong to one class, returning NaN.", stacklevel=2
+            )
         return auc
 
     num_categories = y_pred.shape[1]

@@ -48,6 +48,7 @@ from ..functional import (
     zero_shot_patch_logits,
 )
 from .backbone import image_blocks
+from .outputs import AnomalyMaps
 
 __all__ = ["DEFAULT_FEW_SHOT_WEIGHT", "DEFAULT_MAP_TEMPERATURE", "AnomalyMapHead", "MemoryBankError"]
 
@@ -63,15 +64,20 @@ class MemoryBankError(RuntimeError):
     """The memory bank does not fit the detector (other layers, other adapter state) or is used wrongly."""
 
 
-class _CaptureHook:
-    """Forward hook that hands a block's (already adapted) output to the head while it is capturing."""
+class CaptureHook:
+    """Forward hook that hands a block's output (already adapted) to its owner's ``_captured`` dict, under ``layer``,
+    while the owner is capturing (``_captured`` is not ``None``).
 
-    def __init__(self, head: AnomalyMapHead, layer: int) -> None:
-        self.head = head
+    An object, not a closure: ``copy.deepcopy`` of a module copies its hooks, and a copied object points to the
+    copied owner, where a closure would keep writing into the original's store.
+    """
+
+    def __init__(self, owner: nn.Module, layer: int) -> None:
+        self.owner: Any = owner  # any module with a ``_captured: dict[int, Tensor] | None`` attribute
         self.layer = layer
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        store = self.head._captured
+        store = self.owner._captured
         if store is not None:
             store[self.layer] = output[0] if isinstance(output, tuple) else output
 
@@ -107,6 +113,11 @@ class AnomalyMapHead(nn.Module):
         ValueError: layers outside the encoder, or a tower without a patch-to-joint-space projection.
     """
 
+    #: registered buffers (typed here: ``nn.Module.__getattr__`` says Tensor | Module)
+    memory_bank: torch.Tensor
+    memory_bank_layers: torch.Tensor
+    memory_bank_adapted: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -130,7 +141,7 @@ class AnomalyMapHead(nn.Module):
             raise ValueError(f"Map few-shot weight must be in [0, 1], got {few_shot_weight}.")
         if sigma < 0:
             raise ValueError(f"Map smoothing sigma must be >= 0 pixels, got {sigma}.")
-        visual = backbone.visual
+        visual: Any = backbone.visual  # open_clip / timm tower: untyped
         self._kind = _tower_kind(visual)
         # a plain reference (not a submodule): the tower's weights stay the backbone's, out of this state dict
         self.__dict__["_visual"] = visual
@@ -141,7 +152,7 @@ class AnomalyMapHead(nn.Module):
         self.few_shot_weight = float(few_shot_weight)
         self.sigma = float(sigma)
         self._captured: dict[int, torch.Tensor] | None = None
-        self._handles = [blocks[i - 1].register_forward_hook(_CaptureHook(self, i)) for i in layers]
+        self._handles = [blocks[i - 1].register_forward_hook(CaptureHook(self, i)) for i in layers]
         self.register_buffer("memory_bank", torch.zeros(len(layers), 0, 0))
         self.register_buffer("memory_bank_layers", torch.tensor(layers, dtype=torch.long))
         self.register_buffer("memory_bank_adapted", torch.tensor(True))
@@ -157,7 +168,7 @@ class AnomalyMapHead(nn.Module):
             self._captured = None
 
     def _patch_size(self) -> tuple[int, int]:
-        visual = self._visual
+        visual: Any = self._visual
         size = visual.trunk.patch_embed.patch_size if self._kind == "timm" else visual.patch_size
         return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
@@ -169,7 +180,7 @@ class AnomalyMapHead(nn.Module):
     def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Bring batch-first tokens ``[B, L, W]`` into the joint image-text space ``[B, L, D]``, token by token, the
         way the tower brings its pooled token there (``ln_post @ proj``; timm: norms then heads)."""
-        visual = self._visual
+        visual: Any = self._visual
         if self._kind == "open_clip":
             x = visual.ln_post(tokens)
             return x if visual.proj is None else x @ visual.proj
@@ -285,7 +296,7 @@ class AnomalyMapHead(nn.Module):
         keep: torch.Tensor,
         anchor_feature: torch.Tensor,
         adapters_enabled: bool,
-    ) -> dict[str, torch.Tensor]:
+    ) -> AnomalyMaps:
         """Anomaly maps of one batch from its captured tokens.
 
         Args:
@@ -296,9 +307,10 @@ class AnomalyMapHead(nn.Module):
             adapters_enabled: whether the adapters were on for this pass (must match the memory bank's).
 
         Returns:
-            ``anomaly_map`` ``[B, H, W]`` (combined; higher = more anomalous), ``anomaly_map_zero_shot``
-            ``[B, H, W]``, ``anomaly_map_few_shot`` ``[B, H, W]`` (only with a memory bank) and ``patch_logits``
-            ``[B, L, h, w]`` (zero-shot logits per map layer on the patch grid, for the segmentation losses).
+            :class:`~sdmad_monai.networks.outputs.AnomalyMaps`: ``anomaly_map`` ``[B, H, W]`` (combined; higher = more
+            anomalous), ``anomaly_map_zero_shot`` ``[B, H, W]``, ``anomaly_map_few_shot`` ``[B, H, W]`` (only with a
+            memory bank) and ``patch_logits`` ``[B, L, h, w]`` (zero-shot logits per map layer on the patch grid, for
+            the segmentation losses).
 
         Raises:
             MemoryBankError: the bank was built with the adapters in the other state.
@@ -315,7 +327,6 @@ class AnomalyMapHead(nn.Module):
             dim=1,
         ).reshape(batch, len(self.layers), *grid)
         zero = smooth_anomaly_map(zero_shot_anomaly_map(logits, size), self.sigma)
-        result = {"patch_logits": logits, "anomaly_map_zero_shot": zero}
         few = None
         if self.has_memory_bank:
             if bool(self.memory_bank_adapted) != bool(adapters_enabled):
@@ -330,9 +341,12 @@ class AnomalyMapHead(nn.Module):
                 dim=1,
             ).reshape(batch, len(self.layers), *grid)
             few = smooth_anomaly_map(few_shot_anomaly_map(distances, size), self.sigma)
-            result["anomaly_map_few_shot"] = few
-        result["anomaly_map"] = combine_anomaly_maps(zero, few, self.few_shot_weight)
-        return result
+        return AnomalyMaps(
+            anomaly_map=combine_anomaly_maps(zero, few, self.few_shot_weight),
+            anomaly_map_zero_shot=zero,
+            patch_logits=logits,
+            anomaly_map_few_shot=few,
+        )
 
     def extra_repr(self) -> str:
         return (

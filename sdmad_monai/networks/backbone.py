@@ -36,6 +36,10 @@ __all__ = [
     "text_blocks",
 ]
 
+#: An open_clip model (``CLIP`` or ``CustomTextCLIP``): open_clip ships no type information, and ``nn.Module``'s
+#: ``__getattr__`` would type every tower attribute as ``Tensor | Module``.
+ClipModel = Any
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 TINY_MODEL_NAME = "sdmad-tiny"
 #: ``pretrained`` tag of the demo weights: ``sdmad-tiny`` pretrained here on generated image-report pairs
@@ -91,7 +95,7 @@ def load_clip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
-) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+) -> tuple[ClipModel, Callable[..., torch.Tensor]]:
     """Create an open_clip model and its tokenizer.
 
     Args:
@@ -155,7 +159,7 @@ def load_clip(
 
 def _load_demo_clip(
     model_name: str, image_size: int | None, device: str | torch.device, precision: str
-) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+) -> tuple[ClipModel, Callable[..., torch.Tensor]]:
     """``sdmad-tiny`` with the shipped demo weights (:mod:`sdmad_monai.networks.demo_backbone`).
 
     At another ``image_size`` the position embedding is resized as open_clip does for any pretrained weights.
@@ -166,7 +170,8 @@ def _load_demo_clip(
 
     if model_name != TINY_MODEL_NAME:
         raise ValueError(
-            f"pretrained={DEMO_PRETRAINED!r} names the demo weights of {TINY_MODEL_NAME!r}; got model_name={model_name!r}."
+            f"pretrained={DEMO_PRETRAINED!r} names the demo weights of {TINY_MODEL_NAME!r}; "
+            f"got model_name={model_name!r}."
         )
     if precision != "fp32":
         raise ValueError(f"the demo weights are used in fp32 only, got precision={precision!r}.")
@@ -195,7 +200,7 @@ _IMAGE_BLOCK_PATHS = ("visual.transformer.resblocks", "visual.trunk.blocks")
 _TEXT_BLOCK_PATHS = ("transformer.resblocks", "text.transformer.resblocks", "text.transformer.encoder.layer")
 
 
-def _blocks(model: nn.Module, paths: tuple[str, ...], tower: str) -> nn.ModuleList:
+def _blocks(model: nn.Module, paths: tuple[str, ...], tower: str) -> nn.ModuleList | nn.Sequential:
     for path in paths:
         blocks = _resolve(model, path)
         if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
@@ -206,11 +211,11 @@ def _blocks(model: nn.Module, paths: tuple[str, ...], tower: str) -> nn.ModuleLi
     )
 
 
-def image_blocks(model: nn.Module) -> nn.ModuleList:
+def image_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     """The image encoder's transformer blocks, in order."""
     return _blocks(model, _IMAGE_BLOCK_PATHS, "image")
 
 
-def text_blocks(model: nn.Module) -> nn.ModuleList:
+def text_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
     """The text encoder's transformer blocks, in order."""
     return _blocks(model, _TEXT_BLOCK_PATHS, "text")

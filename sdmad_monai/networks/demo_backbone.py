@@ -108,7 +108,7 @@ def _decayed(name: str, parameter: nn.Parameter) -> bool:
 
 
 def pretrain(
-    model: nn.Module,
+    model: Any,  # an open_clip CLIP (open_clip ships no type information)
     images: torch.Tensor,
     tokens: torch.Tensor,
     recipe: PretrainRecipe,

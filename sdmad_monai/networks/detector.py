@@ -2,19 +2,16 @@
 
 ``forward(image [B, 3, H, W]) -> [B, K]`` category scores (Eq. 7), so MONAI's inferers, ``verify_net_in_out`` and
 bundle workflows use it as any network. ``forward(image, output="predictions")`` gives Eq. 8's binary predictions and
-``output="all"`` every intermediate (features, per-prompt similarities, kept prompts, anchor), which the losses and
-the evaluation need.
+``output="all"`` a :class:`~sdmad_monai.networks.outputs.DetectorOutput` with every intermediate (features, per-prompt
+similarities, kept prompts, anchor, maps), which the losses and the evaluation need.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, cast
 
 import open_clip
 import torch
@@ -24,20 +21,27 @@ from torch import nn
 from .. import __version__
 from ..calibration import Calibration, OperatingPoint
 from ..functional import (
-    anchor_feature_from_normal_prompts,
     anchor_predictions_from_similarities,
     category_scores_from_similarities,
     image_anomaly_score,
-    select_signs,
-    selection_with_fallback,
 )
 from ..prompts import PromptBank, load_prompt_bank
-from ..utils import atomic_path
 from .adapter import DEFAULT_ADAPTER_LAMBDA, ShiftAdapter, attach_adapter
 from .anomaly_map import DEFAULT_FEW_SHOT_WEIGHT, DEFAULT_MAP_TEMPERATURE, AnomalyMapHead
 from .backbone import DEMO_PRETRAINED, TINY_MODEL_NAME, image_blocks, load_clip, text_blocks
+from .checkpoint_io import (
+    CHECKPOINT_FORMAT,
+    DetectorStateError,
+    check_checkpoint_fits,
+    decode_description,
+    encode_description,
+    read_detector_state,
+    save_state_dict,
+    weights_identity,
+)
 from .checkpointing import BlockCheckpointing, blocks_between_adapters
-from .text_cache import ScoringCache, TextPath
+from .outputs import AnomalyMaps, DetectorOutput
+from .text_cache import ScoringCache, TextPath, TextState, TextStateCache, compute_text_state
 
 __all__ = ["SignDrivenDetector", "TextState", "DetectorStateError", "PAPER_IMAGE_ADAPTER_LAYERS", "PRESETS"]
 
@@ -59,64 +63,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_adapter_layers": [2, 3, 5, 6],
     },
 }
-
-_CHECKPOINT_FORMAT = "sdmad-detector/1"
-#: Settings that change what the adapters compute; a checkpoint only loads onto a detector with the same ones.
-_ARCHITECTURE_KEYS = (
-    "model_name",
-    "pretrained",
-    "image_size",
-    "seed",
-    "image_adapter_layers",
-    "text_adapter",
-    "adapter_bottleneck",
-    "adapter_lambda",
-    "adapter_activation",
-)
-
-
-#: Text states kept by :meth:`SignDrivenDetector.text_state` (adapters on/off x sign selection on/off).
-_TEXT_CACHE_SIZE = 4
-
-
-class DetectorStateError(RuntimeError):
-    """A checkpoint does not fit this detector (other prompt bank, backbone or adapter settings)."""
-
-
-def _encode_state(description: Mapping[str, Any]) -> torch.Tensor:
-    return torch.tensor(list(json.dumps(description, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
-
-
-def _decode_state(state: Any) -> Any:
-    if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.ndim == 1:
-        try:
-            return json.loads(bytes(state.tolist()).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DetectorStateError(f"The checkpoint's detector description is corrupt: {error}.") from error
-    return state
-
-
-class TextState(NamedTuple):
-    """Everything the scoring functions need from the text side.
-
-    Attributes:
-        features: ``[P, D]`` prompt features (unnormalised).
-        prompt_categories: ``[P]`` category per prompt, ``-1`` for normal.
-        anchor: ``[D]`` anchor feature (unit norm).
-        keep: ``[P]`` prompts kept by sign selection (with fallback), all ``True`` when selection is off.
-    """
-
-    features: torch.Tensor
-    prompt_categories: torch.Tensor
-    anchor: torch.Tensor
-    keep: torch.Tensor
-
-
-def _weights_identity(pretrained: str | None) -> str | None:
-    """How a checkpoint records the backbone weights: the tag, or a local file's name (paths move between sites)."""
-    if pretrained is None:
-        return None
-    return Path(pretrained).name if os.path.sep in pretrained or os.path.isfile(pretrained) else pretrained
 
 
 class SignDrivenDetector(nn.Module):
@@ -150,6 +96,11 @@ class SignDrivenDetector(nn.Module):
             ``{"target_sensitivity": t}`` (calibrated probability >= the threshold reaching ``t`` on the validation
             slices; needs a calibrated checkpoint), see :class:`~sdmad_monai.calibration.OperatingPoint`.
     """
+
+    #: registered buffers and the open_clip model (typed here: ``nn.Module.__getattr__`` says Tensor | Module)
+    tokens: torch.Tensor
+    prompt_categories: torch.Tensor
+    backbone: Any  # open_clip CLIP / CustomTextCLIP: open_clip ships no type information
 
     def __init__(
         self,
@@ -220,7 +171,7 @@ class SignDrivenDetector(nn.Module):
                 self._new_adapter(self._block_width(last_text_block, backbone, "text")) if text_adapter else None
             )
         for index, adapter in self.image_adapters.items():
-            attach_adapter(image_blocks(backbone)[int(index) - 1], adapter, self._adapters_on)
+            attach_adapter(image_blocks(backbone)[int(index) - 1], cast(ShiftAdapter, adapter), self._adapters_on)
         if self.text_adapter is not None:
             attach_adapter(last_text_block, self.text_adapter, self._adapters_on)
         self._text_path = TextPath(backbone, last_text_block)
@@ -238,10 +189,8 @@ class SignDrivenDetector(nn.Module):
         self.prompt_texts = texts
         self.register_buffer("tokens", tokenizer(texts), persistent=False)
         self.register_buffer("prompt_categories", torch.tensor(prompt_categories, dtype=torch.long), persistent=False)
-        #: cached text states by :meth:`_text_cache_key`; several entries, so that alternating adapters on/off (the
-        #: evaluation's ``clip`` and ``sdmad`` variants on every batch) does not recompute them on each switch
-        self._text_cache: dict[tuple, TextState] = {}
-        self._scoring_cache = ScoringCache(_TEXT_CACHE_SIZE)
+        self._text_cache = TextStateCache()
+        self._scoring_cache = ScoringCache(self._text_cache.size)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -263,7 +212,7 @@ class SignDrivenDetector(nn.Module):
                 return int(module.normalized_shape[0])
         raise ValueError(f"Cannot infer the width of the {tower} blocks of {type(model).__name__}.")
 
-    def _build_image_adapters(self, blocks: nn.ModuleList) -> nn.ModuleDict:
+    def _build_image_adapters(self, blocks: nn.ModuleList | nn.Sequential) -> nn.ModuleDict:
         layers = self.config["image_adapter_layers"]
         depth = len(blocks)
         bad = [i for i in layers if not 1 <= i <= depth]
@@ -365,44 +314,31 @@ class SignDrivenDetector(nn.Module):
             # a training step: sign selection is an inference step (the losses use every prompt), so a category
             # that falls back here is not reported; validation and inference compute (and report) their own state
             return self._compute_text_state(warn=False)
-        key = self._text_cache_key()
-        state = self._text_cache.get(key)
-        if state is None:
-            with torch.no_grad():
-                state = self._compute_text_state()
-            # keep the few newest entries: stale ones (adapter weights since changed) are never asked for again
-            while len(self._text_cache) >= _TEXT_CACHE_SIZE:
-                del self._text_cache[next(iter(self._text_cache))]
-            self._text_cache[key] = state
-        return state
+        return self._text_cache.get(self._text_cache_key(), self._compute_text_state_without_grad)
+
+    def _compute_text_state_without_grad(self) -> TextState:
+        with torch.no_grad():
+            return self._compute_text_state()
 
     def _compute_text_state(self, warn: bool = True) -> TextState:
-        features = self._text_path.encode(self.tokens)
-        categories = self.prompt_categories
-        anchor = anchor_feature_from_normal_prompts(features, categories)
-        if self.sign_selection:
-            keep = selection_with_fallback(
-                select_signs(features.detach(), categories),
-                categories,
-                self.num_categories,
-                self.category_labels,
-                warn=warn,
-            )
-        else:
-            keep = torch.ones_like(categories, dtype=torch.bool)
-        return TextState(features, categories, anchor, keep)
+        return compute_text_state(
+            self._text_path.encode(self.tokens),
+            self.prompt_categories,
+            self.category_labels,
+            sign_selection=self.sign_selection,
+            warn=warn,
+        )
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self, image: torch.Tensor, output: str = "scores", maps: bool = True
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, output: str = "scores", maps: bool = True) -> torch.Tensor | DetectorOutput:
         """Score CLIP-normalised images ``[B, 3, H, W]``.
 
         Args:
             image: input batch.
             output: ``"scores"`` -> ``[B, K]`` Eq. 7 scores; ``"predictions"`` -> ``[B, K]`` Eq. 8 0/1 predictions;
-                ``"all"`` -> the dict of :meth:`score` (the inputs of the losses and of evaluation), plus the anomaly
-                maps of :meth:`score_with_maps` when the detector has them.
+                ``"all"`` -> the :class:`~sdmad_monai.networks.outputs.DetectorOutput` of :meth:`score` (the inputs of
+                the losses and of evaluation), with the anomaly maps of :meth:`score_with_maps` when the detector has
+                them.
             maps: with ``output="all"``, ``False`` skips the anomaly-map work (callers that do not use the maps:
                 training without the pixel loss, inference without map outputs); the other entries are the same.
         """
@@ -413,16 +349,14 @@ class SignDrivenDetector(nn.Module):
 
     def score(
         self, image_features: torch.Tensor, text: TextState, output: str = "all"
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+    ) -> torch.Tensor | DetectorOutput:
         """Scores of image features ``[B, D]`` against a text state (Eq. 7, Eq. 8).
 
         Args:
             image_features: from :meth:`encode_image`.
             text: from :meth:`text_state`, possibly with another ``keep`` (e.g. all prompts for "no SS").
-            output: ``"scores"``, ``"predictions"`` or ``"all"``: a dict with ``scores`` ``[B, K]``, ``predictions``
-                ``[B, K]``, ``image_score`` ``[B]`` (normal-vs-abnormal score), ``similarities`` ``[B, P]``,
-                ``anchor_similarity`` ``[B]``, ``image_features`` ``[B, D]``, ``text_features`` ``[P, D]``,
-                ``prompt_categories`` ``[P]``, ``anchor_feature`` ``[D]`` and ``keep`` ``[P]``.
+            output: ``"scores"`` (``[B, K]`` Eq. 7), ``"predictions"`` (``[B, K]`` Eq. 8) or ``"all"``: a
+                :class:`~sdmad_monai.networks.outputs.DetectorOutput` without maps.
         """
         if output not in ("scores", "predictions", "all"):
             raise ValueError(f"output must be 'scores', 'predictions' or 'all', got {output!r}.")
@@ -440,18 +374,18 @@ class SignDrivenDetector(nn.Module):
             return predictions
         scores = category_scores_from_similarities(similarities, prompts.membership)
         anchor_similarity = normalised @ text.anchor
-        return {
-            "scores": scores,
-            "predictions": predictions,
-            "image_score": image_anomaly_score(scores, anchor_similarity),
-            "similarities": similarities,
-            "anchor_similarity": anchor_similarity,
-            "image_features": image_features,
-            "text_features": text.features,
-            "prompt_categories": text.prompt_categories,
-            "anchor_feature": text.anchor,
-            "keep": text.keep,
-        }
+        return DetectorOutput(
+            scores=scores,
+            predictions=predictions,
+            image_score=image_anomaly_score(scores, anchor_similarity),
+            similarities=similarities,
+            anchor_similarity=anchor_similarity,
+            image_features=image_features,
+            text_features=text.features,
+            prompt_categories=text.prompt_categories,
+            anchor_feature=text.anchor,
+            keep=text.keep,
+        )
 
     # ------------------------------------------------------------------ anomaly maps (pixel-level protocol)
     def _init_anomaly_maps(
@@ -490,17 +424,17 @@ class SignDrivenDetector(nn.Module):
         captured: Mapping[int, torch.Tensor],
         image_size: Sequence[int],
         text: TextState,
-    ) -> dict[str, torch.Tensor]:
+    ) -> DetectorOutput:
         """:meth:`score` ``"all"`` plus, when maps are on, the anomaly maps of the same encoder pass (the outputs of
         :meth:`encode_image_with_tokens`); what ``forward(image, output="all")`` returns."""
-        result = self.score(image_features, text, "all")
-        if self.anomaly_head is not None:
-            result.update(self.maps_from_tokens(captured, image_size, text))
-        return result
+        result = cast(DetectorOutput, self.score(image_features, text, "all"))
+        if self.anomaly_head is None:
+            return result
+        return result.with_maps(self.maps_from_tokens(captured, image_size, text))
 
     def maps_from_tokens(
         self, captured: Mapping[int, torch.Tensor], image_size: Sequence[int], text: TextState
-    ) -> dict[str, torch.Tensor]:
+    ) -> AnomalyMaps:
         """Anomaly maps (see :meth:`AnomalyMapHead.maps`) from tokens captured by :meth:`encode_image_with_tokens`."""
         return self._require_maps().maps(
             captured, image_size, text.features, text.prompt_categories, text.keep, text.anchor, self.adapters_enabled
@@ -511,7 +445,7 @@ class SignDrivenDetector(nn.Module):
         anomalous): the ``"anomaly_map"`` entry of ``forward(image, output="all")`` without the scores."""
         self._require_maps()
         _, captured = self.encode_image_with_tokens(image)
-        return self.maps_from_tokens(captured, image.shape[-2:], self.text_state())["anomaly_map"]
+        return self.maps_from_tokens(captured, image.shape[-2:], self.text_state()).anomaly_map
 
     @torch.no_grad()
     def set_memory_bank(self, normal_images: torch.Tensor, batch_size: int = 16) -> int:
@@ -580,6 +514,8 @@ class SignDrivenDetector(nn.Module):
         TorchScript, so the scripted module is :class:`ExportedScores`, the score path ``image [B, 3, S, S] ->
         Eq. 7 scores [B, K]`` (``forward``'s default) traced at the current adapters and prompts in eval mode: the
         prompt features are constants of the export, and its outputs equal ``detector(image)`` (tested)."""
+        from .export import ExportedScores
+
         return ExportedScores(self)
 
     # ------------------------------------------------------------------ checkpoints
@@ -614,14 +550,14 @@ class SignDrivenDetector(nn.Module):
     def get_extra_state(self) -> torch.Tensor:
         """The detector's description as a uint8 tensor of UTF-8 JSON (a tensor, so that every state-dict consumer,
         e.g. MONAI's ``copy_model_state`` in ``ckpt_export``, and ``torch.load(weights_only=True)`` handle it)."""
-        return _encode_state(self.description())
+        return encode_description(self.description())
 
     def description(self) -> dict[str, Any]:
         """What a checkpoint records besides the adapter weights: format, version, config and prompt bank."""
         return {
-            "format": _CHECKPOINT_FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "sdmad_monai_version": __version__,
-            "config": {**self.config, "pretrained": _weights_identity(self.config["pretrained"])},
+            "config": {**self.config, "pretrained": weights_identity(self.config["pretrained"])},
             "prompt_bank": self.prompt_bank.to_dict(),
             "prompt_bank_fingerprint": self.prompt_bank.fingerprint(),
             "backbone_weights_sha256": self.backbone_weights_sha256,
@@ -629,91 +565,22 @@ class SignDrivenDetector(nn.Module):
         }
 
     def set_extra_state(self, state: Any) -> None:
-        state = _decode_state(state)
-        if not isinstance(state, Mapping) or state.get("format") != _CHECKPOINT_FORMAT:
-            raise DetectorStateError(f"Not an SD-MAD detector checkpoint (format {_CHECKPOINT_FORMAT} expected).")
-        mine = self.description()
-        if state["prompt_bank_fingerprint"] != mine["prompt_bank_fingerprint"]:
-            theirs = PromptBank.from_dict(state["prompt_bank"])
-            raise DetectorStateError(
-                f"Checkpoint was trained with prompt bank {theirs.name!r} (categories {theirs.labels}) but this "
-                f"detector uses {self.prompt_bank.name!r} (categories {self.category_labels}) with different prompts "
-                "or order. Evaluate or infer with the config files it was trained with (e.g. with "
-                "configs/train_bmad.json for a BMAD checkpoint), or rebuild it with SignDrivenDetector.load."
-            )
-        theirs_sha, mine_sha = state.get("backbone_weights_sha256"), mine["backbone_weights_sha256"]
-        if mine_sha is not None and theirs_sha != mine_sha:
-            built = f"demo weights {theirs_sha[:12]}" if theirs_sha else "an earlier build of the demo weights"
-            raise DetectorStateError(
-                f"Checkpoint was trained on {built}, but this installation ships demo weights {mine_sha[:12]}; its "
-                "adapters do not fit them. Retrain: python -m monai.bundle run training --config_file "
-                "configs/train.json."
-            )
-        # the seed initialises the adapters (replaced by the checkpoint's) and, only for pretrained=None, the
-        # backbone: with pretrained weights a checkpoint of any seed (e.g. a sweep's) fits, and records its own
-        keys = (
-            _ARCHITECTURE_KEYS
-            if mine["config"]["pretrained"] is None
-            else tuple(k for k in _ARCHITECTURE_KEYS if k != "seed")
-        )
-        differing = {
-            key: (state["config"].get(key), mine["config"][key])
-            for key in keys
-            if state["config"].get(key) != mine["config"][key]
-        }
-        if differing:
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs detector {b!r}" for k, (a, b) in differing.items())
-            raise DetectorStateError(
-                f"Checkpoint was trained on another backbone or adapter layout ({detail}); evaluate or infer with the "
-                "config files and overrides it was trained with (e.g. with configs/paper.json), or rebuild it with "
-                "SignDrivenDetector.load."
-            )
+        """Check a checkpoint's description against this detector (:func:`~.checkpoint_io.check_checkpoint_fits`)
+        and take its seed and calibration."""
+        state = check_checkpoint_fits(decode_description(state), self.description())
         self.config["seed"] = int(state["config"].get("seed", self.config["seed"]))
         calibration = state.get("calibration")
         self.calibration = None if calibration is None else Calibration.from_dict(calibration)
 
     def save(self, path: str | Path) -> Path:
         """Write adapters + prompt bank + backbone spec + version to ``path`` atomically (megabytes, no backbone)."""
-        with atomic_path(path) as temporary:
-            torch.save(self.state_dict(), temporary)
-        return Path(path)
+        return save_state_dict(self.state_dict(), path)
 
     @staticmethod
     def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        """The detector state dict in ``path``: a :meth:`save` file or a MONAI checkpoint holding one.
-
-        MONAI's ``CheckpointSaver`` writes ``{"network": state_dict, "optimizer": ...}``; the entry carrying
-        ``_extra_state`` is taken. Loaded with ``weights_only=True``.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-        if path.stat().st_size == 0:
-            raise DetectorStateError(f"Cannot read checkpoint {path}: the file is empty (0 bytes).")
-        try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:  # torch raises several types for corrupt or foreign files
-            reason = " ".join(str(error).split())[:300] or type(error).__name__
-            raise DetectorStateError(f"Cannot read checkpoint {path}: {reason}") from error
-        candidates = [data] + (list(data.values()) if isinstance(data, Mapping) else [])
-        for state in candidates:
-            if isinstance(state, Mapping) and "_extra_state" in state:
-                broken = [
-                    k
-                    for k, v in state.items()
-                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
-                ]
-                if broken:
-                    raise DetectorStateError(
-                        f"Checkpoint {path} holds non-finite weights (NaN or infinity) in {', '.join(broken[:4])}"
-                        f"{' ...' if len(broken) > 4 else ''}: the training diverged or the file is damaged; it "
-                        "would score every image NaN. Retrain, or use another checkpoint."
-                    )
-                return dict(state)
-        raise DetectorStateError(
-            f"Checkpoint {path} holds no SD-MAD detector state (no '_extra_state' entry); it was not written by "
-            "SignDrivenDetector.save or a bundle trainer."
-        )
+        """The detector state dict in ``path`` (:func:`~.checkpoint_io.read_detector_state`): a :meth:`save` file or
+        a MONAI checkpoint holding one, loaded with ``weights_only=True``."""
+        return read_detector_state(path, map_location)
 
     @classmethod
     def load(
@@ -733,7 +600,7 @@ class SignDrivenDetector(nn.Module):
             overrides: runtime switches such as ``sign_selection`` or ``cache_dir``.
         """
         state = cls.read_checkpoint(path, map_location)
-        extra = _decode_state(state["_extra_state"])
+        extra = decode_description(state["_extra_state"])
         config = dict(extra["config"])
         if pretrained is not None:
             config["pretrained"] = pretrained
@@ -743,40 +610,3 @@ class SignDrivenDetector(nn.Module):
             detector.config["pretrained"] = extra["config"]["pretrained"]
         detector.load_state_dict(state)
         return detector.to(map_location)
-
-
-class ExportedScores(nn.Module):
-    """A detector's score path (``detector(image)``: Eq. 7 scores ``[B, K]``) as a traced TorchScript module inside
-    a scriptable wrapper: what :meth:`SignDrivenDetector.__prepare_scriptable__` gives ``torch.jit.script``.
-
-    The trace runs in eval mode on a 2-image batch at the detector's input size; batch size is free afterwards.
-    Prompt features (with sign selection as configured) are computed once and become constants.
-
-    Args:
-        detector: the detector with its trained adapters loaded.
-    """
-
-    def __init__(self, detector: SignDrivenDetector) -> None:
-        super().__init__()
-        detector.eval()
-        parameter = next(detector.parameters())
-        size = int(detector.image_size)
-        example = torch.zeros(2, 3, size, size, device=parameter.device, dtype=parameter.dtype)
-        with torch.no_grad(), warnings.catch_warnings():
-            detector.text_state()  # prompt side computed (and cached) before tracing: constants of the export
-            # the tracer warns about Python-side checks it freezes: tensor-shape checks (open_clip's attention,
-            # ours) and nothing that depends on the image values (checked), so the trace holds for any batch
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            self.scores = torch.jit.trace(_ScorePath(detector), example, check_trace=False)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.scores(image)
-
-
-class _ScorePath(nn.Module):
-    def __init__(self, detector: SignDrivenDetector) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.detector(image, output="scores")

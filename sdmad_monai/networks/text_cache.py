@@ -1,4 +1,11 @@
-"""Cached text path: run the frozen text blocks once, re-run only the adapted last block.
+"""The text side of the detector, computed once and cached: the text path, the text states, the scoring parts.
+
+- :class:`TextPath`: run the frozen text blocks once, re-run only the adapted last block;
+- :class:`TextState` and :func:`compute_text_state`: prompt features, anchor and the prompts kept by sign selection
+  (Eq. 6, :mod:`sdmad_monai.functional.sign_selection`), with :class:`TextStateCache` keeping the last few;
+- :class:`ScoringCache`: the image-independent parts of Eq. 7 and Eq. 8 of a text state.
+
+Cached text path:
 
 The prompts never change and every text block before the last is frozen, so their output (the input of the last
 block) is computed once and kept. Each training step then runs only the last block (with its shift adapter), the
@@ -11,6 +18,7 @@ same, only slower.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -18,9 +26,14 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-from ..functional import _check_prompt_args, kept_prompt_membership
+from ..functional.common import _check_prompt_args
+from ..functional.scoring import anchor_feature_from_normal_prompts
+from ..functional.sign_selection import kept_prompt_membership, select_signs, selection_with_fallback
 
-__all__ = ["PromptScoring", "ScoringCache", "TextPath"]
+__all__ = ["PromptScoring", "ScoringCache", "TextPath", "TextState", "TextStateCache", "compute_text_state"]
+
+#: Text states kept (adapters on/off x sign selection on/off).
+TEXT_CACHE_SIZE = 4
 
 
 class _StopBeforeLastBlock(Exception):
@@ -36,8 +49,14 @@ class TextPath:
     """
 
     def __init__(self, model: nn.Module, last_block: nn.Module) -> None:
-        self.model = model
+        # open_clip's towers are typed Any here: open_clip ships no type information, and nn.Module.__getattr__
+        # would make every attribute Tensor | Module
+        self.model: Any = model
         self.last_block = last_block
+        self._head_owner: Any
+        self._transformer: Any = None
+        self._pool_type: Any = None
+        self._eos_attr: str = ""
         text = getattr(model, "text", None)
         if text is None and hasattr(model, "ln_final") and hasattr(model, "transformer"):
             self._head_owner, self._pool_type, self._eos_attr = model, model.text_pool_type, "text_eos_id"
@@ -104,6 +123,86 @@ class TextPath:
         """Forget the cached prefix (e.g. after moving the model to another device)."""
         self._prefix = None
         self._prefix_key = None
+
+
+class TextState(NamedTuple):
+    """Everything the scoring functions need from the text side.
+
+    Attributes:
+        features: ``[P, D]`` prompt features (unnormalised).
+        prompt_categories: ``[P]`` category per prompt, ``-1`` for normal.
+        anchor: ``[D]`` anchor feature (unit norm).
+        keep: ``[P]`` prompts kept by sign selection (with fallback), all ``True`` when selection is off.
+    """
+
+    features: torch.Tensor
+    prompt_categories: torch.Tensor
+    anchor: torch.Tensor
+    keep: torch.Tensor
+
+
+def compute_text_state(
+    features: torch.Tensor,
+    prompt_categories: torch.Tensor,
+    category_labels: Sequence[str],
+    sign_selection: bool,
+    warn: bool = True,
+) -> TextState:
+    """The text state of prompt features: the anchor (normal prompts' centroid) and, with ``sign_selection``, the
+    prompts Eq. 6 keeps (:func:`~sdmad_monai.functional.selection_with_fallback`: a category that would keep none
+    keeps all, with a warning naming it when ``warn``); without it every prompt is kept.
+
+    Args:
+        features: ``[P, D]`` prompt features.
+        prompt_categories: ``[P]`` category per prompt, ``-1`` for normal.
+        category_labels: the ``K`` category names (for the fallback warning).
+        sign_selection: apply Eq. 6.
+        warn: report fallbacks (training steps pass ``False``: selection is an inference step).
+    """
+    anchor = anchor_feature_from_normal_prompts(features, prompt_categories)
+    if sign_selection:
+        keep = selection_with_fallback(
+            select_signs(features.detach(), prompt_categories),
+            prompt_categories,
+            len(category_labels),
+            list(category_labels),
+            warn=warn,
+        )
+    else:
+        keep = torch.ones_like(prompt_categories, dtype=torch.bool)
+    return TextState(features, prompt_categories, anchor, keep)
+
+
+class TextStateCache:
+    """The last few text states by key (adapters on/off, sign selection, device, the text adapter's weight versions),
+    so that alternating adapters on/off (the evaluation's ``clip`` and ``sdmad`` variants on every batch) does not
+    recompute them on each switch. Stale entries (adapter weights since changed) are never asked for again and are
+    evicted oldest first.
+
+    Args:
+        size: number of states kept.
+    """
+
+    def __init__(self, size: int = TEXT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: dict[tuple, TextState] = {}
+
+    def get(self, key: tuple, compute: Callable[[], TextState]) -> TextState:
+        """The state cached under ``key``, or ``compute()`` stored under it."""
+        state = self._entries.get(key)
+        if state is None:
+            state = compute()
+            while len(self._entries) >= self.size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = state
+        return state
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every state (after loading other adapter weights)."""
+        self._entries.clear()
 
 
 class PromptScoring(NamedTuple):

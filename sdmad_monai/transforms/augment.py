@@ -89,7 +89,8 @@ class RandFewShotAugment(RandomizableTransform):
     def randomize(self, data: Any = None) -> None:
         super().randomize(None)
         self._angle = float(self.R.uniform(-self.rotate_degrees, self.rotate_degrees))
-        self._shift = tuple(float(v) for v in self.R.uniform(-self.translate_fraction, self.translate_fraction, 2))
+        shift = self.R.uniform(-self.translate_fraction, self.translate_fraction, 2)
+        self._shift = (float(shift[0]), float(shift[1]))
         self._flip = bool(self.R.rand() < self.flip_prob)
 
     def __call__(self, img: Any, randomize: bool = True) -> Any:

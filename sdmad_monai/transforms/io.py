@@ -76,7 +76,11 @@ def _fastmri_pixel_spacing(f: h5py.File, hw: tuple[int, int]) -> tuple[float, fl
         ns = {"m": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
         pre = "m:" if ns else ""
         fov = root.find(f".//{pre}reconSpace/{pre}fieldOfView_mm", ns)
-        fx, fy = float(fov.find(f"{pre}x", ns).text), float(fov.find(f"{pre}y", ns).text)
+        x = fov.find(f"{pre}x", ns) if fov is not None else None
+        y = fov.find(f"{pre}y", ns) if fov is not None else None
+        if x is None or y is None or x.text is None or y.text is None:
+            return None
+        fx, fy = float(x.text), float(y.text)
         return (fy / hw[0], fx / hw[1])
     except Exception:  # a malformed optional header falls back to unit spacing
         return None
@@ -171,7 +175,8 @@ class FastMRIH5Reader(ImageReader):
         imgs = img if isinstance(img, list) else [img]
         arrays = [a for a, _, _ in imgs]
         arr0, spacing, name = imgs[0]
-        aff = fastmri_affine(*arr0.shape, pixel_spacing=spacing)
+        num_slices, height, width = arr0.shape  # 3D, checked by _open_fastmri
+        aff = fastmri_affine(num_slices, height, width, pixel_spacing=spacing)
         meta = {
             "affine": aff,
             "original_affine": aff.copy(),
@@ -468,7 +473,8 @@ class _NiftiSource(VolumeSource):
         self.filename = str(path)
         self.img = _nifti_image(self.filename)
         self.affine = np.asarray(self.img.affine, dtype=np.float64)
-        self.spatial_shape = tuple(int(s) for s in self.img.shape[:3])  # type: ignore[assignment]
+        x, y, z = (int(s) for s in self.img.shape[:3])  # 3D or 4D, checked by _nifti_image
+        self.spatial_shape = (x, y, z)
         # a gzip stream cannot seek: every plane read decompresses the file from its start up to that plane, so
         # reading n planes costs up to n full decompressions. Compressed data is decoded once, on the first read.
         self._compressed = self.filename.lower().endswith(".gz")
@@ -495,7 +501,8 @@ class _H5Source(VolumeSource):
         self.filename = str(path)
         f, ds = _open_fastmri(path)
         try:
-            self.spatial_shape = tuple(int(s) for s in ds.shape)  # type: ignore[assignment]
+            x, y, z = (int(s) for s in ds.shape)  # 3D, checked by _open_fastmri
+            self.spatial_shape = (x, y, z)
             spacing = _fastmri_pixel_spacing(f, self.spatial_shape[1:]) or (1.0, 1.0)
         except BaseException:
             f.close()
@@ -508,6 +515,8 @@ class _H5Source(VolumeSource):
         if self._file is None:
             self._file = h5py.File(self.filename, "r")
             self._dataset = self._file[FASTMRI_DATASET]
+        if self._dataset is None:  # set together with self._file, in __init__ or just above
+            raise RuntimeError(f"{self.filename}: HDF5 file open without its dataset {FASTMRI_DATASET!r}.")
         idx: list[Any] = [slice(None)] * 3
         idx[dim] = index
         return np.asarray(self._dataset[tuple(idx)], dtype=np.float32)[None]
@@ -565,8 +574,8 @@ def load_volume(path: PathLike) -> MetaTensor:
         arr = np.asarray(arr, dtype=np.float32)[None]
         aff = np.asarray(meta["affine"], dtype=np.float64)
     elif _is_h5(p):
-        reader = FastMRIH5Reader()
-        arr, meta = reader.get_data(reader.read(p))
+        h5_reader = FastMRIH5Reader()
+        arr, meta = h5_reader.get_data(h5_reader.read(p))
         arr = arr[None]
         aff = meta["affine"]
     elif _is_nifti(p):

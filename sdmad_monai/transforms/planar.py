@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from .intensity import ResizeToSquare
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 __all__ = ["AnomalyMaskd", "LoadImage2Dd", "binarize_mask", "load_image_2d"]
 
@@ -66,7 +69,8 @@ def load_image_2d(path: str | Path) -> np.ndarray:
         elif name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            array = np.squeeze(np.asarray(nib.load(path).dataobj))
+            nifti = cast("SpatialImage", nib.load(path))  # NIfTI: nib.load is typed as the FileBasedImage base
+            array = np.squeeze(np.asarray(nifti.dataobj))
             array = array.T if array.ndim == 2 else array  # NIfTI (i, j) is (column, row) of the displayed slice
         else:
             raise ValueError(f"{path}: unsupported 2D image type; expected PNG/JPEG/BMP/TIFF, .npy or 2D NIfTI.")
@@ -97,7 +101,8 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
         else:
             threshold = peak / 2.0
         binary = values > threshold
-    return binary.any(axis=0, keepdims=True).astype(np.float32)
+    # np.asarray: numpy's stubs type ``any(keepdims=True)`` as possibly a scalar, though it is always an array here
+    return np.asarray(binary.any(axis=0, keepdims=True), dtype=np.float32)
 
 
 class LoadImage2Dd(MapTransform):

@@ -247,7 +247,8 @@ class ArrayVolumeSource(VolumeSource):
             )
         self.array = arr
         self.affine = _as_affine(affine, filename)
-        self.spatial_shape = tuple(int(s) for s in arr.shape[1:])  # type: ignore[assignment]
+        x, y, z = (int(s) for s in arr.shape[1:])  # 4D, checked above
+        self.spatial_shape = (x, y, z)
         self.filename = filename
 
     def read_plane(self, dim: int, index: int) -> np.ndarray:
@@ -352,7 +353,7 @@ def slices_to_volume(
         raise ValueError(f"{source}: slice indices {indices} repeat a slice; expected distinct indices.")
     volume = np.full(shape, fill, dtype=dtype)
     for plane, index in zip(data, indices):
-        target = [slice(None)] * 3
+        target: list[slice | int] = [slice(None)] * 3
         target[geom.slice_dim] = geom.array_index(index)
         volume[tuple(target)] = unorient_plane(plane, geom)
     return volume

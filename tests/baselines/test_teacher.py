@@ -45,3 +45,37 @@ def test_wide_resnet_teacher_offline_errors(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
     with pytest.raises(ValueError, match="is not a wide_resnet50_2 state dict"):
         WideResNetTeacher(wrong)
+
+
+def test_deepcopy_of_the_clip_teacher_captures_its_own_blocks():
+    """A deep copy of the teacher must capture its own blocks' outputs. KNOWN SOURCE BUG (fails until fixed):
+    ``CLIPTeacher._hook`` (sdmad_monai/baselines/teacher.py, ``_hook``/``hook``) registers closures over ``self``;
+    ``copy.deepcopy`` shares closures, so the copy's hooks write into the original's ``_captured`` and the copy's
+    forward finds no tokens (or the original's). The detector avoids this with hook objects (``_ShiftHook``,
+    ``CaptureHook``)."""
+    import copy
+
+    original = CLIPTeacher.from_clip(pretrained=None)
+    clone = copy.deepcopy(original)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = original(images)
+    original._captured = {}
+    try:
+        features = clone(images)
+    except KeyError as error:
+        raise AssertionError(
+            "deepcopy(CLIPTeacher) gives a teacher whose hooks feed the original's _captured (closures over the "
+            f"original in CLIPTeacher._hook): the copy captured nothing (KeyError {error})"
+        ) from None
+    assert original._captured == {}, "the copy's hooks wrote into the original teacher's _captured"
+    for got, want in zip(features.scales + [features.deepest], expected.scales + [expected.deepest]):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        for parameter in image_blocks_of(clone)[-1].parameters():
+            parameter.mul_(0.5)  # the copy's deepest block only
+    assert not torch.allclose(clone(images).deepest, expected.deepest), "the copy's features ignore its own blocks"
+    torch.testing.assert_close(original(images).deepest, expected.deepest)
+
+
+def image_blocks_of(teacher: CLIPTeacher):
+    return list(teacher.visual.transformer.resblocks)

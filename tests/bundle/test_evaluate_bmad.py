@@ -70,8 +70,24 @@ def test_brainmri_image_and_pixel_auroc(bundle):
     assert metrics["num_pixels"] == 6 * 64 * 64  # every pixel of every test image at the tiny model's 64 px
     run = metrics["run"]
     assert run["pixel_level"] is True and run["dataset"] == "BrainMRI" and len(run["memory_bank"]) == 4
+    with open(bundle / "eval_bmad" / "predictions.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["file", "label", "image_score", "anomaly_map_max"]
+    assert len({r["file"] for r in rows}) == 6  # one row per test image
+    assert sorted(int(r["label"]) for r in rows) == [0, 0, 0, 1, 1, 1]
+    assert all(0.0 <= float(r["anomaly_map_max"]) <= 1.0 for r in rows)
+    if "image_auroc_map_max" in metrics:
+        by_map = roc_auc_score([int(r["label"]) for r in rows], [float(r["anomaly_map_max"]) for r in rows])
+        assert metrics["image_auroc_map_max"] == pytest.approx(by_map, abs=1e-6)
     index = list(csv.DictReader((bundle / "eval_bmad" / "overlays" / "index.csv").open()))
     assert [r["kind"] for r in index] == ["top", "top", "random", "random"]
+    # the overlays are ranked by the image scores of predictions.csv: the top two are its two highest, same values
+    ranked = sorted(rows, key=lambda r: -float(r["image_score"]))
+    top = [r for r in index if r["kind"] == "top"]
+    assert [float(r["score"]) for r in top] == pytest.approx([float(r["image_score"]) for r in ranked[:2]], rel=1e-5)
+    score_of = {r["file"]: float(r["image_score"]) for r in rows}
+    for r in index:
+        assert float(r["score"]) == pytest.approx(score_of[r["name"]], rel=1e-5), r
+        assert r["label"] == ("abnormal" if int(next(p["label"] for p in rows if p["file"] == r["name"])) else "normal")
     assert all((bundle / "eval_bmad" / "overlays" / r["png"]).is_file() for r in index)
     assert (bundle / "eval_bmad" / "roc.png").is_file()
 

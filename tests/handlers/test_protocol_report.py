@@ -81,10 +81,21 @@ def test_predictions_csv(run_report):
     assert len(body) == LABELS.shape[0]
     assert [row[0] for row in body] == FILES
     assert [int(row[1]) for row in body] == SLICES
-    column = header.index("sdmad:score:Lesion")
-    assert [float(row[column]) for row in body] == pytest.approx(OUTPUTS["sdmad"]["scores"][:, 1].tolist(), rel=1e-5)
-    column = header.index("label:Craniotomy")
-    assert [float(row[column]) for row in body] == LABELS[:, 0].tolist()
+    # every value column is the in-memory output it names, row by row (scores written with 6 significant digits)
+    for k, name in enumerate(CATEGORIES):
+        column = header.index(f"label:{name}")
+        assert [float(row[column]) for row in body] == LABELS[:, k].tolist(), name
+    for variant in VARIANTS:
+        out = OUTPUTS[variant]
+        for k, name in enumerate(CATEGORIES):
+            column = header.index(f"{variant}:score:{name}")
+            got = [float(row[column]) for row in body]
+            assert got == pytest.approx(out["scores"][:, k].tolist(), rel=1e-5, abs=1e-7), (variant, name)
+            column = header.index(f"{variant}:prediction:{name}")
+            assert [float(row[column]) for row in body] == out["predictions"][:, k].tolist(), (variant, name)
+        column = header.index(f"{variant}:image_score")
+        got = [float(row[column]) for row in body]
+        assert got == pytest.approx(out["image_score"].tolist(), rel=1e-5, abs=1e-7), variant
 
 
 def test_figures_are_png_and_no_temporary_files(run_report):

@@ -1,5 +1,5 @@
-"""sdmad_monai.label without MONAI Label: answers (scores, findings, label volume) through infer_volume, label files, datastore
-datalists and the split by volume."""
+"""sdmad_monai.label without MONAI Label: answers (scores, findings, label volume) through infer_volume, label files,
+datastore datalists and the split by volume."""
 
 import json
 from pathlib import Path
@@ -145,7 +145,10 @@ def test_datastore_datalist_matches_the_bundle_datalist(demo, tmp_path):
         label = write_slice_labels(tmp_path / f"{len(records)}.json", slices)
         records.append({"image": image, "label": str(label)})
     rebuilt = datastore_datalist(records, categories)
-    key = lambda item: (item["image"], item["slice"])
+
+    def key(item):
+        return item["image"], item["slice"]
+
     expected = [{k: item[k] for k in ("image", "file", "slice", "label")} for item in items]
     assert sorted(rebuilt, key=key) == sorted(expected, key=key)
 

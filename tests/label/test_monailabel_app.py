@@ -122,7 +122,10 @@ def assert_scores_are_infer_volumes(params, checkpoint: Path, image: Path):
     assert [p["score"] for p in params["prediction"]] == pytest.approx(
         [f["score"] for f in reference.findings], abs=1e-6
     )
-    without_score = lambda findings: [{k: v for k, v in f.items() if k != "score"} for f in findings]
+
+    def without_score(findings):
+        return [{k: v for k, v in f.items() if k != "score"} for f in findings]
+
     assert without_score(params["findings"]) == without_score(reference.findings)
     assert [s["slice"] for s in params["slices"]] == SLICES
     return reference

@@ -157,3 +157,29 @@ def test_planted_lesion_scores_higher_inside_after_pixel_training():
     gap_after, auroc_after = contrast()
     assert gap_after > 0.02  # mean map inside the lesions > mean outside, on held-out slices
     assert gap_after > gap_before + 0.02 and auroc_after > auroc_before
+
+
+def test_deepcopy_captures_into_its_own_head():
+    """The capture hooks of a deep copy must hand the copy's block outputs to the copy's head. Hooks that still point
+    at the original's head (a closure over it: the bug this guards against) write into the original's store, so the
+    copy captures nothing, or the original's tokens, and its maps do not follow its own adapters."""
+    original = SignDrivenDetector.from_preset("tiny").eval()
+    clone = copy.deepcopy(original)
+    x = images(2)
+    with torch.no_grad():
+        # running the copy while the original captures: the original's store stays empty, the copy's gets every layer
+        with original.anomaly_head.capturing() as original_store, clone.anomaly_head.capturing() as clone_store:
+            clone.backbone.encode_image(x)
+        assert original_store == {}, "the copy's capture hooks wrote into the original's head"
+        assert sorted(clone_store) == clone.anomaly_head.layers, "the copy's head captured no block output"
+        before = original.anomaly_maps(x)
+        assert torch.equal(clone.anomaly_maps(x), before)
+        for adapter in clone.image_adapters.values():  # change the copy's adapters only
+            adapter.fc2.bias.add_(1.0)
+        moved = clone.anomaly_maps(x)
+        assert not torch.allclose(moved, before, atol=1e-4), "the copy's maps ignore the copy's adapters"
+        assert torch.equal(original.anomaly_maps(x), before)  # the original is untouched
+        # the copy's maps are those of a detector built afresh with the copy's weights (its own, never copied, hooks)
+        fresh = SignDrivenDetector.from_preset("tiny").eval()
+        fresh.load_state_dict(clone.state_dict())
+        torch.testing.assert_close(moved, fresh.anomaly_maps(x))

@@ -184,12 +184,12 @@ def test_checkpoint_records_the_demo_weights_and_refuses_another_build(tmp_path)
     assert SignDrivenDetector.load(path).backbone_weights_sha256 == read_demo_manifest()["sha256"]
 
     state = torch.load(path, weights_only=True)
-    from sdmad_monai.networks.detector import _decode_state, _encode_state
+    from sdmad_monai.networks.checkpoint_io import decode_description, encode_description
 
-    description = _decode_state(state["_extra_state"])
+    description = decode_description(state["_extra_state"])
     for recorded in ("0" * 64, None):  # another build; a checkpoint written before the sha256 was recorded
         description["backbone_weights_sha256"] = recorded
-        state["_extra_state"] = _encode_state(description)
+        state["_extra_state"] = encode_description(description)
         torch.save(state, tmp_path / "other.pt")
         with pytest.raises(DetectorStateError, match="adapters do not fit them. Retrain"):
             SignDrivenDetector.load(tmp_path / "other.pt")

@@ -236,12 +236,22 @@ def test_deepcopy_runs_its_own_adapters_and_switch(detector):
         assert torch.equal(clone(images), before)
         for parameter in clone.image_adapters.parameters():  # change the copy's image adapters only
             parameter.add_(0.5)
-        assert not torch.allclose(clone(images), before, atol=1e-4)
-        assert torch.equal(detector(images), before)  # the original is untouched
+        moved = clone(images)
+        assert not torch.allclose(moved, before, atol=1e-4), "the copy's hooks still run the original's adapters"
+        assert torch.equal(detector(images), before), "changing the copy changed the original"
+        # the other way round: the original's adapters changed after the copy leave the copy's outputs alone
+        saved = [p.clone() for p in detector.image_adapters.parameters()]
+        for parameter in detector.image_adapters.parameters():
+            parameter.sub_(0.25)
+        assert torch.equal(clone(images), moved), "the copy's hooks follow the original's adapters"
+        for parameter, value in zip(detector.image_adapters.parameters(), saved):
+            parameter.copy_(value)
+        assert torch.equal(detector(images), before)
         clone.adapters_enabled = False  # the copy's switch, not the original's
         with detector.adapters_disabled():
             zero_shot = detector(images)
-        assert torch.equal(clone(images), zero_shot) and not torch.allclose(zero_shot, before, atol=1e-4)
+        assert not torch.allclose(zero_shot, before, atol=1e-4)
+        assert torch.equal(clone(images), zero_shot), "the copy's hooks read the original's switch"
         assert torch.equal(detector(images), before)
 
 
