@@ -188,7 +188,14 @@ def segment_volume(
     if not isinstance(image, MetaTensor) and not Path(image).exists():
         raise FileNotFoundError(f"Image {image} does not exist (expected a NIfTI file, DICOM folder or .h5 file).")
     result = infer_volume(
-        detector, image, axis=axis, indices=indices, batch_size=batch_size, device=device, anomaly_maps=True
+        detector,
+        image,
+        axis=axis,
+        indices=indices,
+        batch_size=batch_size,
+        device=device,
+        anomaly_maps=True,
+        display_images=False,  # the label volume is built from the maps; nothing is drawn
     )
     label = finding_label_volume(result, threshold)
     scores = study_scores(result)

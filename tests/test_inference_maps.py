@@ -47,6 +47,9 @@ def test_infer_volume_maps_match_detector(detector, volume):
     assert result.display_images.shape == (3, detector.image_size, detector.image_size, 3)
     assert result.volume_shape == SHAPE and result.slice_shape == tuple(slices[0].meta["spatial_shape"])
     assert infer_volume(detector, volume, indices=[1]).anomaly_maps is None  # off by default
+    # maps without display images (the Parametric Map, MONAI Label): the same maps, nothing drawn
+    maps_only = infer_volume(detector, volume, indices=[1, 4, 9], anomaly_maps=True, display_images=False)
+    assert maps_only.display_images is None and torch.equal(maps_only.anomaly_maps, result.anomaly_maps)
 
 
 def test_infer_volumes_writes_aligned_map_and_overlays(detector, volume, tmp_path):

@@ -552,7 +552,15 @@ def infer_series(
         )
     indices = _as_indices(slices)
     try:
-        result = infer_volume(detector, tensor, axis=axis, indices=indices, anomaly_maps=anomaly_maps, **infer_kwargs)
+        result = infer_volume(  # maps for the Parametric Map; no overlay is drawn, so no display images
+            detector,
+            tensor,
+            axis=axis,
+            indices=indices,
+            anomaly_maps=anomaly_maps,
+            display_images=False,
+            **infer_kwargs,
+        )
     except ValueError as error:
         raise ValueError(str(error).replace(f"{source}: ", "").replace(source, "the series")) from error
     result.source = source

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 def _batch_output(engine: Engine, who: str) -> tuple[dict, dict]:
     output, batch = engine.state.output, engine.state.batch
-    if not isinstance(output, dict) or not isinstance(output.get("pred"), dict):
+    if not isinstance(output, dict) or not isinstance(output.get("pred"), Mapping):
         raise TypeError(
-            f"{who} needs the evaluator's batch output {{'pred': detector outputs dict}}: use DetectorInferer(output="
+            f"{who} needs the evaluator's batch output {{'pred': DetectorOutput}}: use DetectorInferer(output="
             "'all') and create the evaluator with decollate=False."
         )
     return output, batch if isinstance(batch, dict) else {}

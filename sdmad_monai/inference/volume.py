@@ -124,6 +124,7 @@ def score_volume(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     anomaly_maps: bool = False,
+    display_images: bool | None = None,
 ) -> VolumeResult:
     """Score a :class:`PreparedVolume`: Eq. 7 scores, Eq. 8 predictions and study findings per volume.
 
@@ -134,6 +135,9 @@ def score_volume(
         device: where to run; defaults to the detector's device.
         anomaly_maps: keep the detector's ``"anomaly_map"`` output per slice (same backbone pass as the scores) and
             the slices as seen, for the 3D map and the overlays.
+        display_images: keep the uint8 slices as the detector saw them (``VolumeResult.display_images``, what the
+            overlays draw on); default: with the maps. ``False`` for callers that write maps but never draw them
+            (the DICOM Parametric Map, MONAI Label's label volume).
 
     Raises:
         ValueError: ``anomaly_maps`` is asked for but the detector gives no ``"anomaly_map"``.
@@ -169,7 +173,9 @@ def score_volume(
     if anomaly_maps:
         maps = {
             "anomaly_maps": torch.cat([o["anomaly_map"] for o in outputs]).to(torch.float32),
-            "display_images": np.stack([display_image(x, detector.image_mean, detector.image_std) for x in images]),
+            "display_images": np.stack([display_image(x, detector.image_mean, detector.image_std) for x in images])
+            if (anomaly_maps if display_images is None else display_images)
+            else None,
             "slice_shape": volume.slice_shape,
             "volume_affine": volume.volume_affine,
             "volume_shape": volume.volume_shape,
@@ -303,6 +309,7 @@ def infer_volume(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     anomaly_maps: bool = False,
+    display_images: bool | None = None,
 ) -> VolumeResult:
     """Score the chosen slices of one volume (NIfTI file, DICOM series folder, fastMRI ``.h5``, or a volume in
     memory): :func:`prepare_volume` then :func:`score_volume`.
@@ -322,6 +329,7 @@ def infer_volume(
         device: where to run; defaults to the detector's device.
         anomaly_maps: keep the detector's ``"anomaly_map"`` output per slice (same backbone pass as the scores) and
             the slices as seen, for the 3D map and the overlays.
+        display_images: see :func:`score_volume` (default: with the maps).
 
     Returns:
         :class:`VolumeResult`.
@@ -335,7 +343,9 @@ def infer_volume(
     volume = prepare_volume(
         path, detector.image_size, detector.image_mean, detector.image_std, axis, indices, positions, stride
     )
-    return score_volume(detector, volume, batch_size=batch_size, device=device, anomaly_maps=anomaly_maps)
+    return score_volume(
+        detector, volume, batch_size=batch_size, device=device, anomaly_maps=anomaly_maps, display_images=display_images
+    )
 
 
 def check_volume_inputs(inputs: Iterable[str | Path]) -> list[Path]:
