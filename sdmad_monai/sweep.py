@@ -33,6 +33,9 @@ half-way with the same settings goes on from where it stopped (training resumes 
 training is not redone); a seed whose settings changed, or any seed with ``force``, starts again from empty folders.
 
 The summary over the seeds is :mod:`sdmad_monai.sweep_summary`'s.
+
+Size: one workflow (per seed: two bundle processes, their logs, the resume record and the per-seed files);
+the summary over seeds is :mod:`sdmad_monai.sweep_summary`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ real data.
 * Deterministic: the same seed and parameters give byte-identical files (gzip with mtime 0). Files are built in a
   temporary sibling folder and moved into place at the end, so an interrupted run leaves no half dataset; a
   complete dataset with the same parameters (checked against the manifest hashes) is reused.
+
+Size: one generator; most of its length is the drawing of the six signs, one block per category, kept
+together so that the labels and what is drawn cannot drift apart.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ only in part to a given hospital's scans. This corpus gives the tiny demo CLIP (
 
 Everything is deterministic from ``seed``. The slice labels (what is really drawn) are kept beside the reports, so
 the corpus can also score a zero-shot model.
+
+Size: mostly data (the report vocabulary, phrasing and noise rules); the code is the seeded writer and
+the corpus builder.
 """
 
 from __future__ import annotations

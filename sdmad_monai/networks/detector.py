@@ -4,6 +4,11 @@
 bundle workflows use it as any network. ``forward(image, output="predictions")`` gives Eq. 8's binary predictions and
 ``output="all"`` a :class:`~sdmad_monai.networks.outputs.DetectorOutput` with every intermediate (features, per-prompt
 similarities, kept prompts, anchor, maps), which the losses and the evaluation need.
+
+Size: one class, the detector's public API (construction, adapters, text state, scoring, maps, memory bank,
+calibration, state dict). The parts that are concepts of their own live beside it: checkpoint I/O in
+:mod:`.checkpoint_io`, text-state caching and where Eq. 6 is applied in :mod:`.text_cache`, typed outputs in
+:mod:`.outputs`, the TorchScript export in :mod:`.export`, the map head in :mod:`.anomaly_map`.
 """
 
 from __future__ import annotations
