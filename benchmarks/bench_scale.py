@@ -101,8 +101,21 @@ def run_size(size: int, batch_size: int, figures: bool = True) -> dict[str, Any]
             return out
 
         report.write = timed_write
-        if not figures:
-            report._plot_roc = report._plot_heatmap = lambda: None
+        if not figures:  # neither build nor save roc.png / similarity_heatmap.png (this report only)
+            original_write_figures = report.write
+
+            def write_without_figures(engine_=None):
+                import sdmad_monai.handlers.report as report_module
+
+                saved = report_module.save_figure
+                report_module.save_figure = lambda figure, path: None
+                try:
+                    return original_write_figures(engine_)
+                finally:
+                    report_module.save_figure = saved
+
+            report.roc_figure = report.heatmap_figure = lambda: None
+            report.write = write_without_figures
         report.attach(engine)
         # warm-up: one batch through the engine (first-call costs: matplotlib import, allocator growth)
         engine.run(list(batches(batch_size)), max_epochs=1)

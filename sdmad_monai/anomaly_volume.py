@@ -4,8 +4,8 @@ A slice's anomaly map comes out of the detector at its input size ``S x S``, on 
 :class:`~sdmad_monai.transforms.ResizeToSquare` (aspect-preserving resize + centred padding) of the slice in the
 radiological display orientation of :mod:`sdmad_monai.transforms.slices`. :func:`anomaly_volume` undoes both:
 
-1. :func:`undo_resize_to_square` crops the padding and resizes (bilinear) the map back to the slice's own
-   ``rows x columns``;
+1. :func:`~sdmad_monai.transforms.undo_resize_to_square` (re-exported here) crops the padding and resizes
+   (bilinear) the map back to the slice's own ``rows x columns``;
 2. :func:`sdmad_monai.transforms.slices_to_volume` undoes the display orientation and puts the plane at its array
    index, so voxel ``(i, j, k)`` of the map lies over voxel ``(i, j, k)`` of the scan.
 
@@ -27,8 +27,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .transforms.intensity import undo_resize_to_square
 from .transforms.slices import slices_to_volume
 from .utils import atomic_path, atomic_write_json
 
@@ -36,36 +36,6 @@ __all__ = ["anomaly_volume", "format_slice_ranges", "undo_resize_to_square", "wr
 
 #: NIfTI ``intent_name`` of the written maps (16 characters at most).
 INTENT_NAME = "sdmad anomaly"
-
-
-def undo_resize_to_square(maps: torch.Tensor, shape: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
-    """Inverse of :class:`~sdmad_monai.transforms.ResizeToSquare` for maps at the square size.
-
-    Args:
-        maps: ``[N, S, S]`` maps on the resized and padded square.
-        shape: ``(rows, cols)`` of the slices before :class:`ResizeToSquare`.
-        mode: interpolation mode back to ``(rows, cols)``.
-
-    Returns:
-        ``[N, rows, cols]`` float32 maps.
-
-    Raises:
-        ValueError: when ``maps`` is not ``[N, S, S]``.
-    """
-    if maps.ndim != 3 or maps.shape[-1] != maps.shape[-2]:
-        raise ValueError(f"expected square maps [N, S, S], got shape {tuple(maps.shape)}.")
-    size = int(maps.shape[-1])
-    h, w = (int(v) for v in shape)
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    top, left = (size - nh) // 2, (size - nw) // 2
-    cropped = maps[:, top : top + nh, left : left + nw].to(torch.float32)
-    if (nh, nw) == (h, w):
-        return cropped.contiguous()
-    kwargs: dict[str, Any] = {"mode": mode}
-    if mode in ("bilinear", "bicubic"):
-        kwargs["align_corners"] = False
-    return F.interpolate(cropped[:, None], size=(h, w), **kwargs)[:, 0]
 
 
 def anomaly_volume(

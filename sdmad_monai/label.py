@@ -24,7 +24,6 @@ validation so that no volume is in both.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from .anomaly_volume import anomaly_volume
+from .data.kshot import hold_out_volumes
 from .inference import VolumeResult, infer_volume
 from .networks.detector import SignDrivenDetector
 from .utils import atomic_write_json
@@ -104,23 +103,13 @@ def finding_label_volume(result: VolumeResult, threshold: float = 0.5) -> np.nda
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"The anomaly-map threshold must be in [0, 1] (the maps' range), got {threshold}.")
     maps = result.anomaly_volume()
-    if result.slice_shape is None or result.volume_shape is None:  # anomaly_volume() has refused these already
-        raise ValueError(f"{result.source}: the result has no slice or volume shape to place the labels on.")
     classes = torch.zeros_like(torch.as_tensor(result.anomaly_maps), dtype=torch.float32)
     for row, positive in enumerate(positive_slice_categories(result)):
         if positive.any():
             scores = result.scores[row].masked_fill(~positive, float("-inf"))
             classes[row] = float(int(scores.argmax()) + 1)
     # the same placement as the map (a constant plane stays constant through the resize back to the slice size)
-    class_volume = anomaly_volume(
-        classes,
-        result.slice_indices,
-        result.slice_shape,
-        result.volume_affine,
-        result.volume_shape,
-        axis=result.axis,
-        source=result.source,
-    )
+    class_volume = result.slices_to_volume(classes)
     labelled = (maps >= float(threshold)) & (class_volume > 0.5)
     return np.where(labelled, np.rint(class_volume), 0).astype(np.uint8)
 
@@ -370,15 +359,11 @@ def split_by_volume(
         raise LabelFileError(
             f"val_split must be in (0, 1) to split the datastore's volumes, got {validation_fraction}."
         )
-    volumes = sorted({str(item["file"]) for item in items})
+    volumes = {item["file"] for item in items}
     if len(volumes) < 2:
         raise LabelFileError(
-            f"Training needs labelled slices of at least two volumes (one for validation); the datastore has {volumes}."
+            f"Training needs labelled slices of at least two volumes (one for validation); the datastore has "
+            f"{sorted(volumes)}."
         )
-    random.Random(seed).shuffle(volumes)
-    count = min(max(round(len(volumes) * validation_fraction), 1), len(volumes) - 1)
-    validation = set(volumes[:count])
-    return (
-        [dict(item) for item in items if item["file"] not in validation],
-        [dict(item) for item in items if item["file"] in validation],
-    )
+    validation, training = hold_out_volumes(items, validation_fraction, seed)
+    return [dict(item) for item in training], [dict(item) for item in validation]

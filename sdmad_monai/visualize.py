@@ -36,6 +36,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from .transforms.intensity import square_resize_geometry
 from .utils import atomic_path, atomic_write_text
 
 __all__ = [
@@ -109,9 +110,7 @@ def box_to_input_frame(
     label = str(box[4]) if len(box) > 4 else ""
     if flipped_rows:
         y = height - y - h
-    scale = size / max(height, width)  # ResizeToSquare's arithmetic
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = (size - new_h) // 2, (size - new_w) // 2
+    new_h, new_w, top, left = square_resize_geometry(height, width, size)  # ResizeToSquare's arithmetic
     sy, sx = new_h / height, new_w / width
     return (left + x * sx, top + y * sy, w * sx, h * sy, label)
 

@@ -12,6 +12,9 @@ Selection (greedy, deterministic for a seed):
    as a support item, so no support volume leaks into validation/test.
 
 The paper's settings are ``select_k_shot(items, 1, categories)`` and ``select_k_shot(items, 4, categories)``.
+
+:func:`hold_out_volumes` is the seeded split of items by volume that the pool and the MONAI Label datastore are
+divided with (validation / test, training / validation): no volume on both sides.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdmad_monai.utils import atomic_write_json
 
-__all__ = ["KShotSplit", "select_k_shot", "save_k_shot", "load_k_shot"]
+__all__ = ["KShotSplit", "hold_out_volumes", "select_k_shot", "save_k_shot", "load_k_shot"]
 
 
 @dataclass
@@ -126,6 +130,33 @@ def select_k_shot(
         it for i, it in enumerate(items) if i not in chosen_set and (group_key is None or it[group_key] not in groups)
     ]
     return KShotSplit([items[i] for i in chosen], remaining, int(k), int(seed), categories, num_normal)
+
+
+def hold_out_volumes(
+    items: Sequence[Mapping[str, Any]], fraction: float, seed: int = 0, group_key: str = "file"
+) -> tuple[list[Any], list[Any]]:
+    """Split items by volume: a seeded share of the volumes is held out, whole.
+
+    The distinct ``group_key`` values are sorted, shuffled with ``random.Random(seed)``, and the first
+    ``round(n * fraction)`` are held out; with ``fraction > 0`` and at least two volumes that count is kept in
+    ``[1, n - 1]``, so each side gets a volume. Items keep their order on both sides and are not copied.
+
+    Args:
+        items: items with a ``group_key`` entry naming their volume.
+        fraction: share of the volumes held out (not checked: callers say what they accept).
+        seed: seed of the shuffle of the volumes.
+        group_key: key naming the volume.
+
+    Returns:
+        ``(held_out, kept)``: the items of the held-out volumes, then those of the others.
+    """
+    volumes = sorted({item[group_key] for item in items})
+    random.Random(seed).shuffle(volumes)
+    count = round(len(volumes) * fraction)
+    if fraction > 0 and len(volumes) > 1:
+        count = min(max(count, 1), len(volumes) - 1)
+    held_out = set(volumes[:count])
+    return [i for i in items if i[group_key] in held_out], [i for i in items if i[group_key] not in held_out]
 
 
 def save_k_shot(split: KShotSplit, path: str | os.PathLike) -> Path:

@@ -71,11 +71,7 @@ def anchor_loss_terms(
     """The per-image positive and negative hinge sums of the anchor loss, Eq. 4 (see :func:`anchor_loss`).
 
     Args:
-        image_features: ``[B, D]`` image embeddings.
-        text_features: ``[P, D]`` prompt embeddings.
-        prompt_categories: ``[P]`` category index per prompt, ``-1`` for normal prompts.
-        anchor_feature: ``[D]`` anchor (normal) embedding.
-        labels: ``[B, K]`` multi-hot labels.
+        image_features, text_features, prompt_categories, anchor_feature, labels: as in :func:`anchor_loss`.
 
     Returns:
         :class:`AnchorLossTerms` with ``[B]`` tensors.

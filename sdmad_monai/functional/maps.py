@@ -126,6 +126,14 @@ def patch_grid_to_image(patch_values: torch.Tensor, grid: Sequence[int], size: S
     return F.interpolate(grid_values, size=target, mode="bilinear", align_corners=False)
 
 
+def _layer_grids_to_image(layer_values: torch.Tensor, size: Sequence[int], name: str) -> torch.Tensor:
+    """``[B, L, h, w]`` per-layer patch-grid values upsampled to ``[B, L, H, W]`` (:func:`patch_grid_to_image`)."""
+    if layer_values.ndim != 4:
+        raise ValueError(f"{name} must be [B, L, h, w], got shape {tuple(layer_values.shape)}.")
+    b, layers, h, w = layer_values.shape
+    return patch_grid_to_image(layer_values.reshape(b, layers, h * w), (h, w), size)
+
+
 def zero_shot_anomaly_map(layer_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Zero-shot anomaly map at the image size from per-layer patch logits (MVFA, CVPR 2024).
 
@@ -140,11 +148,7 @@ def zero_shot_anomaly_map(layer_logits: torch.Tensor, size: Sequence[int]) -> to
     Returns:
         ``[B, H, W]`` map in ``[0, 1]``.
     """
-    if layer_logits.ndim != 4:
-        raise ValueError(f"layer_logits must be [B, L, h, w], got shape {tuple(layer_logits.shape)}.")
-    b, layers, h, w = layer_logits.shape
-    upsampled = patch_grid_to_image(layer_logits.reshape(b, layers, h * w), (h, w), size)
-    return torch.sigmoid(upsampled).mean(dim=1)
+    return torch.sigmoid(_layer_grids_to_image(layer_logits, size, "layer_logits")).mean(dim=1)
 
 
 def few_shot_anomaly_map(layer_distances: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -160,10 +164,7 @@ def few_shot_anomaly_map(layer_distances: torch.Tensor, size: Sequence[int]) -> 
     Returns:
         ``[B, H, W]`` map in ``[0, 2]``.
     """
-    if layer_distances.ndim != 4:
-        raise ValueError(f"layer_distances must be [B, L, h, w], got shape {tuple(layer_distances.shape)}.")
-    b, layers, h, w = layer_distances.shape
-    return patch_grid_to_image(layer_distances.reshape(b, layers, h * w), (h, w), size).mean(dim=1)
+    return _layer_grids_to_image(layer_distances, size, "layer_distances").mean(dim=1)
 
 
 def combine_anomaly_maps(

@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from ..metrics import binary_auroc, histogram_auroc_error_bound, histogram_average_precision, histogram_best_dice
-from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text
 from ..visualize import OverlayItem, OverlaySelector, display_image, write_overlays
+from .report_figures import image_roc_figure, save_figure
+from .utils import EpochReport
 
 __all__ = ["AnomalyMapOverlays", "DetectionReport"]
 
@@ -55,7 +56,7 @@ def _labels(output: dict, batch: dict, key: str, count: int) -> list[int | None]
     return [int(bool(row.any())) for row in value]
 
 
-class DetectionReport:
+class DetectionReport(EpochReport):
     """Protocol 1 report: image AUROC, pixel AUROC (when evaluated) and per-image scores, written as files.
 
     At the end of the run it writes into ``output_dir``:
@@ -101,11 +102,6 @@ class DetectionReport:
         self._labels: list[int] = []
         self._scores: list[float] = []
         self._map_max: list[float] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.reset())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def collect(self, engine: Engine) -> None:
         output, batch = _batch_output(engine, type(self).__name__)
@@ -170,7 +166,8 @@ class DetectionReport:
                 + ([f"{self._map_max[row]:.6g}"] if has_map else [])
             )
         atomic_write_text(self.output_dir / "predictions.csv", buffer.getvalue())
-        self._plot_roc(has_map)
+        curves = [("image score", self._scores)] + ([("anomaly-map max", self._map_max)] if has_map else [])
+        save_figure(image_roc_figure(self._labels, curves), self.output_dir / "roc.png")
         if engine is not None:
             for key in ("image_auroc", "image_auroc_map_max"):
                 if key in results:
@@ -186,35 +183,8 @@ class DetectionReport:
         )
         return results
 
-    def _plot_roc(self, has_map: bool) -> None:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from sklearn.metrics import roc_curve
-
-        labels = np.asarray(self._labels)
-        figure, axis = plt.subplots(figsize=(4.6, 4.2))
-        axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
-        if labels.min() != labels.max():
-            curves = [("image score", self._scores)] + ([("anomaly-map max", self._map_max)] if has_map else [])
-            for name, scores in curves:
-                fpr, tpr, _ = roc_curve(labels, np.asarray(scores))
-                auc = float(binary_auroc(torch.tensor(scores), torch.from_numpy(labels).bool()))
-                axis.plot(fpr, tpr, label=f"{name} ({auc:.3f})")
-            axis.legend(fontsize=8, loc="lower right")
-            axis.set_title("image-level ROC", fontsize=10)
-        else:
-            axis.set_title("image-level ROC: one class only, undefined", fontsize=10)
-        axis.set_xlabel("false positive rate")
-        axis.set_ylabel("true positive rate")
-        figure.tight_layout()
-        with atomic_path(self.output_dir / "roc.png") as temporary:
-            figure.savefig(temporary, format="png", dpi=110)
-        plt.close(figure)
-
-
-class AnomalyMapOverlays:
+class AnomalyMapOverlays(EpochReport):
     """PNG overlays (image, anomaly-map heat overlay, mask contour) of the top-scoring and a random sample of images.
 
     See :mod:`sdmad_monai.visualize` for the figure, the selection and the file names; PNGs go to
@@ -257,10 +227,8 @@ class AnomalyMapOverlays:
         self.score_key, self.map_key, self.mask_key = score_key, map_key, mask_key
         self.label_key, self.name_key = label_key, name_key
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.selector.reset())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+    def reset(self) -> None:
+        self.selector.reset()
 
     def collect(self, engine: Engine) -> None:
         output, batch = _batch_output(engine, type(self).__name__)

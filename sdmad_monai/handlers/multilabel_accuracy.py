@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import MetricReduction
@@ -12,7 +13,22 @@ from sdmad_monai.metrics import HammingScoreMetric, SubsetAccuracyMetric
 __all__ = ["HammingScore", "SubsetAccuracy"]
 
 
-class HammingScore(IgniteMetricHandler):
+class _ReducedMultiLabelHandler(IgniteMetricHandler):
+    """Shared ``__init__`` of the two handlers: ``metric_type(reduction=reduction)`` wrapped for ignite."""
+
+    metric_type: ClassVar[type[HammingScoreMetric] | type[SubsetAccuracyMetric]]
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric_fn = self.metric_type(reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class HammingScore(_ReducedMultiLabelHandler):
     """Label-wise accuracy (``1 - Hamming loss``) of binary multi-label predictions, accumulated over an epoch.
 
     Wraps :class:`sdmad_monai.metrics.HammingScoreMetric`.
@@ -27,17 +43,10 @@ class HammingScore(IgniteMetricHandler):
             ``engine.state.metric_details`` under the metric name. Defaults to True.
     """
 
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = HammingScoreMetric(reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric_type = HammingScoreMetric
 
 
-class SubsetAccuracy(IgniteMetricHandler):
+class SubsetAccuracy(_ReducedMultiLabelHandler):
     """Exact-match ratio of binary multi-label predictions, accumulated over an epoch.
 
     Wraps :class:`sdmad_monai.metrics.SubsetAccuracyMetric`.
@@ -50,11 +59,4 @@ class SubsetAccuracy(IgniteMetricHandler):
             ``engine.state.metric_details`` under the metric name. Defaults to True.
     """
 
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric_fn = SubsetAccuracyMetric(reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+    metric_type = SubsetAccuracyMetric

@@ -39,12 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from ..metrics import binary_auroc, compute_auroc, compute_hamming_score, compute_subset_accuracy
-from ..utils import atomic_path, atomic_write_json, atomic_write_text, distributed_run
+from ..utils import atomic_write_json, atomic_write_text, distributed_run
 from ..visualize import OverlayItem, OverlaySelector, box_to_input_frame, display_image, write_overlays
-from .report_figures import HeatmapRows, backbone_note, heatmap_figure, heatmap_rows, roc_figure
+from .report_figures import HeatmapRows, backbone_note, heatmap_figure, heatmap_rows, roc_figure, save_figure
+from .utils import EpochReport
 
 __all__ = ["ProtocolReport", "all_negative_baseline", "protocol_metrics"]
 
@@ -102,7 +103,7 @@ def all_negative_baseline(labels: torch.Tensor) -> dict[str, Any]:
     }
 
 
-class ProtocolReport:
+class ProtocolReport(EpochReport):
     """Collect per-slice results of :class:`~sdmad_monai.inferers.ProtocolInferer` and write the report files.
 
     Args:
@@ -184,7 +185,8 @@ class ProtocolReport:
         if self._selector is not None:
             self._selector.reset()
 
-    def _started(self, engine: Engine) -> None:
+    def started(self, engine: Engine) -> None:
+        """Reset, and under torch.distributed read which dataset rows this process gets from its sampler."""
         self.reset()
         if distributed_run():
             sampler = getattr(engine.state.dataloader, "sampler", None)
@@ -198,11 +200,6 @@ class ProtocolReport:
     def _index(self, row: int) -> int:
         """The dataset index of collected row ``row`` (the row itself in one process)."""
         return row if self._indices is None else self._indices[row]
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     # ------------------------------------------------------------------ collecting
     def collect(self, engine: Engine) -> None:
@@ -403,9 +400,9 @@ class ProtocolReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_dir / "metrics.json", results)
         self._write_csv()
-        self._save_figure(self.roc_figure(), "roc.png")
+        save_figure(self.roc_figure(), self.output_dir / "roc.png")
         if self.prompt_texts is not None:
-            self._save_figure(self.heatmap_figure(), "similarity_heatmap.png")
+            save_figure(self.heatmap_figure(), self.output_dir / "similarity_heatmap.png")
         self._write_overlays()
         if engine is not None:
             for variant, values in results["variants"].items():
@@ -499,13 +496,6 @@ class ProtocolReport:
             self.note,
             int(sum(chunk.shape[0] for chunk in self._labels)),
         )
-
-    def _save_figure(self, figure: Any, name: str) -> None:
-        import matplotlib.pyplot as plt
-
-        with atomic_path(self.output_dir / name) as temporary:
-            figure.savefig(temporary, format="png", dpi=110)
-        plt.close(figure)
 
 
 def _item_value(values: Any, index: int) -> Any:

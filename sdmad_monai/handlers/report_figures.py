@@ -1,7 +1,8 @@
-"""The figures of the evaluation report (:class:`~sdmad_monai.handlers.report.ProtocolReport`): ROC panels per
+"""The figures of the evaluation reports: for :class:`~sdmad_monai.handlers.report.ProtocolReport` the ROC panels per
 category and the prompt-image similarity heatmap (paper Fig. 4), with the note they carry when the backbone or the
-data cannot show clinical performance. Pure functions of the collected numbers; they return matplotlib figures and
-write nothing.
+data cannot show clinical performance; for :class:`~sdmad_monai.handlers.DetectionReport` the image-level ROC
+(:func:`image_roc_figure`). Both ROC figures draw their curves with :func:`plot_roc_curves`. Pure functions of the
+collected numbers that return matplotlib figures; :func:`save_figure` is the one that writes.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..metrics import binary_auroc
+from ..utils import atomic_path
 
 __all__ = [
     "HeatmapRows",
@@ -23,7 +26,10 @@ __all__ = [
     "backbone_note",
     "heatmap_figure",
     "heatmap_rows",
+    "image_roc_figure",
+    "plot_roc_curves",
     "roc_figure",
+    "save_figure",
     "shared_color_limits",
 ]
 
@@ -424,6 +430,89 @@ def heatmap_figure(
     return figure
 
 
+def plot_roc_curves(
+    axis: Any,
+    positive: np.ndarray,
+    curves: Sequence[tuple[str, Any, Mapping[str, Any]]],
+    label: str = "{name}: AUROC {auc:.3f}",
+) -> None:
+    """Draw one ROC curve per entry of ``curves`` on a matplotlib axis, in order, each with its AUROC in its label.
+
+    The curve is :func:`sklearn.metrics.roc_curve` of the scores as float64; the AUROC is :func:`binary_auroc` of
+    ``torch.as_tensor(scores)``, so it is the number the report's metrics give for the same scores (a list of
+    floats is read as float32, as the report's own metrics read it). A style with a ``marker`` gets a ``markevery``
+    that puts about 15 markers on the curve.
+
+    Args:
+        axis: the matplotlib ``Axes``.
+        positive: ``[N]`` labels, true for the positive class (both classes present).
+        curves: ``(name, scores [N], line style)`` per curve: the style is passed to ``axis.plot`` (``color``,
+            ``linestyle``, ``zorder``...; empty for matplotlib's defaults).
+        label: legend entry, formatted with ``name`` and ``auc``.
+    """
+    from sklearn.metrics import roc_curve
+
+    positive = np.asarray(positive, dtype=bool)
+    for name, scores, line_style in curves:
+        fpr, tpr, _ = roc_curve(positive, np.asarray(scores, dtype=np.float64))
+        auc = float(binary_auroc(torch.as_tensor(scores), torch.from_numpy(positive)))
+        style = dict(line_style)
+        if "marker" in style:
+            style["markevery"] = max(1, len(fpr) // 15)
+        axis.plot(fpr, tpr, label=label.format(name=name, auc=auc), **style)
+
+
+def image_roc_figure(labels: Sequence[int] | np.ndarray, curves: Sequence[tuple[str, Any]]) -> Any:
+    """One panel of image-level ROC curves (normal vs abnormal), one curve per image score.
+
+    Args:
+        labels: ``[N]`` 0/1 image labels (1 abnormal).
+        curves: ``(name, scores [N])`` per image score, e.g. the detector's image score and the anomaly-map maximum.
+
+    Returns:
+        the matplotlib ``Figure`` (not saved); with one class only it has no curve and says so in its title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = np.asarray(labels)
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    if labels.min() != labels.max():
+        plot_roc_curves(
+            axis, labels.astype(bool), [(name, scores, {}) for name, scores in curves], "{name} ({auc:.3f})"
+        )
+        axis.legend(fontsize=8, loc="lower right")
+        axis.set_title("image-level ROC", fontsize=10)
+    else:
+        axis.set_title("image-level ROC: one class only, undefined", fontsize=10)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Write a report figure as PNG (110 dpi) atomically and close it.
+
+    Args:
+        figure: a matplotlib ``Figure``.
+        path: the ``.png`` file.
+
+    Returns:
+        the path.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _roc_style(variant: str, index: int) -> dict[str, Any]:
     return dict(VARIANT_STYLES.get(variant) or _FALLBACK_STYLES[index % len(_FALLBACK_STYLES)])
 
@@ -454,7 +543,6 @@ def roc_figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
 
     labels = np.asarray(labels)
     panels = [
@@ -484,14 +572,11 @@ def roc_figure(
         negatives = int(y.shape[0] - positives)
         defined = positives > 0 and negatives > 0
         if defined:
-            for draw, (number, variant) in enumerate(order):
-                values = panel_scores[variant]
-                fpr, tpr, _ = roc_curve(y > 0.5, values)
-                auc = float(binary_auroc(torch.from_numpy(values.astype(np.float64)), torch.from_numpy(y > 0.5)))
-                style = _roc_style(variant, number)
-                if "marker" in style:
-                    style["markevery"] = max(1, len(fpr) // 15)
-                axis.plot(fpr, tpr, label=f"{variant}: AUROC {auc:.3f}", zorder=2 + draw, **style)
+            curves = [
+                (variant, panel_scores[variant], {**_roc_style(variant, number), "zorder": 2 + draw})
+                for draw, (number, variant) in enumerate(order)
+            ]
+            plot_roc_curves(axis, y > 0.5, curves)
             handles, legend_labels = axis.get_legend_handles_labels()
             # legend in the variants' own order, not the drawing order
             rank = {variant: i for i, variant in enumerate(scores)}

@@ -1,11 +1,14 @@
-"""Output transforms that pick one detector output for the metric handlers."""
+"""What the handlers share: the output transform that picks one detector output for the metric handlers, and the
+epoch lifecycle of the report handlers (:class:`EpochReport`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["detector_output"]
+from ignite.engine import Engine, Events
+
+__all__ = ["EpochReport", "detector_output"]
 
 
 def detector_output(key: str, variant: str | None = None, label_key: str = "label") -> Callable[[Any], tuple]:
@@ -27,3 +30,34 @@ def detector_output(key: str, variant: str | None = None, label_key: str = "labe
         return pred[key], output[label_key]
 
     return transform
+
+
+class EpochReport:
+    """Base of the handlers that collect over an evaluation epoch and write their files at its end.
+
+    :meth:`attach` registers :meth:`started` on ``EPOCH_STARTED`` (by default it calls :meth:`reset`, so a second
+    run of the evaluator starts afresh), :meth:`collect` on ``ITERATION_COMPLETED`` and :meth:`write` on
+    ``EPOCH_COMPLETED``. Subclasses implement :meth:`reset`, :meth:`collect` and :meth:`write`.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler's three steps on ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def started(self, engine: Engine) -> None:
+        """At the start of an epoch: forget what an earlier one collected."""
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was collected."""
+        raise NotImplementedError
+
+    def collect(self, engine: Engine) -> None:
+        """Keep what the report needs of ``engine.state`` after one iteration."""
+        raise NotImplementedError
+
+    def write(self, engine: Engine | None = None) -> Any:
+        """Write the report files of what was collected."""
+        raise NotImplementedError

@@ -280,8 +280,25 @@ class VolumeResult:
         """
         if self.anomaly_maps is None or self.slice_shape is None or self.volume_shape is None:
             raise ValueError(f"{self.source}: no anomaly maps were computed (infer_volume(..., anomaly_maps=True)).")
+        return self.slices_to_volume(self.anomaly_maps)
+
+    def slices_to_volume(self, planes: Any) -> np.ndarray:
+        """Per-slice planes at the detector's input size (``[N, S, S]``, like :attr:`anomaly_maps`) placed onto the
+        scan's voxel grid as the anomaly maps are (:func:`~sdmad_monai.anomaly_volume.anomaly_volume`).
+
+        Args:
+            planes: ``[N, S, S]`` values, one plane per processed slice, e.g. a per-slice class.
+
+        Returns:
+            ``[X, Y, Z]`` float32 array, 0 on the slices not processed.
+
+        Raises:
+            ValueError: the result has no slice or volume shape (no anomaly maps were computed).
+        """
+        if self.slice_shape is None or self.volume_shape is None:
+            raise ValueError(f"{self.source}: no anomaly maps were computed (infer_volume(..., anomaly_maps=True)).")
         return anomaly_volume(
-            self.anomaly_maps,
+            planes,
             self.slice_indices,
             self.slice_shape,
             self.volume_affine,

@@ -14,7 +14,7 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import Average, look_up_option
 
-from .utils import as_multilabel_pair, check_binary
+from .utils import accumulated_buffer, as_multilabel_pair, check_binary
 
 __all__ = ["CategoryAUROCMetric", "ImageAUROCMetric", "average_ranks", "binary_auroc", "compute_auroc"]
 
@@ -189,9 +189,7 @@ class CategoryAUROCMetric(CumulativeIterationMetric):
         Raises:
             ValueError: When nothing has been accumulated yet.
         """
-        buffers = self.get_buffer()
-        if buffers is None:
-            raise ValueError(f"{self.__class__.__name__}: no data accumulated, call the metric before aggregate().")
+        buffers = accumulated_buffer(self)
         y_pred, y = buffers
         return compute_auroc(y_pred, y, average=average or self.average, category_names=self.category_names)
 
@@ -253,9 +251,7 @@ class ImageAUROCMetric(CumulativeIterationMetric):
         Raises:
             ValueError: When nothing has been accumulated yet.
         """
-        buffers = self.get_buffer()
-        if buffers is None:
-            raise ValueError(f"{self.__class__.__name__}: no data accumulated, call the metric before aggregate().")
+        buffers = accumulated_buffer(self)
         y_pred, y = buffers
         auc = binary_auroc(y_pred.detach().flatten(), y.detach().flatten())
         if torch.isnan(auc):

@@ -11,7 +11,7 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 
-from .utils import as_multilabel_pair, check_binary
+from .utils import accumulated_buffer, as_binary_multilabel_pair
 
 __all__ = ["HammingScoreMetric", "SubsetAccuracyMetric", "compute_hamming_score", "compute_subset_accuracy"]
 
@@ -30,10 +30,7 @@ def compute_hamming_score(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     Raises:
         ValueError: When the shapes differ or a tensor is not binary.
     """
-    name = "HammingScoreMetric"
-    y_pred, y = as_multilabel_pair(y_pred, y, name)
-    check_binary(y_pred, "y_pred", name)
-    check_binary(y, "y", name)
+    y_pred, y = as_binary_multilabel_pair(y_pred, y, "HammingScoreMetric")
     return (y_pred.bool() == y.bool()).float()
 
 
@@ -50,10 +47,7 @@ def compute_subset_accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tens
     Raises:
         ValueError: When the shapes differ or a tensor is not binary.
     """
-    name = "SubsetAccuracyMetric"
-    y_pred, y = as_multilabel_pair(y_pred, y, name)
-    check_binary(y_pred, "y_pred", name)
-    check_binary(y, "y", name)
+    y_pred, y = as_binary_multilabel_pair(y_pred, y, "SubsetAccuracyMetric")
     return (y_pred.bool() == y.bool()).all(dim=1, keepdim=True).float()
 
 
@@ -79,9 +73,7 @@ class _ReducedMultiLabelMetric(CumulativeIterationMetric):
         Raises:
             ValueError: When nothing has been accumulated yet.
         """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(f"{self.__class__.__name__}: no data accumulated, call the metric before aggregate().")
+        data = accumulated_buffer(self)
         f, not_nans = do_metric_reduction(data, reduction or self.reduction)
         return (f, not_nans) if self.get_not_nans else f
 

@@ -29,7 +29,7 @@ import warnings
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from .utils import check_binary
+from .utils import accumulated_buffer, check_binary
 
 __all__ = [
     "PixelAUROCMetric",
@@ -231,9 +231,7 @@ class PixelAUROCMetric(CumulativeIterationMetric):
         Raises:
             ValueError: When nothing has been accumulated yet.
         """
-        buffer = self.get_buffer()
-        if buffer is None:
-            raise ValueError(f"{self.__class__.__name__}: no data accumulated, call the metric before aggregate().")
+        buffer = accumulated_buffer(self)
         return buffer.reshape(-1, 2, self.num_bins).sum(dim=0)
 
     def aggregate(self) -> torch.Tensor:

@@ -7,9 +7,12 @@ tensors as produced by :func:`monai.data.decollate_batch`.
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-__all__ = ["as_multilabel_pair", "check_binary", "non_binary_values"]
+import torch
+from monai.metrics import Cumulative
+
+__all__ = ["accumulated_buffer", "as_binary_multilabel_pair", "as_multilabel_pair", "check_binary", "non_binary_values"]
 
 _MAX_SHOWN = 8
 
@@ -94,3 +97,43 @@ def as_multilabel_pair(
             f"got y_pred shape {tuple(y_pred.shape)} and y shape {tuple(y.shape)}."
         )
     return y_pred, y.to(y_pred.device)
+
+
+def as_binary_multilabel_pair(
+    y_pred: torch.Tensor, y: torch.Tensor | None, metric_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`as_multilabel_pair` for thresholded predictions: both tensors must also be binary (:func:`check_binary`).
+
+    Args:
+        y_pred: binary predictions, ``[B, K]`` or ``[B]``.
+        y: binary labels, same shape as ``y_pred``.
+        metric_name: metric name shown in error messages.
+
+    Returns:
+        ``(y_pred, y)`` as ``[B, K]`` tensors on the same device as ``y_pred``.
+
+    Raises:
+        ValueError: the errors of :func:`as_multilabel_pair`, or a tensor that is not binary.
+    """
+    y_pred, y = as_multilabel_pair(y_pred, y, metric_name)
+    check_binary(y_pred, "y_pred", metric_name)
+    check_binary(y, "y", metric_name)
+    return y_pred, y
+
+
+def accumulated_buffer(metric: Cumulative) -> Any:
+    """What a cumulative metric has buffered (``metric.get_buffer()``: one tensor, or a list for several buffers).
+
+    Args:
+        metric: a MONAI ``Cumulative`` (e.g. a ``CumulativeIterationMetric``); its class names it in the error.
+
+    Returns:
+        the synchronised buffer(s).
+
+    Raises:
+        ValueError: When nothing has been accumulated yet.
+    """
+    buffer = metric.get_buffer()
+    if buffer is None:
+        raise ValueError(f"{metric.__class__.__name__}: no data accumulated, call the metric before aggregate().")
+    return buffer

@@ -7,6 +7,7 @@ from sdmad_monai.transforms.augment import (
     affine_2d,
     few_shot_augmentation,
 )
+from sdmad_monai.transforms.dictionary import ArrayTransformd
 from sdmad_monai.transforms.intensity import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -19,6 +20,8 @@ from sdmad_monai.transforms.intensity import (
     ResizeToSquare,
     ResizeToSquared,
     clip_slice_transforms,
+    square_resize_geometry,
+    undo_resize_to_square,
 )
 from sdmad_monai.transforms.io import (
     FASTMRI_DATASET,
@@ -39,6 +42,7 @@ from sdmad_monai.transforms.slices import (
     ExtractSlices,
     ExtractSlicesd,
     SliceGeometry,
+    SliceSelection,
     VolumeSource,
     extract_slices_from_source,
     resolve_slice_indices,
@@ -48,6 +52,7 @@ from sdmad_monai.transforms.slices import (
 
 __all__ = [
     "ANATOMICAL_AXES",
+    "ArrayTransformd",
     "ArrayVolumeSource",
     "ClipNormalize",
     "ClipNormalized",
@@ -71,6 +76,7 @@ __all__ = [
     "ResizeToSquare",
     "ResizeToSquared",
     "SliceGeometry",
+    "SliceSelection",
     "VolumeSource",
     "affine_2d",
     "clip_slice_transforms",
@@ -81,6 +87,8 @@ __all__ = [
     "open_volume_source",
     "resolve_slice_indices",
     "slice_geometry",
+    "square_resize_geometry",
     "stack_slices",
+    "undo_resize_to_square",
     "validate_dicom_series",
 ]

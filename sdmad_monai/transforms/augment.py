@@ -154,11 +154,7 @@ def few_shot_augmentation(
     """The training augmentation for ``clip_slice_transforms(..., augmentation=...)``.
 
     Args:
-        keys: keys to augment.
-        rotate_degrees: maximum absolute rotation in degrees.
-        translate_fraction: maximum absolute shift as a fraction of the image size.
-        flip_prob: probability of a left-right flip.
-        prob: probability of the rotation/translation.
+        keys, rotate_degrees, translate_fraction, flip_prob, prob: as in :class:`RandFewShotAugmentd`.
 
     Returns:
         :class:`RandFewShotAugmentd`.

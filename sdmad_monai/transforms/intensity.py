@@ -15,7 +15,7 @@ Non-finite values (documented behaviour, never silent NaN tensors):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform, Transform
+from monai.transforms import Compose, Transform
+
+from .dictionary import ArrayTransformd
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -37,6 +39,8 @@ __all__ = [
     "ClipNormalize",
     "ClipNormalized",
     "clip_slice_transforms",
+    "square_resize_geometry",
+    "undo_resize_to_square",
 ]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -130,11 +134,58 @@ class RepeatToRGB(Transform):
         return _rewrap(img, x.repeat(1, 3, 1, 1), stacked)
 
 
+def square_resize_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where :class:`ResizeToSquare` puts a ``height x width`` slice on the ``size x size`` square.
+
+    The scale is ``size / max(height, width)``; each resized side is ``max(1, round(side * scale))``; the padding
+    before it is ``(size - side) // 2``.
+
+    Args:
+        height: rows of the slice.
+        width: columns of the slice.
+        size: side of the square.
+
+    Returns:
+        ``(resized_height, resized_width, top, left)``: the resized slice occupies rows ``top:top + resized_height``
+        and columns ``left:left + resized_width`` of the square.
+    """
+    scale = size / max(height, width)
+    resized_height, resized_width = max(1, round(height * scale)), max(1, round(width * scale))
+    return resized_height, resized_width, (size - resized_height) // 2, (size - resized_width) // 2
+
+
+def undo_resize_to_square(maps: torch.Tensor, shape: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """Inverse of :class:`ResizeToSquare` for maps at the square size: crop the padding, resize back.
+
+    Args:
+        maps: ``[N, S, S]`` maps on the resized and padded square.
+        shape: ``(rows, cols)`` of the slices before :class:`ResizeToSquare`.
+        mode: interpolation mode back to ``(rows, cols)``.
+
+    Returns:
+        ``[N, rows, cols]`` float32 maps.
+
+    Raises:
+        ValueError: when ``maps`` is not ``[N, S, S]``.
+    """
+    if maps.ndim != 3 or maps.shape[-1] != maps.shape[-2]:
+        raise ValueError(f"expected square maps [N, S, S], got shape {tuple(maps.shape)}.")
+    h, w = (int(v) for v in shape)
+    nh, nw, top, left = square_resize_geometry(h, w, int(maps.shape[-1]))
+    cropped = maps[:, top : top + nh, left : left + nw].to(torch.float32)
+    if (nh, nw) == (h, w):
+        return cropped.contiguous()
+    kwargs: dict[str, Any] = {"mode": mode}
+    if mode in ("bilinear", "bicubic"):
+        kwargs["align_corners"] = False
+    return F.interpolate(cropped[:, None], size=(h, w), **kwargs)[:, 0]
+
+
 class ResizeToSquare(Transform):
     """Aspect-preserving resize so the longer side equals ``size``, then centred zero padding to ``size x size``.
 
-    The scale is ``size / max(H, W)``; the resized shorter side is ``round(side * scale)``; padding before is
-    ``(size - side) // 2``. For ``MetaTensor`` inputs the affine and ``pixel_spacing`` are updated.
+    The placement is :func:`square_resize_geometry` (scale ``size / max(H, W)``, centred); its inverse on maps is
+    :func:`undo_resize_to_square`. For ``MetaTensor`` inputs the affine and ``pixel_spacing`` are updated.
 
     Args:
         size: output side length (e.g. 240 or 224).
@@ -153,13 +204,11 @@ class ResizeToSquare(Transform):
         x, stacked = _as_slices(img)
         x = (x.as_tensor() if isinstance(x, MetaTensor) else x).to(torch.float32)
         h, w = x.shape[-2:]
-        scale = self.size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        nh, nw, top, left = square_resize_geometry(h, w, self.size)
         kw: dict = {"mode": self.mode}
         if self.mode in ("bilinear", "bicubic"):
             kw.update(align_corners=False, antialias=self.antialias)
         y = F.interpolate(x, size=(nh, nw), **kw) if (nh, nw) != (h, w) else x
-        top, left = (self.size - nh) // 2, (self.size - nw) // 2
         y = F.pad(y, (left, self.size - nw - left, top, self.size - nh - top))
         res = y if stacked else y[0]
         if not isinstance(img, MetaTensor):
@@ -211,17 +260,7 @@ class ClipNormalize(Transform):
         return _rewrap(img, y, stacked)
 
 
-class _Dict(MapTransform):
-    transform: Transform
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
-
-
-class PercentileNormalized(_Dict):
+class PercentileNormalized(ArrayTransformd):
     """Dictionary version of :class:`PercentileNormalize`.
 
     Args:
@@ -236,20 +275,13 @@ class PercentileNormalized(_Dict):
         self.transform = PercentileNormalize(lower, upper)
 
 
-class RepeatToRGBd(_Dict):
-    """Dictionary version of :class:`RepeatToRGB`.
+class RepeatToRGBd(ArrayTransformd):
+    """Dictionary version of :class:`RepeatToRGB` (arguments: ``keys``, ``allow_missing_keys``)."""
 
-    Args:
-        keys: keys to transform.
-        allow_missing_keys: don't raise for missing keys.
-    """
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.transform = RepeatToRGB()
+    array_transform = RepeatToRGB
 
 
-class ResizeToSquared(_Dict):
+class ResizeToSquared(ArrayTransformd):
     """Dictionary version of :class:`ResizeToSquare`.
 
     Args:
@@ -272,7 +304,7 @@ class ResizeToSquared(_Dict):
         self.transform = ResizeToSquare(size, mode, antialias)
 
 
-class ClipNormalized(_Dict):
+class ClipNormalized(ArrayTransformd):
     """Dictionary version of :class:`ClipNormalize`.
 
     Args:

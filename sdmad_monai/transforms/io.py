@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import h5py
 import nibabel as nib
 import numpy as np
 import torch
-from monai.config import KeysCollection, PathLike
+from monai.config import PathLike
 from monai.data import ImageReader, ITKReader, MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
-from sdmad_monai.transforms.slices import (
-    ExtractSlices,
-    SlicingMapTransform,
-    VolumeSource,
-    extract_slices_from_source,
-)
+from sdmad_monai.transforms.dictionary import ArrayTransformd
+from sdmad_monai.transforms.slices import SliceSelection, SlicingMapTransform, VolumeSource
 
 __all__ = [
     "FASTMRI_DATASET",
@@ -602,56 +598,28 @@ class LoadVolume(Transform):
         return load_volume(path)
 
 
-class LoadVolumed(MapTransform):
-    """Dictionary version of :class:`LoadVolume`.
+class LoadVolumed(ArrayTransformd):
+    """Dictionary version of :class:`LoadVolume` (arguments: ``keys`` holding paths, ``allow_missing_keys``)."""
 
-    Args:
-        keys: keys holding paths.
-        allow_missing_keys: don't raise for missing keys.
-    """
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = load_volume(d[key])
-        return d
+    array_transform = LoadVolume
 
 
-class LoadSlices(Transform):
-    """Read only the requested slices of a volume on disk.
+class LoadSlices(SliceSelection):
+    """Read only the requested slices of a volume on disk (arguments: :class:`SliceSelection`).
 
     Equivalent to ``ExtractSlices(...)(load_volume(path))`` (identical arrays and metadata) without decoding the
     whole volume: nibabel proxy slicing for NIfTI (uncompressed files are read by seeking; gzipped ones, which cannot
     seek, are decompressed once), h5py dataset slicing for fastMRI ``.h5`` (the file kept open between slices), and
     only the needed files of a DICOM series (sorted by ImagePositionPatient) when slicing along the acquisition axis.
 
-    Args:
-        axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
-        indices: explicit canonical indices.
-        positions: relative positions in [0, 1].
-        stride: stride over all slices.
-
     Returns (call):
         list of ``MetaTensor [C, H, W]``.
     """
 
-    def __init__(
-        self,
-        axis: str = "axial",
-        indices: Sequence[int] | None = None,
-        positions: Sequence[float] | None = None,
-        stride: int | None = None,
-    ):
-        ExtractSlices(axis, indices, positions, stride)  # validates the axis name and the index policy
-        self.axis, self.indices, self.positions, self.stride = axis, indices, positions, stride
-
     def __call__(self, path: PathLike) -> list[MetaTensor]:
         source = open_volume_source(path)
         try:
-            return extract_slices_from_source(source, self.axis, self.indices, self.positions, self.stride)
+            return self.slices_of(source)
         finally:
             close = getattr(source, "close", None)
             if close is not None:

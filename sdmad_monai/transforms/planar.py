@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Transform
 
+from .dictionary import ArrayTransformd
 from .intensity import ResizeToSquare
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
 
-__all__ = ["AnomalyMaskd", "LoadImage2Dd", "binarize_mask", "load_image_2d"]
+__all__ = ["AnomalyMaskd", "LoadImage2D", "LoadImage2Dd", "binarize_mask", "load_image_2d"]
 
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -105,22 +105,18 @@ def binarize_mask(mask: np.ndarray) -> np.ndarray:
     return np.asarray(binary.any(axis=0, keepdims=True), dtype=np.float32)
 
 
-class LoadImage2Dd(MapTransform):
-    """Load 2D images with :func:`load_image_2d` as float32 ``[C, H, W]`` tensors.
+class LoadImage2D(Transform):
+    """Array transform wrapping :func:`load_image_2d`: path -> float32 ``[C, H, W]`` tensor."""
 
-    Args:
-        keys: keys holding image paths.
-        allow_missing_keys: don't raise for missing keys.
-    """
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        return torch.from_numpy(load_image_2d(path).astype(np.float32))
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = torch.from_numpy(load_image_2d(d[key]).astype(np.float32))
-        return d
+class LoadImage2Dd(ArrayTransformd):
+    """Load 2D images with :func:`load_image_2d` as float32 ``[C, H, W]`` tensors (dictionary version of
+    :class:`LoadImage2D`; arguments: ``keys`` holding image paths, ``allow_missing_keys``)."""
+
+    array_transform = LoadImage2D
 
 
 class AnomalyMaskd(MapTransform):

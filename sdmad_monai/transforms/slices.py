@@ -56,6 +56,7 @@ __all__ = [
     "stack_slices",
     "ExtractSlices",
     "ExtractSlicesd",
+    "SliceSelection",
     "SlicingMapTransform",
 ]
 
@@ -446,17 +447,21 @@ def _source_from_tensor(img: Any) -> ArrayVolumeSource:
     raise TypeError(f"expected a MetaTensor volume with an affine, got {type(img).__name__}.")
 
 
-class ExtractSlices(Transform):
-    """Extract 2D slices along an anatomical axis resolved from the affine.
+class SliceSelection(Transform):
+    """Which slices to take: an anatomical axis and one index policy, checked once at construction.
 
-    Input: ``MetaTensor`` ``[C, X, Y, Z]`` (or ``[X, Y, Z]``) with a RAS+ affine. Output: list of ``MetaTensor``
-    ``[C, H, W]`` (see module docstring for orientation and metadata).
+    The base of :class:`ExtractSlices` (slices of a volume in memory) and
+    :class:`~sdmad_monai.transforms.LoadSlices` (the same slices read from disk); :meth:`slices_of` takes them from
+    any :class:`VolumeSource`.
 
     Args:
         axis: ``"axial"``, ``"coronal"`` or ``"sagittal"``.
         indices: explicit canonical indices (e.g. ``(0, 5, 10)`` for fastMRI+).
         positions: relative positions in [0, 1] (e.g. ``(0.5,)`` for the middle slice).
         stride: stride over all slices when ``indices`` and ``positions`` are None.
+
+    Raises:
+        ValueError: an unknown axis, conflicting policies or a bad stride.
     """
 
     def __init__(
@@ -476,10 +481,20 @@ class ExtractSlices(Transform):
         if (indices is not None) + (positions is not None) + (stride is not None) > 1 or stride is not None:
             resolve_slice_indices(1, self.indices, self.positions, stride)
 
+    def slices_of(self, source: VolumeSource) -> list[MetaTensor]:
+        """The selected slices of ``source`` (:func:`extract_slices_from_source`)."""
+        return extract_slices_from_source(source, self.axis, self.indices, self.positions, self.stride)
+
+
+class ExtractSlices(SliceSelection):
+    """Extract 2D slices along an anatomical axis resolved from the affine (arguments: :class:`SliceSelection`).
+
+    Input: ``MetaTensor`` ``[C, X, Y, Z]`` (or ``[X, Y, Z]``) with a RAS+ affine. Output: list of ``MetaTensor``
+    ``[C, H, W]`` (see module docstring for orientation and metadata).
+    """
+
     def __call__(self, img: MetaTensor) -> list[MetaTensor]:
-        return extract_slices_from_source(
-            _source_from_tensor(img), self.axis, self.indices, self.positions, self.stride
-        )
+        return self.slices_of(_source_from_tensor(img))
 
 
 def _item_indices(d: Mapping[Hashable, Any], index_key: str) -> tuple[list[int], bool]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sdmad_monai.data import load_k_shot, save_k_shot, select_k_shot
+from sdmad_monai.data.kshot import hold_out_volumes
 
 CATS = ("A", "B", "C")
 
@@ -101,3 +104,21 @@ def test_k_shot_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"k": 1}')
     with pytest.raises(ValueError, match=r"missing key\(s\) \['seed', 'categories'"):
         load_k_shot(tmp_path / "bad.json")
+
+
+def test_hold_out_volumes_keeps_volumes_whole_and_order():
+    items = [{"file": f"v{i % 5}", "slice": i} for i in range(15)]
+    held_out, kept = hold_out_volumes(items, 0.4, seed=3)
+    assert {i["file"] for i in held_out}.isdisjoint({i["file"] for i in kept})
+    assert len({i["file"] for i in held_out}) == 2
+    assert sorted(held_out + kept, key=lambda i: i["slice"]) == items
+    assert [i["slice"] for i in held_out] == sorted(i["slice"] for i in held_out)  # input order kept
+    assert held_out[0] is items[held_out[0]["slice"]]  # not copied
+    # the seeded draw: sorted volumes shuffled by random.Random(seed)
+    volumes = sorted({i["file"] for i in items})
+    random.Random(3).shuffle(volumes)
+    assert {i["file"] for i in held_out} == set(volumes[:2])
+    # at least one volume on each side once fraction > 0; none held out at 0
+    assert len({i["file"] for i in hold_out_volumes(items, 0.01)[0]}) == 1
+    assert len({i["file"] for i in hold_out_volumes(items, 0.99)[1]}) == 1
+    assert hold_out_volumes(items, 0.0)[0] == []

@@ -78,6 +78,20 @@ def test_detection_report_image_level(tmp_path):
     assert not list((tmp_path / "report").rglob("*.tmp"))
 
 
+def test_report_handlers_share_the_epoch_lifecycle(tmp_path):
+    from sdmad_monai.handlers import ProtocolReport
+    from sdmad_monai.handlers.utils import EpochReport
+
+    for handler in (DetectionReport, AnomalyMapOverlays, ProtocolReport):
+        assert issubclass(handler, EpochReport)
+    engine = passthrough()
+    overlays = AnomalyMapOverlays(tmp_path / "overlays", mean=(0.0,) * 3, std=(1.0,) * 3, top_n=1, random_n=0)
+    overlays.attach(engine)
+    assert engine.has_event_handler(overlays.started, Events.EPOCH_STARTED)
+    assert engine.has_event_handler(overlays.collect, Events.ITERATION_COMPLETED)
+    assert engine.has_event_handler(overlays.write, Events.EPOCH_COMPLETED)
+
+
 def test_detection_report_without_maps_or_names(tmp_path):
     engine = passthrough()
     report = DetectionReport(tmp_path, pixel_metric=None)

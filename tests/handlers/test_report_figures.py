@@ -31,6 +31,9 @@ from sdmad_monai.handlers.report_figures import (
     VARIANT_STYLES,
     backbone_note,
     heatmap_rows,
+    image_roc_figure,
+    plot_roc_curves,
+    save_figure,
     shared_color_limits,
 )
 from sdmad_monai.networks.backbone import DEMO_PRETRAINED
@@ -181,6 +184,34 @@ def test_roc_curves_that_coincide_stay_visible(tmp_path):
     assert [c.get_zorder() for c in by_width] == sorted(c.get_zorder() for c in curves)
     auc = roc_auc_score(LABELS[:, 0].numpy(), same["scores"][:, 0].numpy())
     assert {c.get_label() for c in curves} == {f"{v}: AUROC {auc:.3f}" for v in ("clip", "sdmad_no_ss", "sdmad")}
+
+
+def test_plot_roc_curves_labels_styles_and_markers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positive = np.array([True, False, False, True])
+    scores = np.array([0.9, 0.2, 0.6, 0.4])
+    figure, axis = plt.subplots()
+    plot_roc_curves(axis, positive, [("a", scores, {"color": "red", "zorder": 7}), ("b", -scores, {"marker": "o"})])
+    first, second = axis.get_lines()
+    assert first.get_label() == "a: AUROC 0.750" and first.get_color() == "red" and first.get_zorder() == 7
+    assert second.get_label() == "b: AUROC 0.250" and second.get_markevery() == 1
+    plt.close(figure)
+
+
+def test_image_roc_figure_one_panel_and_one_class(tmp_path):
+    figure = image_roc_figure([1, 0, 0, 1], [("image score", [0.9, 0.2, 0.6, 0.4]), ("map max", [0.3, 0.1, 0.8, 0.5])])
+    (axis,) = figure.axes
+    assert axis.get_title() == "image-level ROC"
+    assert [line.get_label() for line in axis.get_lines()[1:]] == ["image score (0.750)", "map max (0.500)"]
+    path = save_figure(figure, tmp_path / "roc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp"))
+    one_class = image_roc_figure([0, 0], [("image score", [0.1, 0.2])])
+    assert one_class.axes[0].get_title() == "image-level ROC: one class only, undefined"
+    assert len(one_class.axes[0].get_lines()) == 1  # the diagonal only
 
 
 # ---------------------------------------------------------------------------------------------- demo note

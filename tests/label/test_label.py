@@ -56,12 +56,14 @@ def test_segment_volume_gives_infer_volumes_study_scores_and_a_label_on_the_scan
     assert np.allclose(answer.label.affine.numpy(), scan.affine, atol=1e-4)
     assert details["label_volume"]["labels"] == {name: k + 1 for k, name in enumerate(reference.category_labels)}
     maps = reference.anomaly_volume()
+    direct = anomaly_volume(reference.anomaly_maps, reference.slice_indices, reference.slice_shape,
+                            reference.volume_affine, reference.volume_shape)  # fmt: skip
+    assert np.array_equal(maps, direct) and np.array_equal(reference.slices_to_volume(reference.anomaly_maps), maps)
     label = answer.label.numpy()
     for row, index in enumerate(reference.slice_indices):
         plane = np.zeros_like(reference.anomaly_maps)
         plane[row] = 1.0
-        on_slice = anomaly_volume(plane, reference.slice_indices, reference.slice_shape, reference.volume_affine,
-                                  reference.volume_shape) > 0.5  # fmt: skip
+        on_slice = reference.slices_to_volume(plane) > 0.5
         positive = reference.predictions[row] > 0
         if not positive.any():
             assert index not in details["label_volume"]["labelled_slices"] and not label[on_slice].any()
@@ -190,8 +192,7 @@ def test_label_volume_follows_the_findings_decision_rule(demo):
     for row, index in enumerate(reference.slice_indices):
         plane = np.zeros_like(reference.anomaly_maps)
         plane[row] = 1.0
-        on_slice = anomaly_volume(plane, reference.slice_indices, reference.slice_shape, reference.volume_affine,
-                                  reference.volume_shape) > 0.5  # fmt: skip
+        on_slice = reference.slices_to_volume(plane) > 0.5
         positive = torch.tensor([index in f["positive_slices"] for f in findings])
         values = set(np.unique(answer.label.numpy()[on_slice]).tolist())
         if positive.any():  # threshold 0: the whole slice carries the rule's top category

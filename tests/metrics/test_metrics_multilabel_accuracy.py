@@ -102,3 +102,9 @@ def test_non_binary_values_are_named(cls):
 def test_aggregate_without_data_raises():
     with pytest.raises(ValueError, match="no data"):
         HammingScoreMetric().aggregate()
+
+
+@pytest.mark.parametrize("metric", [HammingScoreMetric(), SubsetAccuracyMetric()])
+def test_aggregate_before_any_call_says_so(metric):
+    with pytest.raises(ValueError, match=f"{type(metric).__name__}: no data accumulated"):
+        metric.aggregate()

@@ -13,11 +13,15 @@ from monai.transforms import Compose
 from sdmad_monai.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
+    ArrayTransformd,
     ClipNormalize,
     PercentileNormalize,
     RepeatToRGB,
+    RepeatToRGBd,
     ResizeToSquare,
     clip_slice_transforms,
+    square_resize_geometry,
+    undo_resize_to_square,
 )
 
 
@@ -119,3 +123,26 @@ def test_clip_slice_transforms_chain():
     assert torch.allclose(out[:, 0, 0], pad)
     stack = chain({"image": torch.rand(3, 1, 10, 20)})["image"]
     assert stack.shape == (3, 3, 24, 24)
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (6, 9), (9, 6), (5, 5), (3, 200)])
+def test_square_geometry_is_where_resize_puts_the_slice_and_undo_inverts_it(shape):
+    h, w = shape
+    size = 12
+    rows, cols, top, left = square_resize_geometry(h, w, size)
+    assert max(rows, cols) == size and min(rows, cols) >= 1
+    out = ResizeToSquare(size, mode="nearest")(torch.ones(1, h, w))
+    inside = torch.zeros(size, size)
+    inside[top : top + rows, left : left + cols] = 1
+    assert torch.equal(out[0], inside)
+    back = undo_resize_to_square(out, (h, w), mode="nearest")
+    assert back.shape == (1, h, w) and torch.equal(back, torch.ones(1, h, w))
+
+
+def test_array_transformd_applies_the_array_transform_to_each_key():
+    data = {"image": torch.zeros(1, 2, 2), "mask": torch.ones(1, 2, 2), "other": 3}
+    out = RepeatToRGBd(["image", "mask"])(data)
+    assert out["image"].shape == (3, 2, 2) and out["mask"].shape == (3, 2, 2) and out["other"] == 3
+    assert data["image"].shape == (1, 2, 2)  # input dict untouched
+    assert isinstance(RepeatToRGBd("image"), ArrayTransformd)
+    assert RepeatToRGBd("x", allow_missing_keys=True)({"image": 1}) == {"image": 1}
