@@ -18,6 +18,16 @@ Commands:
             [--rules rules.json] [--finding_codes codes.json] [--slices 0,5,10] [--output_dir local_copy/] \\
             [--retries 3] [--backoff 1.0] [--timeout 30]
 
+``listen``
+    A DICOM listener (C-STORE / C-ECHO SCP, ``pynetdicom``): studies sent by a PACS are processed once no new
+    instance arrived for ``--settle_seconds``, and their SRs are sent by C-STORE to ``--destination``; jobs live in
+    a SQLite queue under ``--work_dir`` (a restart loses no study and sends no duplicate SR); see
+    :mod:`sdmad_monai.deploy.listener`::
+
+        sdmad listen --work_dir /var/lib/sdmad --destination ORTHANC@127.0.0.1:4242 --allow ORTHANC \\
+            --model models/model.pt [--ae_title SDMAD] [--host 127.0.0.1] [--port 11112] [--settle_seconds 10] \\
+            [--study_timeout 600] [--workers 1] [--retries 10] [--backoff 5] [--max_backoff 600]
+
 ``write_demo_study``
     Write a NIfTI volume (e.g. one of the demo dataset) as a synthetic axial brain MR DICOM series, to try the
     commands above::
@@ -35,8 +45,8 @@ Commands:
 
 Errors (an unknown command or option, a value of the wrong type -- refused before any work --, missing model or
 folder, bad rules or finding-codes file, no matching series, a broken series, study not found, PACS not
-reachable after the retries, bad sweep arguments, a failed seed of a sweep) end the command with one line on stderr,
-``sdmad: error: ...``, and exit status 1.
+reachable after the retries, bad listener settings or a port in use, bad sweep arguments, a failed seed of a sweep)
+end the command with one line on stderr, ``sdmad: error: ...``, and exit status 1.
 """
 
 from __future__ import annotations
@@ -246,6 +256,108 @@ class SdmadCommands:
         )
         return [str(r) for r in reports] + [str(p) for r in reports for p in r.files]
 
+    def listen(
+        self,
+        work_dir: str,
+        destination: str,
+        allow: Any = None,
+        model: str = "models/model.pt",
+        ae_title: str = "SDMAD",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        settle_seconds: float = 10.0,
+        study_timeout: float = 600.0,
+        workers: int = 1,
+        retries: int = 10,
+        backoff: float = 5.0,
+        max_backoff: float = 600.0,
+        timeout: float = 30.0,
+        shutdown_grace: float = 30.0,
+        rules: str | None = None,
+        finding_codes: str | None = None,
+        slices: Any = "0,5,10",
+        axis: str = "axial",
+        device: str = "cpu",
+        batch_size: int = 16,
+        pretrained: str | None = None,
+        target_sensitivity: float | None = None,
+    ) -> None:
+        """Receive studies by DICOM C-STORE, run SD-MAD on each once it is complete, send its SRs by C-STORE.
+
+        Runs until SIGTERM or Ctrl-C (then it stops accepting, waits up to ``--shutdown_grace`` s for the job under
+        way, leaves any unfinished job in the queue and exits with status 0). Needs ``pynetdicom``
+        (``pip install -e ".[pacs]"``).
+
+        Args:
+            work_dir: the received instances, SRs, per-study logs and reports, and the job queue (SQLite).
+            destination: where the SRs go: ``AET@host:port`` of a Storage SCP, e.g. ``ORTHANC@127.0.0.1:4242``.
+            allow: calling AE titles allowed to send, e.g. ``ORTHANC`` or ``ORTHANC,PACS2``; ``any`` accepts all.
+            model: detector checkpoint (``SignDrivenDetector.save`` or a bundle checkpoint).
+            ae_title: the listener's AE title (associations calling another one are rejected).
+            host: address to listen on (``0.0.0.0`` for every interface).
+            port: TCP port to listen on.
+            settle_seconds: process a study once no new instance of it arrived for this long.
+            study_timeout: process an incomplete study (a series with missing instances) anyway this many seconds
+                after its first instance, reporting it as partial.
+            workers: studies processed at the same time.
+            retries: how often sending a study's SRs is tried again before the study is reported failed.
+            backoff: seconds before the first retry, doubled for each further retry ...
+            max_backoff: ... up to this.
+            timeout: seconds to wait for the destination and for an idle sender.
+            shutdown_grace: seconds a stop waits for the job under way.
+            rules: series rules JSON (default: the shipped axial brain MR rules).
+            finding_codes: finding-codes JSON (default: the shipped codes).
+            slices: canonical slice indices, e.g. ``0,5,10``, or ``all``.
+            axis: slicing axis: axial, coronal or sagittal.
+            device: torch device for inference.
+            batch_size: slices per forward pass.
+            pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
+            target_sensitivity: decide each finding by its calibrated probability at this sensitivity.
+        """
+        import os
+        import signal
+        import threading
+
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"Model checkpoint {model} does not exist (pass --model path/to/model.pt).")
+        _check_device(device)
+        ensure_writable_folder(work_dir, "--work_dir")
+        from .deploy.codes import load_finding_codes
+        from .deploy.listener import Destination, DicomListener, ListenerConfig, parse_allow_list
+        from .deploy.rules import load_series_rules
+
+        config = ListenerConfig(
+            work_dir=Path(work_dir),
+            destination=Destination.parse(destination),
+            allowed_aets=parse_allow_list(allow),
+            ae_title=ae_title,
+            host=str(host),
+            port=port,
+            settle_seconds=settle_seconds,
+            study_timeout=study_timeout,
+            workers=workers,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            network_timeout=timeout,
+            shutdown_grace=shutdown_grace,
+            rules=load_series_rules(rules),
+            finding_codes=load_finding_codes(finding_codes),
+            slices=_parse_slices(slices),
+            axis=axis,
+            infer_kwargs={"batch_size": batch_size},
+        )
+        load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: stop.set())
+        listener = DicomListener(config, load_detector)
+        listener.start()
+        if not listener.serve(stop):  # a job still running: it stays in the queue; its thread must not hold us
+            logging.shutdown()
+            os._exit(0)
+
     def write_demo_study(
         self,
         volume: str,
@@ -281,12 +393,15 @@ class SdmadCommands:
 
         import nibabel as nib
         import numpy as np
+        from nibabel.spatialimages import SpatialImage
         from pydicom.uid import UID, generate_uid
 
         from .deploy.demo import write_dicom_series
 
         try:
             image = nib.load(str(source))
+            if not isinstance(image, SpatialImage):  # e.g. CIFTI: no voxel grid (affine) to write DICOM on
+                raise TypeError(f"a {type(image).__name__}, not a volume with an affine")
             data = np.asarray(image.dataobj, dtype=np.float32)
         except Exception as error:  # nibabel raises several types for a file that is not NIfTI
             raise ValueError(f"Volume {volume} could not be read as NIfTI: {error}") from error

@@ -21,7 +21,16 @@ import traceback
 from collections.abc import Iterator
 from types import TracebackType
 
-__all__ = ["innermost_user_error", "install_bundle_error_hook", "is_user_error", "one_line", "running_bundle_command"]
+__all__ = [
+    "MissingExtraError",
+    "innermost_user_error",
+    "install_bundle_error_hook",
+    "is_user_error",
+    "missing_extra",
+    "one_line",
+    "require_extra",
+    "running_bundle_command",
+]
 
 #: ``RuntimeError`` subclasses of the package that are about the input (looked up by module, so that this module
 #: imports nothing heavy)
@@ -35,8 +44,40 @@ _USER_RUNTIME_ERRORS = {
 }
 
 
+class MissingExtraError(ModuleNotFoundError):
+    """A feature's optional dependency is not installed; the message names the setup.cfg extra that brings it."""
+
+
+def missing_extra(module: str, extra: str, feature: str) -> MissingExtraError:
+    """The error for ``feature`` needing ``module`` of the ``extra`` (raise it ``from`` the ImportError)."""
+    return MissingExtraError(
+        f'{feature} needs the {module} package, from the {extra!r} extra: pip install -e ".[{extra}]" in a clone '
+        f"(or pip install {module})."
+    )
+
+
+def require_extra(modules: tuple[str, ...], extra: str, feature: str) -> None:
+    """Refuse ``feature`` before any work when a module of ``extra`` is missing (``importlib.util.find_spec``: cheap,
+    nothing is imported).
+
+    Raises:
+        MissingExtraError: the first missing module, naming the extra.
+    """
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or half-installed
+            found = False
+        if not found:
+            raise missing_extra(module, extra, feature)
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is about the input or the environment (see module docstring), not a bug."""
+    if isinstance(error, MissingExtraError):
+        return True
     if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return True
     if isinstance(error, ValueError):

@@ -303,3 +303,19 @@ def test_sigterm_removes_temporary_folders(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert not folder.exists()
+
+
+def test_missing_pacs_extra_is_one_line_naming_the_extra(tmp_path, model, study):
+    """Without highdicom (the `pacs` extra) the DICOM commands end with one line that says what to install."""
+    code = (
+        "import sys; sys.modules['highdicom'] = None; sys.argv = ['sdmad'] + sys.argv[1:]\n"
+        "from sdmad_monai.cli import main; main()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "process_folder", "--input_dir", str(study), "--output_dir", str(tmp_path),
+         "--model", str(model)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    line = error_line(run)
+    assert "needs the highdicom package" in line and '".[pacs]"' in line
+    assert not any(tmp_path.iterdir())  # nothing written

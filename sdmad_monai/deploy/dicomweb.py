@@ -45,7 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 import requests
-from dicomweb_client import DICOMwebClient
+
+from ..errors import missing_extra
+
+try:
+    from dicomweb_client import DICOMwebClient
+except ImportError as _error:  # an optional dependency: the `pacs` extra
+    raise missing_extra("dicomweb-client", "pacs", "DICOMweb (sdmad process_study)") from _error
 from pydicom.dataset import Dataset
 
 from ..utils import atomic_write_json

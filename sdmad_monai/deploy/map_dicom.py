@@ -33,7 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import highdicom as hd
+from ..errors import missing_extra
+
+try:
+    import highdicom as hd
+except ImportError as _error:  # an optional dependency: the `pacs` extra
+    raise missing_extra("highdicom", "pacs", "Writing a DICOM Parametric Map") from _error
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code

@@ -29,6 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from ..errors import require_extra
 from .codes import FindingCodes, load_finding_codes
 from .rules import SeriesRules, explain_series, load_series_rules
 
@@ -218,6 +219,7 @@ def process_dicom_folder(
         SeriesProcessingError: a selected series is broken (several series mixed, missing slice, slice index out
             of range); the other series are still processed and their files are listed in ``error.written``.
     """
+    require_extra(("highdicom",), "pacs", "Writing DICOM SRs (sdmad process_folder)")
     indices = _as_indices(slices)
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
     finding_codes = finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)

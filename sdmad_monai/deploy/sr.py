@@ -51,10 +51,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import highdicom as hd
+from ..errors import missing_extra
+
+try:
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+except ImportError as _error:  # an optional dependency: the `pacs` extra
+    raise missing_extra("highdicom", "pacs", "Writing a DICOM SR") from _error
 import pydicom
 import torch
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code

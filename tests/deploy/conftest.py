@@ -5,18 +5,24 @@ The configuration is ``bundle/pacs/orthanc.json`` (the walk-through's file) with
 on 127.0.0.1, remote access and authentication off, storage in a temporary folder, the DICOM network server off.
 Orthanc is stopped by its process id at the end (terminate, then kill if it has not stopped after 10 s).
 
+``orthanc_dicom`` (session) and ``start_orthanc_dicom`` (a function starting more, per test) are the same Orthanc with
+its DICOM network server on a free 127.0.0.1 port, for the DICOM listener's tests; they are stopped the same way.
+
 Without the Orthanc binary (or its DICOMweb plugin), or without ``dciodvfy``, the tests that need them are skipped -
 except when the environment variable ``CI`` is ``true``: CI must never skip them silently, so there they fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -131,3 +137,111 @@ def orthanc(tmp_path_factory) -> str:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT_S)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Orthanc with its DICOM network server on, for the DICOM listener (tests/deploy/test_listener.py): the same config,
+# plus DicomServerEnabled on a free 127.0.0.1 port; modalities are registered over REST by each test.
+
+
+@dataclass
+class OrthancDicom:
+    """A running Orthanc: REST base URL, DICOM AE title and port, its process and log."""
+
+    url: str
+    aet: str
+    dicom_port: int
+    process: subprocess.Popen
+    log: Path
+
+
+def _orthanc_binary() -> str:
+    binary = os.environ.get("ORTHANC_BINARY") or shutil.which("Orthanc") or DEFAULT_BINARY
+    if not Path(binary).is_file():
+        _unavailable(f"Orthanc binary not found ({binary}); install the Debian packages orthanc and orthanc-dicomweb.")
+    return binary
+
+
+def orthanc_dicom_config(storage: Path, http_port: int, dicom_port: int, aet: str) -> dict:
+    """``orthanc_config`` with the DICOM server on ``dicom_port`` (AE title ``aet``), accepting C-STORE and C-ECHO
+    from any AE title (Orthanc's defaults, stated), sending to the modalities registered over REST."""
+    config = orthanc_config(storage, http_port)
+    config.update(
+        {
+            "DicomServerEnabled": True,
+            "DicomAet": aet,
+            "DicomPort": dicom_port,
+            "DicomModalities": {},
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomCheckCalledAet": False,
+            "DicomScuTimeout": 10,
+            "DicomScpTimeout": 30,
+        }
+    )
+    return config
+
+
+@contextlib.contextmanager
+def running_orthanc(folder: Path, aet: str = "SDMADPACS", dicom_port: int | None = None) -> Iterator[OrthancDicom]:
+    """Start Orthanc with its DICOM server (config in ``folder``), wait for its REST API, stop it by PID at the end."""
+    binary = _orthanc_binary()
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), dicom_port or free_port()
+    config = orthanc_dicom_config(folder / "storage", http_port, dicom_port, aet)
+    missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
+    if missing:
+        _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    log_path = folder / "orthanc.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    base = f"http://127.0.0.1:{http_port}"
+    session = requests.Session()
+    session.trust_env = False  # no proxy for 127.0.0.1
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
+            try:
+                if session.get(f"{base}/system", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s.")
+            time.sleep(0.1)
+        yield OrthancDicom(base, aet, dicom_port, process, log_path)
+    finally:
+        session.close()
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def orthanc_dicom(tmp_path_factory) -> Iterator[OrthancDicom]:
+    """One Orthanc for the session with its DICOM server on a free 127.0.0.1 port (AE title SDMADPACS)."""
+    with running_orthanc(tmp_path_factory.mktemp("orthanc_dicom")) as orthanc:
+        yield orthanc
+
+
+@pytest.fixture
+def start_orthanc_dicom(tmp_path) -> Iterator[Callable[..., OrthancDicom]]:
+    """A function starting another Orthanc with its DICOM server (``aet``, ``dicom_port``: a free port when
+    ``None``); every one started is stopped by PID at the end of the test."""
+    stack = contextlib.ExitStack()
+
+    def start(aet: str = "SDMADDEST", dicom_port: int | None = None) -> OrthancDicom:
+        return stack.enter_context(running_orthanc(tmp_path / f"orthanc-{aet}-{free_port()}", aet, dicom_port))
+
+    with stack:
+        yield start
