@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from .data import (
     select_k_shot,
 )
 from .data.demo import DEMO_SUFFIX
+from .data.kshot import hold_out_volumes
 from .utils import atomic_write_json
 
 __all__ = [
@@ -72,16 +72,6 @@ def _resolve_dataset(
         if not path.is_file():
             raise DatasetError(f"{what} not found at {path}; set it in the config or copy it into {root}.")
     return annotations, file_list, root, image_suffix
-
-
-def _split_by_volume(items: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    files = sorted({item["file"] for item in items})
-    random.Random(seed).shuffle(files)
-    count = round(len(files) * fraction)
-    if fraction > 0 and len(files) > 1:
-        count = min(max(count, 1), len(files) - 1)
-    chosen = set(files[:count])
-    return [i for i in items if i["file"] in chosen], [i for i in items if i["file"] not in chosen]
 
 
 def prepare_splits(
@@ -177,7 +167,7 @@ def prepare_splits(
     kshot_path = work_dir / f"kshot_{k_shot}shot_seed{seed}.json"
     split = select_k_shot(datalist.items, k_shot, categories, seed=seed)
     save_k_shot(split, kshot_path)
-    validation, test = _split_by_volume(split.remaining, validation_fraction, seed)
+    validation, test = hold_out_volumes(split.remaining, validation_fraction, seed)
     result = {
         "settings": settings,
         "categories": list(categories),

@@ -22,6 +22,11 @@ protocol (Huang et al., CVPR 2024, ``dataset/medical_few.py`` and ``train_few.py
 builds on: the k-shot support set is ``k_shot`` normal **and** ``k_shot`` abnormal images drawn with a seed from
 BMAD's ``valid`` split (abnormal ones with their masks where the dataset has them); the rest of ``valid`` selects the
 checkpoint; ``test`` is never touched. The choices are written to ``<work_dir>/bmad_training.json``.
+
+Both return frozen dataclasses that also carry the settings derived from the pixel-level decision, so the bundle
+configs only wire them: :class:`BMADTrainingPlan` (``pixel_loss_weight``, ``key_metric``, ``additional_metrics``
+for ``configs/train_bmad.json``) and :class:`BMADProtocol` (``additional_metrics``, ``pixel_metric_name``,
+``mask_key``, ``memory_bank_files`` for ``configs/evaluate_bmad.json``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +53,13 @@ from .bmad import BMAD_SECTIONS, build_bmad_datalist
 
 __all__ = [
     "BMAD_PIXEL_LEVEL",
+    "PIXEL_LABEL_KEY",
+    "PIXEL_METRIC_NAME",
+    "VAL_IMAGE_METRIC_NAME",
+    "VAL_PIXEL_METRIC_NAME",
+    "BMADProtocol",
     "BMADProtocolError",
+    "BMADTrainingPlan",
     "bmad_pixel_level",
     "bmad_transforms",
     "build_memory_bank",
@@ -70,8 +82,128 @@ BMAD_PIXEL_LEVEL: dict[str, bool] = {
 }
 
 
+#: metric names of the BMAD runs: training's checkpoint-selection metrics (``validate#key_metric`` /
+#: ``validate#additional_metrics`` of ``configs/train_bmad.json``) and the evaluation's pixel metric
+#: (``engine.state.metrics`` key read by :class:`~sdmad_monai.handlers.DetectionReport`)
+VAL_PIXEL_METRIC_NAME = "val_pixel_auroc"
+VAL_IMAGE_METRIC_NAME = "val_image_auroc"
+PIXEL_METRIC_NAME = "pixel_auroc"
+#: the batch key the BMAD configs copy the mask to (``CopyItemsd`` in ``validate#evaluator#postprocessing``) and the
+#: pixel metric reads as its label (``detector_output('anomaly_map', label_key='pixel_label')``)
+PIXEL_LABEL_KEY = "pixel_label"
+
+
 class BMADProtocolError(ValueError):
     """A BMAD folder does not fit protocol 1 (missing split, too few normal images, missing masks)."""
+
+
+@dataclass(frozen=True)
+class BMADProtocol:
+    """What :func:`prepare_bmad_protocol` decided for one BMAD folder, and the evaluation settings that follow.
+
+    Attributes:
+        dataset: the folder name (e.g. ``"BrainMRI"``).
+        dataset_dir: the resolved folder.
+        pixel_level: whether pixel AUROC is evaluated (:func:`bmad_pixel_level`).
+        pixel_level_reason: why.
+        test: the evaluated items (without ``mask`` when not ``pixel_level``).
+        memory_bank: the ``k_shot`` normal items of the memory bank.
+        files: ``{"protocol": path of bmad_protocol.json}``.
+    """
+
+    dataset: str
+    dataset_dir: str
+    pixel_level: bool
+    pixel_level_reason: str
+    test: list[dict]
+    memory_bank: list[dict]
+    files: dict[str, str]
+
+    @property
+    def memory_bank_files(self) -> list[str]:
+        """The ``file`` names of the memory-bank items (recorded in the report)."""
+        return [item["file"] for item in self.memory_bank]
+
+    @property
+    def pixel_metric_name(self) -> str | None:
+        """The pixel metric's name in ``engine.state.metrics`` (:data:`PIXEL_METRIC_NAME`), ``None`` at image level."""
+        return PIXEL_METRIC_NAME if self.pixel_level else None
+
+    @property
+    def mask_key(self) -> str | None:
+        """The batch key of the masks to draw on overlays (:data:`PIXEL_LABEL_KEY`), ``None`` at image level."""
+        return PIXEL_LABEL_KEY if self.pixel_level else None
+
+    def additional_metrics(self, pixel_metric: Any) -> dict[str, Any] | None:
+        """The evaluator's metrics besides image AUROC: ``{"pixel_auroc": pixel_metric}`` where pixel AUROC is
+        evaluated, else ``None`` (the masks are not read, so the metric could not run)."""
+        return {PIXEL_METRIC_NAME: pixel_metric} if self.pixel_level else None
+
+
+@dataclass(frozen=True)
+class BMADTrainingPlan(Mapping[str, Any]):
+    """What :func:`prepare_bmad_training` drew and decided, and the training settings that follow from it.
+
+    Also a read-only mapping over its fields (``plan["training"]``), because ``configs/train.json`` and
+    :func:`~sdmad_monai.workflows.check_categories` read ``splits`` by key, whether it is this plan or the fastMRI+
+    splits dict of :func:`~sdmad_monai.workflows.prepare_splits`.
+
+    Attributes:
+        training: ``support`` with each item ``support_views`` times.
+        validation: the other ``valid`` items (checkpoint selection).
+        support: the ``k_shot`` normal then ``k_shot`` abnormal support items.
+        categories: the detector's single category (``["abnormal"]``).
+        dataset: the folder name (e.g. ``"BrainMRI"``).
+        dataset_dir: the resolved folder.
+        pixel_level: whether the pixel (segmentation) terms apply (:func:`bmad_pixel_level` on ``valid``).
+        pixel_level_reason: why.
+        files: ``{"training": path of bmad_training.json}``.
+    """
+
+    training: list[dict]
+    validation: list[dict]
+    support: list[dict]
+    categories: list[str]
+    dataset: str
+    dataset_dir: str
+    pixel_level: bool
+    pixel_level_reason: str
+    files: dict[str, str]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _TRAINING_PLAN_FIELDS:
+            raise KeyError(f"The BMAD training plan has no {key!r} (it has: {', '.join(_TRAINING_PLAN_FIELDS)}).")
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_TRAINING_PLAN_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_TRAINING_PLAN_FIELDS)
+
+    def pixel_loss_weight(self, weight: float) -> float:
+        """The weight of MVFA's focal + Dice terms: ``weight`` where the pixel terms apply, else ``0.0`` (the items
+        carry no mask then)."""
+        return float(weight) if self.pixel_level else 0.0
+
+    def key_metric(self, pixel_metric: Any, image_metric: Any) -> dict[str, Any]:
+        """The metric that selects the checkpoint: pixel AUROC of the zero-shot maps where the pixel terms apply
+        (thousands of pixels rank finely, while image AUROC on a few valid images ties, often at 1.0 after the first
+        epoch; MVFA selects on image + pixel AUROC), image AUROC otherwise.
+
+        Returns:
+            ``{"val_pixel_auroc": pixel_metric}`` or ``{"val_image_auroc": image_metric}``.
+        """
+        if self.pixel_level:
+            return {VAL_PIXEL_METRIC_NAME: pixel_metric}
+        return {VAL_IMAGE_METRIC_NAME: image_metric}
+
+    def additional_metrics(self, image_metric: Any) -> dict[str, Any] | None:
+        """The other validation metric, logged only: image AUROC when pixel AUROC selects, else ``None``."""
+        return {VAL_IMAGE_METRIC_NAME: image_metric} if self.pixel_level else None
+
+
+_TRAINING_PLAN_FIELDS = tuple(f.name for f in fields(BMADTrainingPlan))
 
 
 def _normalised(name: str) -> str:
@@ -136,7 +268,7 @@ def prepare_bmad_protocol(
     pixel_metrics: bool | str = "auto",
     memory_split: str = "training",
     eval_split: str = "test",
-) -> dict[str, Any]:
+) -> BMADProtocol:
     """Test items, k-shot memory bank and pixel-level decision for one BMAD dataset (module docstring).
 
     Args:
@@ -149,7 +281,8 @@ def prepare_bmad_protocol(
         eval_split: datalist section that is evaluated (``"test"``; ``"validation"`` for BMAD ``valid``).
 
     Returns:
-        ``{"dataset", "dataset_dir", "pixel_level", "pixel_level_reason", "test", "memory_bank", "files"}``.
+        :class:`BMADProtocol` (``dataset``, ``dataset_dir``, ``pixel_level``, ``pixel_level_reason``, ``test``,
+        ``memory_bank``, ``files``).
 
     Raises:
         BMADProtocolError: unknown or empty split, fewer than ``k_shot`` normal images.
@@ -207,15 +340,15 @@ def prepare_bmad_protocol(
         reason,
         path,
     )
-    return {
-        "dataset": root.name,
-        "dataset_dir": str(root),
-        "pixel_level": pixel_level,
-        "pixel_level_reason": reason,
-        "test": test,
-        "memory_bank": memory,
-        "files": {"protocol": str(path)},
-    }
+    return BMADProtocol(
+        dataset=root.name,
+        dataset_dir=str(root),
+        pixel_level=pixel_level,
+        pixel_level_reason=reason,
+        test=test,
+        memory_bank=memory,
+        files={"protocol": str(path)},
+    )
 
 
 def prepare_bmad_training(
@@ -226,7 +359,7 @@ def prepare_bmad_training(
     seed: int = 0,
     pixel_metrics: bool | str = "auto",
     support_views: int = 1,
-) -> dict[str, Any]:
+) -> BMADTrainingPlan:
     """Few-shot training and checkpoint-selection datalists for protocol 1 on one BMAD folder (MVFA's protocol).
 
     As in MVFA (``dataset/medical_few.py``): ``k_shot`` normal images of ``valid/good`` and ``k_shot`` abnormal
@@ -250,8 +383,9 @@ def prepare_bmad_training(
             trains on 11 fixed augmented views of each image: the original, 4 rotations, 4 shifts and 2 flips).
 
     Returns:
-        ``{"training", "validation", "support", "categories", "dataset", "dataset_dir", "pixel_level",
-        "pixel_level_reason", "files"}``; ``training`` is ``support`` with each item ``support_views`` times.
+        :class:`BMADTrainingPlan` (``training``, ``validation``, ``support``, ``categories``, ``dataset``,
+        ``dataset_dir``, ``pixel_level``, ``pixel_level_reason``, ``files``); ``training`` is ``support`` with each
+        item ``support_views`` times.
         Items are :func:`~sdmad_monai.data.build_bmad_datalist` items (``label`` ``[0.]``/``[1.]``).
 
     Raises:
@@ -327,17 +461,17 @@ def prepare_bmad_training(
         reason,
         path,
     )
-    return {
-        "training": [dict(item) for item in support for _ in range(int(support_views))],
-        "validation": validation,
-        "support": support,
-        "categories": categories,
-        "dataset": root.name,
-        "dataset_dir": str(root),
-        "pixel_level": pixel_level,
-        "pixel_level_reason": reason,
-        "files": {"training": str(path)},
-    }
+    return BMADTrainingPlan(
+        training=[dict(item) for item in support for _ in range(int(support_views))],
+        validation=validation,
+        support=support,
+        categories=categories,
+        dataset=root.name,
+        dataset_dir=str(root),
+        pixel_level=pixel_level,
+        pixel_level_reason=reason,
+        files={"training": str(path)},
+    )
 
 
 def bmad_transforms(

@@ -101,5 +101,6 @@ def test_image_level_dataset_trains_without_the_pixel_terms(tmp_path):
     assert parser.get_parsed_content("train#trainer#prepare_batch").masks is False
     assert list(parser.get_parsed_content("validate#key_metric")) == ["val_image_auroc"]
     splits = parser.get_parsed_content("splits")
-    assert splits["pixel_level"] is False and not any("mask" in item for item in splits["training"])
+    assert splits.pixel_level is False and not any("mask" in item for item in splits.training)
+    assert parser.get_parsed_content("validate#additional_metrics") is None
     assert parser.get_parsed_content("prompt_bank").name == "bmad-oct17"

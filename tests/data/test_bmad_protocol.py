@@ -35,18 +35,25 @@ def test_prepare_protocol_and_transforms(tmp_path):
     root = generate_bmad_like_dataset(tmp_path / "BrainMRI", num_train=6, num_normal=2, num_abnormal=2, size=40)
     a = prepare_bmad_protocol(root, tmp_path / "work", k_shot=4, seed=3)
     b = prepare_bmad_protocol(root, tmp_path / "work2", k_shot=4, seed=3)
-    assert [i["file"] for i in a["memory_bank"]] == [i["file"] for i in b["memory_bank"]]  # seeded
-    assert all(i["label"] == [0.0] and i["split"] == "train" for i in a["memory_bank"])
+    assert [i["file"] for i in a.memory_bank] == [i["file"] for i in b.memory_bank]  # seeded
+    assert all(i["label"] == [0.0] and i["split"] == "train" for i in a.memory_bank)
     record = json.loads((tmp_path / "work" / "bmad_protocol.json").read_text())
     assert record["pixel_level"] is True and record["num_test_abnormal"] == 2
     transform = bmad_transforms(64, pixel_level=True)
-    lesion = transform(dict(next(i for i in a["test"] if i["label"] == [1.0])))
-    normal = transform(dict(next(i for i in a["test"] if i["label"] == [0.0])))
+    lesion = transform(dict(next(i for i in a.test if i["label"] == [1.0])))
+    normal = transform(dict(next(i for i in a.test if i["label"] == [0.0])))
     assert lesion["image"].shape == (3, 64, 64) and lesion["mask"].shape == (1, 64, 64)
     assert set(torch.unique(lesion["mask"]).tolist()) == {0.0, 1.0} and not normal["mask"].any()
     # the lesion is the brightest region: the resized mask lies on the image's bright pixels
     gray = lesion["image"][0]
     assert gray[lesion["mask"][0] > 0].mean() > gray[lesion["mask"][0] == 0].mean() + 1.0
+    # the evaluation settings evaluate_bmad.json takes from the protocol
+    assert a.pixel_metric_name == "pixel_auroc" and a.mask_key == "pixel_label"
+    assert a.additional_metrics("metric") == {"pixel_auroc": "metric"}
+    assert a.memory_bank_files == [i["file"] for i in a.memory_bank] and a.files["protocol"].endswith(".json")
+    image_level = prepare_bmad_protocol(root, tmp_path / "w0", k_shot=4, seed=3, pixel_metrics=False)
+    assert image_level.pixel_metric_name is None and image_level.mask_key is None
+    assert image_level.additional_metrics("metric") is None and not any("mask" in i for i in image_level.test)
     with pytest.raises(BMADProtocolError, match="needs 9 normal"):
         prepare_bmad_protocol(root, tmp_path / "w", k_shot=9)
     with pytest.raises(BMADProtocolError, match="--dataset_dir"):
