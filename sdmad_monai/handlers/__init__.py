@@ -8,7 +8,7 @@ from .memory_bank import MemoryBankBuilder
 from .multilabel_accuracy import HammingScore, SubsetAccuracy
 from .pixel_auroc import PixelAUROC
 from .progress import LossProgressBar
-from .report import ProtocolReport, protocol_metrics
+from .report import ProtocolReport, protocol_metric_handlers, protocol_metrics
 from .resume import ResumeCheckpoint
 from .utils import detector_output
 from .volume_results import VolumeResultsWriter
@@ -29,5 +29,6 @@ __all__ = [
     "SubsetAccuracy",
     "VolumeResultsWriter",
     "detector_output",
+    "protocol_metric_handlers",
     "protocol_metrics",
 ]

@@ -23,7 +23,11 @@ stays small on thousands of slices) and at the end of the run writes into ``outp
 When the detector's backbone is the demo one or has random weights (or the data are the generated demo data), both
 figures carry a visible note that they show the workflow, not clinical performance (:func:`backbone_note`).
 
-The headline numbers also go to ``engine.state.metrics`` as ``"<variant>/<metric>"``.
+The metrics come from the evaluator's MONAI metric handlers (:func:`protocol_metric_handlers`, the evaluator's
+``additional_metrics`` in ``configs/evaluate.json``; the protocols are named in :mod:`sdmad_monai.protocols`); a
+report attached to an engine without them computes the same functions itself (``metrics_computed_by`` in
+``metrics.json`` says which). The headline numbers are also left in ``engine.state.metrics`` as
+``"<variant>/<metric>"``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from ..visualize import OverlayItem, OverlaySelector, box_to_input_frame, displa
 from .report_figures import HeatmapRows, backbone_note, heatmap_figure, heatmap_rows, roc_figure, save_figure
 from .utils import EpochReport
 
-__all__ = ["ProtocolReport", "all_negative_baseline", "protocol_metrics"]
+__all__ = ["ProtocolReport", "all_negative_baseline", "protocol_metric_handlers", "protocol_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +81,74 @@ def protocol_metrics(
     defined = per_category[~torch.isnan(per_category)]
     return {
         "image_auroc": float(binary_auroc(image_scores, labels.any(dim=1))),
-        "hamming_score": float(compute_hamming_score(predictions, labels).mean()),
-        "subset_accuracy": float(compute_subset_accuracy(predictions, labels).mean()),
+        "hamming_score": float(compute_hamming_score(predictions, labels).double().mean()),
+        "subset_accuracy": float(compute_subset_accuracy(predictions, labels).double().mean()),
         "category_auroc": {name: float(value) for name, value in zip(category_names, per_category)},
+        "mean_category_auroc": float(defined.mean()) if defined.numel() else math.nan,
+        "num_categories_in_mean": int(defined.numel()),
+    }
+
+
+#: The per-variant metrics ProtocolReport takes from the evaluator's metric handlers (protocols 1-3,
+#: :mod:`sdmad_monai.protocols`), as ``engine.state.metrics["<variant>/<name>"]``.
+HANDLER_METRICS = ("image_auroc", "hamming_score", "subset_accuracy", "category_auroc")
+
+
+def protocol_metric_handlers(
+    variants: Sequence[str], category_names: Sequence[str], key: bool = False
+) -> dict[str, Any]:
+    """The MONAI metric handlers that compute protocols 1-3 for each evaluation variant, named
+    ``"<variant>/<metric>"`` (``configs/evaluate.json``). MONAI registers an evaluator's ``additional_metrics`` only
+    with a ``key_val_metric``, so ``key=True`` gives the first one (the first variant's image AUROC) for that and
+    ``key=False`` the others.
+
+    Each reads its variant's :class:`~sdmad_monai.networks.outputs.DetectorOutput` field through
+    :func:`~sdmad_monai.handlers.detector_output`: ``image_score`` (protocol 1, image AUROC), ``predictions``
+    (protocol 2, Hamming score and subset accuracy of Eq. 8), ``scores`` (protocol 3, the ``[K]`` per-category AUROC
+    of Eq. 7). :class:`ProtocolReport` writes these values; it computes them itself only when the engine has none.
+
+    Args:
+        variants: the :class:`~sdmad_monai.inferers.ProtocolInferer` variants.
+        category_names: the ``K`` category labels (name the undefined categories in warnings).
+        key: the key metric alone, or all the others.
+    """
+    from .auroc import CategoryAUROC, ImageAUROC
+    from .multilabel_accuracy import HammingScore, SubsetAccuracy
+    from .utils import detector_output
+
+    handlers: dict[str, Any] = {}
+    for variant in variants:
+        handlers[f"{variant}/image_auroc"] = ImageAUROC(
+            output_transform=detector_output("image_score", variant=variant)
+        )
+        handlers[f"{variant}/hamming_score"] = HammingScore(
+            output_transform=detector_output("predictions", variant=variant), save_details=False
+        )
+        handlers[f"{variant}/subset_accuracy"] = SubsetAccuracy(
+            output_transform=detector_output("predictions", variant=variant), save_details=False
+        )
+        handlers[f"{variant}/category_auroc"] = CategoryAUROC(
+            average="none",
+            output_transform=detector_output("scores", variant=variant),
+            category_names=list(category_names),
+        )
+    first = next(iter(handlers))
+    return {first: handlers[first]} if key else {name: h for name, h in handlers.items() if name != first}
+
+
+def _metrics_from_handlers(
+    engine_metrics: Mapping[str, Any], variant: str, category_names: Sequence[str]
+) -> dict[str, Any] | None:
+    """A variant's protocol metrics as the evaluator's handlers computed them, or ``None`` when it has none."""
+    if not all(f"{variant}/{name}" in engine_metrics for name in HANDLER_METRICS):
+        return None
+    per_category = torch.as_tensor(engine_metrics[f"{variant}/category_auroc"], dtype=torch.float64).reshape(-1)
+    defined = per_category[~torch.isnan(per_category)]
+    return {
+        "image_auroc": float(engine_metrics[f"{variant}/image_auroc"]),
+        "hamming_score": float(engine_metrics[f"{variant}/hamming_score"]),
+        "subset_accuracy": float(engine_metrics[f"{variant}/subset_accuracy"]),
+        "category_auroc": {name: float(value) for name, value in zip(category_names, per_category.tolist())},
         "mean_category_auroc": float(defined.mean()) if defined.numel() else math.nan,
         "num_categories_in_mean": int(defined.numel()),
     }
@@ -161,6 +230,8 @@ class ProtocolReport(EpochReport):
         self.meta_keys = tuple(meta_keys)
         self.extra_info = dict(extra_info or {})
         self.note = backbone_note(backbone, data_settings)
+        #: per variant, who computed its metrics in the last :meth:`results`: the metric handlers or this report
+        self.metric_source: dict[str, str] = {}
         if (image_mean is None) != (image_std is None):
             raise ValueError("Give both image_mean and image_std, or neither.")
         self.image_mean = None if image_mean is None else tuple(float(v) for v in image_mean)
@@ -308,13 +379,25 @@ class ProtocolReport(EpochReport):
         return f"labels: {listing(label)} | {self.overlay_variant} predicts: {listing(prediction)}"
 
     # ------------------------------------------------------------------ writing
-    def results(self) -> dict[str, Any]:
-        """Metrics per variant for what was collected so far."""
+    def results(self, engine_metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Metrics per variant for what was collected so far.
+
+        Args:
+            engine_metrics: the evaluator's ``engine.state.metrics``: a variant whose protocol metrics the metric
+                handlers computed (:func:`protocol_metric_handlers`) is reported with their values; otherwise
+                (a report attached without them) they are computed here from the collected rows.
+        """
         if not self._labels:
             raise RuntimeError("ProtocolReport collected no slice: the evaluation data loader was empty.")
         labels = torch.cat(self._labels)
         variants = {}
+        self.metric_source = {}
         for variant, store in self._variant.items():
+            from_handlers = _metrics_from_handlers(engine_metrics or {}, variant, self.category_names)
+            self.metric_source[variant] = "metric handlers" if from_handlers is not None else "ProtocolReport"
+            if from_handlers is not None:
+                variants[variant] = from_handlers
+                continue
             variants[variant] = protocol_metrics(
                 torch.cat(store["scores"]),
                 torch.cat(store["predictions"]),
@@ -330,6 +413,7 @@ class ProtocolReport(EpochReport):
             "categories": self.category_names,
             "image_score": "max_c s_c - cos(image, anchor) (sdmad_monai.functional.image_anomaly_score)",
             "variants": variants,
+            "metrics_computed_by": dict(self.metric_source),
             "baselines": {"all_negative": all_negative_baseline(labels)},
             "run": self.extra_info,
         }
@@ -396,7 +480,7 @@ class ProtocolReport(EpochReport):
         that do not write it)."""
         if not self._gather():
             return None
-        results = self.results()
+        results = self.results(engine.state.metrics if engine is not None else None)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_dir / "metrics.json", results)
         self._write_csv()
@@ -408,6 +492,7 @@ class ProtocolReport(EpochReport):
             for variant, values in results["variants"].items():
                 for key in ("image_auroc", "hamming_score", "subset_accuracy", "mean_category_auroc"):
                     engine.state.metrics[f"{variant}/{key}"] = values[key]
+                engine.state.metrics.pop(f"{variant}/category_auroc", None)  # the [K] tensor: in metrics.json
         lines = [f"{'variant':<14}{'img AUROC':>10}{'Hamming':>9}{'subset':>8}{'cat AUROC':>10}"]
         for variant, values in results["variants"].items():
             lines.append(

@@ -16,7 +16,7 @@ def detector_output(key: str, variant: str | None = None, label_key: str = "labe
 
     Args:
         key: a :class:`~sdmad_monai.networks.outputs.DetectorOutput` field: ``"scores"``, ``"predictions"``,
-            ``"image_score"`` or ``"anomaly_map"`` (BMAD pixel level) ...
+            ``"image_score"`` or ``"anomaly_map"`` (BMAD pixel level).
         variant: with :class:`~sdmad_monai.inferers.ProtocolInferer`, which variant's outputs.
         label_key: output key of the labels.
     """

@@ -73,8 +73,16 @@ class _ReducedMultiLabelMetric(CumulativeIterationMetric):
         Raises:
             ValueError: When nothing has been accumulated yet.
         """
-        data = accumulated_buffer(self)
-        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        data = accumulated_buffer(self).to(torch.float64)
+        reduction = reduction or self.reduction
+        if MetricReduction(reduction) == MetricReduction.MEAN:
+            # one float64 mean of the 0/1 values (MONAI's "mean" averages float32 row means): exact, so the result does
+            # not depend on the order of the buffered rows (one process, or several gathered in rank order)
+            valid = ~torch.isnan(data)
+            not_nans = valid.sum().reshape(1).to(torch.float64)
+            f = torch.where(not_nans > 0, data.nan_to_num(0.0).sum() / not_nans, torch.zeros_like(not_nans))
+        else:
+            f, not_nans = do_metric_reduction(data, reduction)
         return (f, not_nans) if self.get_not_nans else f
 
 

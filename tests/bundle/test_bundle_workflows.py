@@ -91,11 +91,28 @@ def test_evaluate_writes_the_three_protocols(trained):
         assert 0.0 <= values["hamming_score"] <= 1.0
     # the workflow loaded the trained adapters (DetectorCheckpointLoader): the trained variants differ from clip
     assert metrics["variants"]["sdmad_no_ss"] != metrics["variants"]["clip"]
+    # computed by the evaluator's MONAI metric handlers (protocol_metric_handlers), not recomputed by the report,
+    # and equal to the report's own functions on predictions.csv's rows
+    assert metrics["metrics_computed_by"] == {v: "metric handlers" for v in ("clip", "sdmad_no_ss", "sdmad")}
     splits = json.loads((trained / ".sdmad_cache" / "splits.json").read_text())
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(splits["test"]) == metrics["num_slices"]
     assert {"file", "slice", "sdmad:score:Craniotomy", "clip:prediction:Craniotomy"} <= set(rows[0])
+    from sdmad_monai.handlers import protocol_metrics
+
+    names = metrics["categories"]
+    labels = torch.tensor([[float(r[f"label:{n}"]) for n in names] for r in rows])
+    for variant, values in metrics["variants"].items():
+        recomputed = protocol_metrics(
+            torch.tensor([[float(r[f"{variant}:score:{n}"]) for n in names] for r in rows]),
+            torch.tensor([[float(r[f"{variant}:prediction:{n}"]) for n in names] for r in rows]),
+            torch.tensor([float(r[f"{variant}:image_score"]) for r in rows]),
+            labels,
+            names,
+        )
+        for key in ("image_auroc", "hamming_score", "subset_accuracy", "mean_category_auroc"):
+            assert values[key] == pytest.approx(recomputed[key], abs=1e-4, nan_ok=True), (variant, key)
     for name in ("roc.png", "similarity_heatmap.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     detector = SignDrivenDetector.load(trained / "models" / "model.pt")

@@ -179,7 +179,6 @@ def test_deterministic_uids(result, series, algorithm):
     assert changed.SOPInstanceUID != first.SOPInstanceUID and changed.SeriesInstanceUID == first.SeriesInstanceUID
 
 
-
 def test_sign_selection_is_recorded_and_gets_its_own_document(result, series, algorithm):
     """The SR states whether Eq. 6 ran (it used to read a config key that never exists and always said True), and
     the "no SS" ablation, which decides otherwise, is another SR instance in the same SR series."""
@@ -191,6 +190,7 @@ def test_sign_selection_is_recorded_and_gets_its_own_document(result, series, al
     with_ss, without = build_sr(result, headers, algorithm), build_sr(result, headers, info)
     assert without.SOPInstanceUID != with_ss.SOPInstanceUID
     assert without.SeriesInstanceUID == with_ss.SeriesInstanceUID
+
 
 def test_fingerprint_survives_checkpoint(tmp_path, detector):
     path = detector.save(tmp_path / "model.pt")
