@@ -16,7 +16,8 @@ Commands:
 
         sdmad process_study --url http://127.0.0.1:8042/dicom-web --study_uid 1.2.3... --model models/model.pt \\
             [--rules rules.json] [--finding_codes codes.json] [--slices 0,5,10] [--output_dir local_copy/] \\
-            [--retries 3] [--backoff 1.0] [--timeout 30]
+            [--retries 3] [--backoff 1.0] [--timeout 30] [--auth_file pacs.secret | --auth_env PACS_AUTH] \\
+            [--ca_bundle ca.pem] [--client_cert client.pem [--client_key client.key]] [--allow_insecure]
 
 ``listen``
     A DICOM listener (C-STORE / C-ECHO SCP, ``pynetdicom``): studies sent by a PACS are processed once no new
@@ -194,6 +195,12 @@ class SdmadCommands:
         batch_size: int = 16,
         pretrained: str | None = None,
         target_sensitivity: float | None = None,
+        auth_env: str | None = None,
+        auth_file: str | None = None,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        allow_insecure: bool = False,
     ) -> list[str]:
         """Run SD-MAD on one study of a PACS over DICOMweb and store one DICOM SR per matching series back into it.
 
@@ -219,6 +226,14 @@ class SdmadCommands:
             pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
             target_sensitivity: decide each finding by its calibrated probability, at the threshold reaching this
                 sensitivity on the training's validation slices (default: Eq. 8 decides).
+            auth_env: name of an environment variable holding the PACS secret: ``<user>:<password>`` (HTTP Basic)
+                or ``bearer:<token>``.
+            auth_file: a file holding that secret (one line), readable by its owner only (``chmod 600``).
+            ca_bundle: PEM file of the CA(s) that signed the PACS's certificate (default: the system CAs);
+                certificate verification cannot be turned off.
+            client_cert: PEM client certificate, when the PACS asks for one (key inside or in ``client_key``).
+            client_key: PEM private key of ``client_cert`` (owner-only).
+            allow_insecure: permit plain ``http://`` to a host that is not loopback (warned once).
 
         Returns:
             One line per selected series (``stored: SR <uid> for series <uid>`` or ``already in PACS: ...``),
@@ -229,6 +244,12 @@ class SdmadCommands:
                 f"--study_uid {study_uid!r} is not a StudyInstanceUID; pass the UID as text (quote it if the shell "
                 "or fire reads it as a number, e.g. --study_uid='\"1.20\"')."
             )
+        from .deploy.security import TlsSettings, check_url, install_log_redaction, load_credentials
+
+        install_log_redaction()  # before the secret is read: every log line of the run is redacted
+        tls = TlsSettings.from_options(ca_bundle, client_cert, client_key, allow_insecure=bool(allow_insecure))
+        check_url(str(url), allow_insecure=tls.allow_insecure)  # before any file is read or the PACS contacted
+        credentials = load_credentials(auth_env, auth_file)
         if not Path(model).is_file():
             raise FileNotFoundError(f"Model checkpoint {model} does not exist (pass --model path/to/model.pt).")
         _check_device(device)
@@ -241,7 +262,14 @@ class SdmadCommands:
         load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         series_rules = load_series_rules(rules)  # a bad rules file fails before the PACS is contacted
         codes = load_finding_codes(finding_codes)  # so does a bad finding-codes file
-        connection = DicomWebConnection(url, retries=retries, backoff=float(backoff), timeout=float(timeout))
+        connection = DicomWebConnection(
+            str(url),
+            retries=retries,
+            backoff=float(backoff),
+            timeout=float(timeout),
+            credentials=credentials,
+            tls=tls,
+        )
         reports = process_study(
             connection,
             str(study_uid),

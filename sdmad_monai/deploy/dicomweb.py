@@ -22,6 +22,11 @@
 
 Nothing on the server is modified or deleted: :class:`DicomWebConnection` only searches, retrieves and stores.
 
+Security (:mod:`sdmad_monai.deploy.security`): the session carries the credentials (HTTP Basic or Bearer) and the TLS
+settings (verification always on, a CA bundle, a client certificate); plain ``http://`` to a host that is not
+loopback is refused unless ``allow_insecure``; a URL with credentials in it is refused; error messages, log lines and
+the JSON copies are redacted. HTTP 401/403 and a certificate that cannot be verified fail at once (not retried).
+
 Faults: connection errors, timeouts and HTTP 5xx / 429 answers are retried (``retries`` times, waiting
 ``backoff * 2**k`` seconds before retry ``k + 1``), then :class:`PacsUnreachableError` names the server, the request
 and the number of attempts; any other HTTP error (4xx) fails at once with :class:`DicomWebError`. A selected series
@@ -63,6 +68,7 @@ from .process import (
     process_dicom_folder,
 )
 from .rules import SeriesRules, explain_series, load_series_rules
+from .security import PacsCredentials, TlsSettings, check_url, make_session, redact, redact_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..networks.detector import SignDrivenDetector
@@ -86,7 +92,10 @@ _RETRY_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions
 
 class DicomWebError(RuntimeError):
     """The DICOMweb server refused a request (HTTP 4xx) or answered something unusable; the message names the server
-    and the request."""
+    and the request (redacted: no credentials, no token)."""
+
+    def __init__(self, message: str, *args: Any):
+        super().__init__(redact(message), *args)
 
 
 class PacsUnreachableError(DicomWebError):
@@ -109,6 +118,9 @@ def _short_reason(error: BaseException) -> str:
     """``Connection refused`` rather than requests' three-line ``HTTPConnectionPool(...)`` text."""
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code} {error.response.reason or ''}".strip()
+    if isinstance(error, requests.exceptions.SSLError):
+        match = re.search(r"\[SSL: [A-Z_]+\] ([^(')\]]+)", str(error))
+        return match.group(1).strip() if match else "TLS handshake failed"
     if isinstance(error, requests.Timeout):
         return f"no answer in time ({type(error).__name__})"
     text = str(error)
@@ -132,11 +144,16 @@ class DicomWebConnection:
             ``0`` sends each request once.
         backoff: seconds before the first retry; retry ``k`` waits ``backoff * 2**(k - 1)`` seconds.
         timeout: seconds to wait for the server to connect and to answer (per request).
-        session: a ``requests.Session`` (authentication, certificates); a new one when ``None``.
+        session: a ``requests.Session``; when ``None``, :func:`~sdmad_monai.deploy.security.make_session` builds one
+            from ``credentials`` and ``tls``.
         sleep: the waiting function (``time.sleep``; tests record the delays with it).
+        credentials: HTTP Basic or Bearer credentials (:func:`~sdmad_monai.deploy.security.load_credentials`).
+        tls: CA bundle, client certificate, ``allow_insecure`` (plain ``http://`` to a host that is not loopback).
 
     Raises:
         ValueError: ``url`` is not an ``http(s)://`` URL, or ``retries`` / ``backoff`` / ``timeout`` are negative.
+        PacsSecurityError: ``url`` holds credentials, or is plain ``http://`` to a host that is not loopback without
+            ``tls.allow_insecure``; ``session`` and ``credentials``/``tls`` both given.
     """
 
     def __init__(
@@ -147,12 +164,20 @@ class DicomWebConnection:
         timeout: float = 30.0,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] | None = None,
+        credentials: PacsCredentials | None = None,
+        tls: TlsSettings | None = None,
     ):
-        url = str(url).rstrip("/")
-        if not re.match(r"^https?://[^/:]+(:\d+)?(/.*)?$", url):
+        url = str(url).strip().rstrip("/")
+        tls = tls or TlsSettings()
+        check_url(url, allow_insecure=tls.allow_insecure)  # before anything else: no credentials in a message
+        if not re.match(r"^https?://[^/:@]+(:\d+)?(/.*)?$", url):
             raise ValueError(
-                f"DICOMweb URL {url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8042/dicom-web."
+                f"DICOMweb URL {redact(url)!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8042/dicom-web."
             )
+        if session is not None and (credentials is not None or tls != TlsSettings()):
+            from .security import PacsSecurityError
+
+            raise PacsSecurityError("Pass either a session or credentials/tls settings, not both.")
         if isinstance(retries, bool) or int(retries) != retries or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, got {retries!r}.")
         if backoff < 0 or timeout <= 0:
@@ -161,7 +186,9 @@ class DicomWebConnection:
             )
         self.url, self.retries, self.backoff, self.timeout = url, int(retries), float(backoff), float(timeout)
         self._sleep = sleep or time.sleep
-        self.client = DICOMwebClient(url, session=session, timeout=self.timeout)
+        self.credentials, self.tls = credentials, tls
+        self.session = session if session is not None else make_session(credentials, tls)
+        self.client = DICOMwebClient(url, session=self.session, timeout=self.timeout)
         self.client.set_http_retry_params(retry=False)  # the retries are ours: bounded, logged, 5xx included
 
     # ----------------------------------------------------------------------------------------- retrying
@@ -184,10 +211,24 @@ class DicomWebConnection:
                 status = error.response.status_code if error.response is not None else None
                 if status is None or not (status >= 500 or status in _RETRY_STATUS):
                     where = error.response.url if error.response is not None else self.url
+                    hint = ""
+                    if status in (401, 403):
+                        hint = (
+                            f" Check the credentials ({self.credentials.describe()})."
+                            if self.credentials is not None
+                            else " The server asks for credentials: pass --auth_file or --auth_env."
+                        )
                     raise DicomWebError(
-                        f"DICOMweb server {self.url} refused to {what}: {_short_reason(error)} for {where}."
+                        f"DICOMweb server {self.url} refused to {what}: {_short_reason(error)} for {where}.{hint}"
                     ) from error
                 reason = _short_reason(error)
+            except requests.exceptions.SSLError as error:  # not retried: the same certificate next time
+                where = f"--ca_bundle {self.tls.ca_bundle}" if self.tls and self.tls.ca_bundle else "the system CAs"
+                raise DicomWebError(
+                    f"TLS connection to DICOMweb server {self.url} failed ({_short_reason(error)}) when trying to "
+                    f"{what}: its certificate is not trusted by {where} (or the server wants a client certificate: "
+                    "--client_cert). Nothing was sent."
+                ) from error
             except _RETRY_ERRORS as error:
                 reason = _short_reason(error)
             if attempt < attempts:
@@ -198,7 +239,7 @@ class DicomWebConnection:
                     what,
                     attempt,
                     attempts,
-                    reason,
+                    redact(reason),
                     delay,
                 )
                 self._sleep(delay)
@@ -366,6 +407,8 @@ def process_study(
     backoff: float = 1.0,
     timeout: float = 30.0,
     finding_codes: FindingCodes | str | Path | None = None,
+    credentials: PacsCredentials | None = None,
+    tls: TlsSettings | None = None,
     **infer_kwargs: Any,
 ) -> list[StoredReport]:
     """Run SD-MAD on the series of one study on a DICOMweb server that match the rules; store one SR per series.
@@ -390,6 +433,8 @@ def process_study(
         timeout: see :class:`DicomWebConnection`.
         finding_codes: how the SR codes the categories (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
             finding-codes JSON file, or ``None`` for the shipped codes; read and checked before the server is asked.
+        credentials: see :class:`DicomWebConnection` (used when ``connection`` is a URL).
+        tls: see :class:`DicomWebConnection` (used when ``connection`` is a URL).
         infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
 
     Returns:
@@ -405,7 +450,9 @@ def process_study(
         DicomWebError: the server refused a request or a store.
     """
     if not isinstance(connection, DicomWebConnection):
-        connection = DicomWebConnection(connection, retries=retries, backoff=backoff, timeout=timeout)
+        connection = DicomWebConnection(
+            connection, retries=retries, backoff=backoff, timeout=timeout, credentials=credentials, tls=tls
+        )
     url = connection.url
     study_instance_uid = str(study_instance_uid).strip()
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
@@ -550,7 +597,7 @@ def _store_report(
             document = json.loads(json_path.read_text(encoding="utf-8"))
             document["source"] = f"{url}/studies/{study_instance_uid}/series/{source}"
             document["pacs"] = {"url": url, "status": status}
-            atomic_write_json(json_path, document)
+            atomic_write_json(json_path, redact_json(document))
             files = [sr_path, json_path]
         else:
             files = [sr_path]

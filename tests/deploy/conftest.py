@@ -245,3 +245,170 @@ def start_orthanc_dicom(tmp_path) -> Iterator[Callable[..., OrthancDicom]]:
 
     with stack:
         yield start
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A secured Orthanc, for tests/deploy/test_pacs_security.py: the same config with HTTP authentication (registered
+# users) and/or TLS (a PEM with the server certificate and its key), on a free 127.0.0.1 port.
+
+
+@dataclass
+class SecuredOrthanc:
+    """A running secured Orthanc: its base URL (``http(s)://127.0.0.1:<port>``), DICOMweb URL, log and process."""
+
+    url: str
+    dicomweb: str
+    process: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def running_secured_orthanc(
+    folder: Path,
+    users: dict[str, str] | None = None,
+    ssl_certificate: Path | None = None,
+    trusted_client_certificates: Path | None = None,
+) -> Iterator[SecuredOrthanc]:
+    """Start Orthanc with ``AuthenticationEnabled`` and ``RegisteredUsers`` (when ``users``), ``SslEnabled`` with
+    ``SslCertificate`` (when ``ssl_certificate``), and client certificates required (``SslVerifyPeers``, when
+    ``trusted_client_certificates``); wait until it answers (any HTTP status), stop it by PID at the end."""
+    binary = _orthanc_binary()
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = orthanc_config(folder / "storage", port)
+    missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
+    if missing:
+        _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
+    if users:
+        config.update({"AuthenticationEnabled": True, "RegisteredUsers": dict(users)})
+    if ssl_certificate is not None:
+        config.update({"SslEnabled": True, "SslCertificate": str(ssl_certificate)})
+    if trusted_client_certificates is not None:
+        config.update({"SslVerifyPeers": True, "SslTrustedClientCertificates": str(trusted_client_certificates)})
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config_path.chmod(0o600)  # it holds the test user's password
+    log_path = folder / "orthanc.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    base = f"{'https' if ssl_certificate is not None else 'http'}://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1)
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not listen on {base} within {START_TIMEOUT_S:.0f} s.")
+            time.sleep(0.1)
+        time.sleep(0.3)  # the plugins are loaded before the HTTP server starts; give it a moment to accept
+        yield SecuredOrthanc(base, f"{base}/dicom-web", process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def start_secured_orthanc(tmp_path_factory) -> Iterator[Callable[..., SecuredOrthanc]]:
+    """A function starting a secured Orthanc (the arguments of ``running_secured_orthanc`` but the folder); every one
+    started is stopped by PID at the end of the test module."""
+    stack = contextlib.ExitStack()
+
+    def start(**settings) -> SecuredOrthanc:
+        return stack.enter_context(running_secured_orthanc(tmp_path_factory.mktemp("orthanc_secured"), **settings))
+
+    with stack:
+        yield start
+
+
+@contextlib.contextmanager
+def tls_front(
+    target_port: int, certificate: Path, client_ca: Path | None = None
+) -> Iterator[tuple[str, list[BaseException]]]:
+    """A TLS terminator on a free 127.0.0.1 port in front of ``127.0.0.1:target_port`` (stdlib ``ssl``): it presents
+    ``certificate`` (PEM, certificate + key) and, with ``client_ca``, requires a client certificate signed by it.
+    Yields its ``https://127.0.0.1:<port>`` URL and the handshake errors it saw.
+
+    For Orthanc builds whose own TLS crashes: Debian 12's Orthanc 1.10 with civetweb 1.15 and OpenSSL 3 segfaults on
+    the first TLS connection (civetweb/civetweb#1316)."""
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certificate))
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(client_ca))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def serve(raw: socket.socket) -> None:
+        try:
+            raw.settimeout(30)
+            secure = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as error:
+            errors.append(error)
+            raw.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", target_port), timeout=30)
+        back = threading.Thread(target=pipe, args=(upstream, secure), daemon=True)
+        back.start()
+        pipe(secure, upstream)
+        back.join(timeout=30)
+        secure.close()
+        upstream.close()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            threading.Thread(target=serve, args=(raw,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{port}", errors
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def open_tls_front() -> Callable[..., contextlib.AbstractContextManager]:
+    """``tls_front`` (a context manager), for test modules (they cannot import conftest)."""
+    return tls_front
