@@ -48,6 +48,9 @@ Errors (an unknown command or option, a value of the wrong type -- refused befor
 folder, bad rules or finding-codes file, no matching series, a broken series, study not found, PACS not
 reachable after the retries, bad listener settings or a port in use, bad sweep arguments, a failed seed of a sweep)
 end the command with one line on stderr, ``sdmad: error: ...``, and exit status 1.
+
+Size: one method per command; fire reads the signatures, so each command lists its own options (the only
+repetition here, by design).
 """
 
 from __future__ import annotations

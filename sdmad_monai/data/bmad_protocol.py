@@ -27,6 +27,9 @@ Both return frozen dataclasses that also carry the settings derived from the pix
 configs only wire them: :class:`BMADTrainingPlan` (``pixel_loss_weight``, ``key_metric``, ``additional_metrics``
 for ``configs/train_bmad.json``) and :class:`BMADProtocol` (``additional_metrics``, ``pixel_metric_name``,
 ``mask_key``, ``memory_bank_files`` for ``configs/evaluate_bmad.json``).
+
+Size: the data side of protocol 1 on BMAD layouts: the training plan and the evaluation protocol (two typed
+results derived from the same layout checks), the memory bank items and the 2D transforms they need.
 """
 
 from __future__ import annotations

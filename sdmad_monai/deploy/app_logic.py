@@ -38,6 +38,9 @@ The DICOM headers of each series are checked exactly as the command line checks 
 frame per file, geometry tags present, no missing slice:
 :func:`~sdmad_monai.transforms.io.check_dicom_series_headers`) before any pixel data is decoded, and the affine
 built from the SDK metadata must equal the one built from the headers, so both paths slice the same volume.
+
+Size: the MONAI Deploy operators' logic, testable without the SDK; its series loop and selection are shared in
+kind with ``process.py`` and ``dicomweb.py`` and are to move into one series pipeline (issue 17, part 1).
 """
 
 from __future__ import annotations

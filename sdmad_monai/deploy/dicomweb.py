@@ -32,6 +32,9 @@ Faults: connection errors, timeouts and HTTP 5xx / 429 answers are retried (``re
 and the number of attempts; any other HTTP error (4xx) fails at once with :class:`DicomWebError`. A selected series
 that cannot be processed (e.g. a missing slice) gets no SR; the SRs of the other series are still stored, then
 :class:`~sdmad_monai.deploy.process.SeriesProcessingError` reports the broken series.
+
+Size: one source: the DICOMweb connection (retries, errors, redaction) and ``process_study``; the per-series
+steps it repeats with ``process.py`` and ``app_logic.py`` are to move into one series pipeline (issue 17, part 1).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ that did not finish in the queue, to be redone at the next start.
 Modules: this one is the service (associations, the C-STORE handler, the worker pool, the queue's transitions);
 its settings are :mod:`.listener_config`, the durable writes, per-study logs, completeness check and C-STORE
 sending :mod:`.listener_io`, the SQLite queue :mod:`.queue`.
+
+Size: the service itself (associations, the C-STORE handler, the worker pool, every queue transition); its
+settings, I/O and queue are the modules named above.
 """
 
 from __future__ import annotations

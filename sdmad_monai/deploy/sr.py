@@ -38,6 +38,9 @@ SeriesInstanceUID) the set of source SOPInstanceUIDs, the operating point and th
 same model on the same series again gives the same SR (a PACS then replaces the earlier copy instead of storing a
 duplicate); another model or checkpoint, or the same series once more instances have arrived, gives another SR (in
 the same SR series for the same model).
+
+Size: one document type: the TID 1500 writer, its deterministic UIDs and the reader that parses the same
+structure back, kept together so that writer and reader cannot drift apart.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ The metrics come from the evaluator's MONAI metric handlers (:func:`protocol_met
 report attached to an engine without them computes the same functions itself (``metrics_computed_by`` in
 ``metrics.json`` says which). The headline numbers are also left in ``engine.state.metrics`` as
 ``"<variant>/<metric>"``.
+
+Size: ProtocolReport (collect, gather under torch.distributed, write four kinds of output) and the protocol
+metric functions and handlers it reads.
 """
 
 from __future__ import annotations

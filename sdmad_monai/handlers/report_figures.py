@@ -3,6 +3,9 @@ category and the prompt-image similarity heatmap (paper Fig. 4), with the note t
 data cannot show clinical performance; for :class:`~sdmad_monai.handlers.DetectionReport` the image-level ROC
 (:func:`image_roc_figure`). Both ROC figures draw their curves with :func:`plot_roc_curves`. Pure functions of the
 collected numbers that return matplotlib figures; :func:`save_figure` is the one that writes.
+
+Size: the report figures (ROC panels, the Fig. 4 heatmap, the detection ROC), one function each, with the
+drawing helpers they share.
 """
 
 from __future__ import annotations

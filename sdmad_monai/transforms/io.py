@@ -13,6 +13,9 @@
 
 DICOM pixel values are ``pixel_array * RescaleSlope + RescaleIntercept`` (float32) in the lazy path; reading an
 axis other than the acquisition stacking axis from a DICOM series reads every file of the series.
+
+Size: readers of four inputs (NIfTI, DICOM series, fastMRI ``.h5``, in-memory volumes) behind one lazy
+slice-loading interface, and its transforms.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ Every output slice is a ``MetaTensor`` of shape ``[C, H, W]`` whose metadata hol
 array), ``slice_axis``, ``num_slices``, ``pixel_spacing`` (row spacing, column spacing in mm), ``spatial_shape``
 ``volume_affine`` / ``volume_spatial_shape`` (the whole volume's) and a 4x4 ``affine`` mapping ``(row, column, 0)`` to
 world coordinates.
+
+Size: MONAI array + dictionary transform pairs for slicing and the slice geometry they share.
 """
 
 from __future__ import annotations

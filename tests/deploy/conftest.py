@@ -87,56 +87,28 @@ def orthanc_config(storage: Path, port: int) -> dict:
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory) -> str:
     """Start Orthanc (see the module docstring) and yield its DICOMweb base URL, ``http://127.0.0.1:<port>/dicom-web``."""
-    binary = os.environ.get("ORTHANC_BINARY") or shutil.which("Orthanc") or DEFAULT_BINARY
-    if not Path(binary).is_file():
-        _unavailable(f"Orthanc binary not found ({binary}); install the Debian packages orthanc and orthanc-dicomweb.")
+    _orthanc_binary()  # skip (fail under CI) before any work when Orthanc is missing
     folder = tmp_path_factory.mktemp("orthanc")
     port = free_port()
     config = orthanc_config(folder / "storage", port)
     missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
     if missing:
         _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    log_path = folder / "orthanc.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     base = f"http://127.0.0.1:{port}"
     saved = {name: os.environ.get(name) for name in ("NO_PROXY", "no_proxy")}
     for name, value in saved.items():  # a proxy set for the CI machine must not see the test traffic
         os.environ[name] = ",".join(v for v in (value, "127.0.0.1", "localhost") if v)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
-                    f"{log_path.read_text(errors='replace')[-3000:]}"
-                )
-            try:
-                if requests.get(f"{base}/dicom-web/studies", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s; log:\n"
-                    f"{log_path.read_text(errors='replace')[-3000:]}"
-                )
-            time.sleep(0.1)
-        yield f"{base}/dicom-web"
+        with orthanc_process(
+            folder, config, lambda: requests.get(f"{base}/dicom-web/studies", timeout=2).status_code == 200, base
+        ):
+            yield f"{base}/dicom-web"
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -162,6 +134,47 @@ def _orthanc_binary() -> str:
     return binary
 
 
+@contextlib.contextmanager
+def orthanc_process(folder: Path, config: dict, ready: Callable[[], bool], where: str) -> Iterator[tuple]:
+    """Start Orthanc on ``config`` (written to ``folder/orthanc.json``, owner-only: it may hold a test password), wait
+    until ``ready()`` (failing with its log if it exits or does not get there in time), yield ``(process, log)``, and
+    stop it by PID at the end."""
+    binary = _orthanc_binary()
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config_path.chmod(0o600)
+    log_path = folder / "orthanc.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
+            try:
+                if ready():
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"Orthanc did not answer on {where} within {START_TIMEOUT_S:.0f} s; log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
+            time.sleep(0.1)
+        yield process, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
 def orthanc_dicom_config(storage: Path, http_port: int, dicom_port: int, aet: str) -> dict:
     """``orthanc_config`` with the DICOM server on ``dicom_port`` (AE title ``aet``), accepting C-STORE and C-ECHO
     from any AE title (Orthanc's defaults, stated), sending to the modalities registered over REST."""
@@ -185,46 +198,26 @@ def orthanc_dicom_config(storage: Path, http_port: int, dicom_port: int, aet: st
 @contextlib.contextmanager
 def running_orthanc(folder: Path, aet: str = "SDMADPACS", dicom_port: int | None = None) -> Iterator[OrthancDicom]:
     """Start Orthanc with its DICOM server (config in ``folder``), wait for its REST API, stop it by PID at the end."""
-    binary = _orthanc_binary()
+    _orthanc_binary()  # skip (fail under CI) before any work when Orthanc is missing
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), dicom_port or free_port()
     config = orthanc_dicom_config(folder / "storage", http_port, dicom_port, aet)
     missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
     if missing:
         _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    log_path = folder / "orthanc.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     base = f"http://127.0.0.1:{http_port}"
     session = requests.Session()
     session.trust_env = False  # no proxy for 127.0.0.1
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
-                    f"{log_path.read_text(errors='replace')[-3000:]}"
-                )
-            try:
-                if session.get(f"{base}/system", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer on {base} within {START_TIMEOUT_S:.0f} s.")
-            time.sleep(0.1)
-        yield OrthancDicom(base, aet, dicom_port, process, log_path)
+        with orthanc_process(
+            folder, config, lambda: session.get(f"{base}/system", timeout=2).status_code == 200, base
+        ) as (
+            process,
+            log_path,
+        ):
+            yield OrthancDicom(base, aet, dicom_port, process, log_path)
     finally:
         session.close()
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
@@ -272,7 +265,7 @@ def running_secured_orthanc(
     """Start Orthanc with ``AuthenticationEnabled`` and ``RegisteredUsers`` (when ``users``), ``SslEnabled`` with
     ``SslCertificate`` (when ``ssl_certificate``), and client certificates required (``SslVerifyPeers``, when
     ``trusted_client_certificates``); wait until it answers (any HTTP status), stop it by PID at the end."""
-    binary = _orthanc_binary()
+    _orthanc_binary()  # skip (fail under CI) before any work when Orthanc is missing
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = orthanc_config(folder / "storage", port)
@@ -285,37 +278,16 @@ def running_secured_orthanc(
         config.update({"SslEnabled": True, "SslCertificate": str(ssl_certificate)})
     if trusted_client_certificates is not None:
         config.update({"SslVerifyPeers": True, "SslTrustedClientCertificates": str(trusted_client_certificates)})
-    config_path = folder / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    config_path.chmod(0o600)  # it holds the test user's password
-    log_path = folder / "orthanc.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     base = f"{'https' if ssl_certificate is not None else 'http'}://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"Orthanc exited with status {process.returncode} at start-up; log:\n"
-                    f"{log_path.read_text(errors='replace')[-3000:]}"
-                )
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not listen on {base} within {START_TIMEOUT_S:.0f} s.")
-            time.sleep(0.1)
+
+    def listening() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    with orthanc_process(folder, config, listening, base) as (process, log_path):
         time.sleep(0.3)  # the plugins are loaded before the HTTP server starts; give it a moment to accept
         yield SecuredOrthanc(base, f"{base}/dicom-web", process, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
