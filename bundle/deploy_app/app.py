@@ -12,10 +12,12 @@ The SDK's ``-i/-o/-m`` may also come from ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_O
 ``SDMAD_DEVICE``, ``SDMAD_BATCH_SIZE``, ``SDMAD_ALLOW_NO_MATCH``, ``SDMAD_ANOMALY_MAP`` (how a MONAI Application
 Package is configured).
 
-The operators below only move objects between ports; what they do is in ``sdmad_monai.deploy.app_logic`` (tested
-without the SDK), inference is ``sdmad_monai.inference.infer_volume`` and the SR is
-``sdmad_monai.deploy.sr.write_sr_report`` - the same functions as ``sdmad process_folder``; the anomaly map is
-``sdmad_monai.deploy.map_dicom.write_anomaly_map``.
+The operators below only move objects between ports; the SDK objects become series jobs in
+``sdmad_monai.deploy.app_logic`` (tested without the SDK), and the rest is the series pipeline every source shares,
+``sdmad_monai.deploy.pipeline``: the selection and its messages, ``run_jobs`` / ``run_series``
+(``sdmad_monai.inference.infer_volume``), and the sinks ``write_inference_outcome`` (SR + JSON,
+``sdmad_monai.deploy.sr.write_sr_report``) and ``write_outcome_anomaly_maps`` (``sdmad_monai.deploy.map_dicom``) -
+the same functions as ``sdmad process_folder``.
 """
 
 from __future__ import annotations
@@ -45,9 +47,8 @@ from sdmad_monai.deploy.app_logic import (
     resolve_checkpoint,
     select_study_series,
     series_volumes,
-    write_inference_outcome,
-    write_outcome_anomaly_maps,
 )
+from sdmad_monai.deploy.pipeline import write_inference_outcome, write_outcome_anomaly_maps
 from sdmad_monai.deploy.rules import SeriesRules
 
 __all__ = [
@@ -161,7 +162,7 @@ class _OutcomeWriterOperator(Operator):
     Named input: ``outcome``.
     """
 
-    #: ``write_outputs(outcome, output_folder, **write_options)`` from :mod:`sdmad_monai.deploy.app_logic`
+    #: ``write_outputs(outcome, output_folder, **write_options)`` from :mod:`sdmad_monai.deploy.pipeline`
     write_outputs: Any = None
 
     def __init__(

@@ -7,8 +7,8 @@ The application (MONAI Deploy App SDK 4.0.0, on Holoscan) is a chain of thin ope
       -> SDMADSeriesToVolumeOperator             series_volumes: header checks, then the SDK's own conversion
                                                  (DICOMSeriesToVolumeOperator.convert_to_image) of every selected
                                                  series, not only the first one
-      -> SDMADInferenceOperator                  infer_series_volumes: SDK Image -> MetaTensor (image_to_metatensor),
-                                                 sdmad_monai.inference.infer_volume, per-slice + study-level findings
+      -> SDMADInferenceOperator                  infer_series_volumes: SDK Image -> MetaTensor (image_to_metatensor)
+                                                 -> pipeline.run_jobs / run_series (infer_volume, findings)
       -> SDMADSRWriterOperator                   write_inference_outcome: write_sr_report (SR + JSON) per series
       -> SDMADAnomalyMapWriterOperator           write_outcome_anomaly_maps: the 3D anomaly map per series as a DICOM
                                                  Parametric Map (map_dicom.py); only with --anomaly-map (off by default)
@@ -39,13 +39,14 @@ frame per file, geometry tags present, no missing slice:
 :func:`~sdmad_monai.transforms.io.check_dicom_series_headers`) before any pixel data is decoded, and the affine
 built from the SDK metadata must equal the one built from the headers, so both paths slice the same volume.
 
-Size: the MONAI Deploy operators' logic, testable without the SDK; its series loop and selection are shared in
-kind with ``process.py`` and ``dicomweb.py`` and are to move into one series pipeline (issue 17, part 1).
+Size: the MONAI Deploy source of the series pipeline (:mod:`sdmad_monai.deploy.pipeline`), testable without the SDK:
+SDK objects -> jobs; the selection, the series loop and the sinks are the pipeline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,19 +58,31 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from .codes import FindingCodes, load_finding_codes
-from .process import (
+from .pipeline import (
     DEFAULT_SLICES,
-    NoMatchingSeriesError,
-    SeriesProcessingError,
-    _as_indices,
-    _slice_images,
+    LPS_TO_RAS,
+    InferenceOutcome,
+    PendingSeries,
+    SeriesFindings,
+    SeriesJob,
+    SeriesOptions,
+    check_series,
+    describe_series,
+    parse_slices,
+    resolve_detector,
+    run_jobs,
+    run_series,
+    select_series_to_process,
+    series_folders,
+    volume_metatensor,
+    write_inference_outcome,
+    write_outcome_anomaly_maps,
 )
-from .rules import SeriesRules, explain_series, load_series_rules
+from .rules import SeriesRules, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
 
-    from ..inference import VolumeResult
     from ..networks.detector import SignDrivenDetector
     from .sr import AlgorithmInfo
 
@@ -88,14 +101,13 @@ __all__ = [
     "sdk_image_affine",
     "select_study_series",
     "series_datasets",
+    "sdk_series_job",
     "series_volumes",
     "write_inference_outcome",
     "write_outcome_anomaly_maps",
 ]
 
 logger = logging.getLogger(__name__)
-
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Option -> environment variable read when the option is not on the command line (a MONAI Application Package
 #: is configured through its environment).
@@ -151,12 +163,12 @@ class DeployAppOptions:
             raise ValueError(f"axis must be one of {sorted(ANATOMICAL_AXES)}, got {self.axis!r}.")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
-        _as_indices(self.slices)  # raises a clear error for a bad slice list
+        parse_slices(self.slices)  # raises a clear error for a bad slice list
 
     @property
     def slice_indices(self) -> list[int] | None:
         """The slice indices for :func:`~sdmad_monai.inference.infer_volume` (``None``: every slice)."""
-        return _as_indices(self.slices)
+        return parse_slices(self.slices)
 
     def series_rules(self) -> SeriesRules:
         """The rules file, read and validated (:func:`~sdmad_monai.deploy.rules.load_series_rules`)."""
@@ -235,28 +247,11 @@ def series_datasets(series: Any) -> list[Dataset]:
     return [sop.get_native_sop_instance() for sop in series.get_sop_instances()]
 
 
-def describe_series(datasets: Sequence[Dataset]) -> str:
-    """``<SeriesInstanceUID> (<SeriesDescription>) in <folder>`` for logs and errors (as the command line names
-    a series)."""
-    if not datasets:
-        return "<empty series>"
-    uid = str(getattr(datasets[0], "SeriesInstanceUID", "") or "<no SeriesInstanceUID>")
-    description = str(getattr(datasets[0], "SeriesDescription", "") or "")
-    folders = _folders(datasets)
-    where = "" if not folders else f" in {folders[0]}" if len(folders) == 1 else f" in {len(folders)} folders"
-    return f"{uid}{f' ({description})' if description else ''}{where}"
-
-
-def _folders(datasets: Sequence[Dataset]) -> list[str]:
-    """The folders the instances were read from (instances built in memory have no file name)."""
-    names = [getattr(ds, "filename", None) for ds in datasets]
-    return sorted({str(Path(n).parent) for n in names if isinstance(n, (str, os.PathLike)) and str(n)})
-
-
 def select_study_series(
     studies: Sequence[Any], rules: SeriesRules, strict: bool = True, source: str = "the input"
 ) -> list[tuple[Any, list[Any]]]:
-    """The series of each study that match the rules; every other series is logged with its reason.
+    """The series of each study that match the rules
+    (:func:`~sdmad_monai.deploy.pipeline.select_series_to_process`: every other series is logged with its reason).
 
     Args:
         studies: SDK ``DICOMStudy`` objects (``get_all_series()``).
@@ -270,35 +265,11 @@ def select_study_series(
     Raises:
         NoMatchingSeriesError: ``strict`` and no series matches; the message lists every series and its reason.
     """
-    selected: list[tuple[Any, list[Any]]] = []
-    skipped: list[str] = []
-    for study in studies:
-        all_series = list(study.get_all_series())
-        by_uid = {str(series.SeriesInstanceUID): series for series in all_series}
-        datasets = {uid: series_datasets(series) for uid, series in by_uid.items()}
-        reasons = explain_series(datasets, rules)
-        matching = []
-        for uid, reason in reasons.items():
-            if reason is None:
-                matching.append(by_uid[uid])
-                logger.info("Series %s selected (rules: %s).", describe_series(datasets[uid]), rules.source)
-            else:
-                logger.info("Series %s skipped: %s.", describe_series(datasets[uid]), reason)
-                skipped.append(f"{uid}: {reason}")
-        if matching:
-            selected.append((study, matching))
-    if not selected:
-        if skipped:
-            message = (
-                f"No series in {source} matches the series rules ({rules.source}); nothing written. "
-                f"Skipped {len(skipped)} series - {'; '.join(skipped)}."
-            )
-        else:
-            message = f"No DICOM series found in {source}; nothing written."
-        if strict:
-            raise NoMatchingSeriesError(message)
-        logger.warning(message)
-    return selected
+    by_study = [(study, {str(s.SeriesInstanceUID): s for s in study.get_all_series()}) for study in studies]
+    datasets = {uid: series_datasets(s) for _, by_uid in by_study for uid, s in by_uid.items()}
+    chosen = set(select_series_to_process(datasets, rules, f"in {source}", strict))
+    selected = [(study, [s for uid, s in by_uid.items() if uid in chosen]) for study, by_uid in by_study]
+    return [(study, matching) for study, matching in selected if matching]
 
 
 # ----------------------------------------------------------------------------------------------- SDK Image -> MONAI
@@ -348,7 +319,7 @@ def sdk_image_affine(metadata: Mapping[str, Any], source: str = "<SDK image>") -
     lps[:3, 2:4] = dicom[:3, 2:4]
     if not np.all(np.isfinite(lps)) or abs(np.linalg.det(lps[:3, :3])) < 1e-9:
         raise ValueError(f"{source}: the SDK image geometry gives a degenerate affine {lps.tolist()}.")
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps
 
 
 def image_to_metatensor(array: Any, metadata: Mapping[str, Any], source: str = "<SDK image>") -> MetaTensor:
@@ -366,21 +337,10 @@ def image_to_metatensor(array: Any, metadata: Mapping[str, Any], source: str = "
     Raises:
         ValueError: not a 3D array, or unusable geometry.
     """
-    import torch
-    from monai.data import MetaTensor
-
     data = np.asarray(array)
     if data.ndim != 3:
         raise ValueError(f"{source}: expected an SDK image array [slices, rows, columns], got shape {data.shape}.")
-    affine = sdk_image_affine(metadata, source)
-    volume = np.ascontiguousarray(np.transpose(data, (2, 1, 0)), dtype=np.float32)[None]
-    meta = {
-        "filename_or_obj": source,
-        "original_affine": torch.as_tensor(affine),
-        "spatial_shape": np.asarray(volume.shape[1:]),
-        "space": "RAS",
-    }
-    return MetaTensor(torch.from_numpy(volume), affine=torch.as_tensor(affine), meta=meta)
+    return volume_metatensor(np.transpose(data, (2, 1, 0)), sdk_image_affine(metadata, source), source)
 
 
 # --------------------------------------------------------------------------------------------- series -> volume
@@ -389,7 +349,7 @@ class SeriesVolume:
     """One selected series between the volume and the inference operators.
 
     Attributes:
-        name: the series as named in logs (:func:`describe_series`).
+        name: the series as named in logs (:func:`~sdmad_monai.deploy.pipeline.describe_series`).
         datasets: its instances in the order of ``array``'s slices.
         array: the SDK image array ``[slice, row, column]`` (``None`` when the series failed).
         metadata: the SDK image metadata.
@@ -403,26 +363,11 @@ class SeriesVolume:
     error: str | None = None
 
 
-def _check_series(datasets: Sequence[Dataset], name: str) -> tuple[list[Dataset], np.ndarray]:
-    """The command line's checks of a series (:func:`~sdmad_monai.transforms.io.check_dicom_series_headers`) on
-    its in-memory instances: (instances sorted along the slice normal, LPS affine)."""
-    from ..transforms.io import check_dicom_series_headers
-
-    keys = [
-        str(getattr(ds, "filename", "") or "") or f"instance {ds.get('SOPInstanceUID', i)}"
-        for i, ds in enumerate(datasets)
-    ]
-    if len(set(keys)) != len(keys):  # instances read from memory: name them by position
-        keys = [f"instance {i} ({ds.get('SOPInstanceUID', '?')})" for i, ds in enumerate(datasets)]
-    by_key = dict(zip(keys, datasets))
-    ordered, lps = check_dicom_series_headers(list(zip(keys, datasets)), f"series {name}")
-    return [by_key[k] for k in ordered], lps
-
-
 def series_volumes(
     selected: Iterable[tuple[Any, Any]], convert: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]]
 ) -> list[SeriesVolume]:
-    """Check each selected series' headers, then convert it with the SDK.
+    """Check each selected series' headers (:func:`~sdmad_monai.deploy.pipeline.check_series`), then convert it
+    with the SDK.
 
     A series that fails (e.g. a missing slice) becomes a :class:`SeriesVolume` with ``error`` set and is reported
     at the end of the run; the others go on.
@@ -440,7 +385,7 @@ def series_volumes(
         datasets = series_datasets(series)
         name = describe_series(datasets)
         try:
-            _check_series(datasets, name)
+            check_series(datasets, name)
             array, metadata = convert(study, series)
         except (ValueError, RuntimeError) as error:
             logger.error("Series %s cannot be processed: %s", name, error)
@@ -450,49 +395,48 @@ def series_volumes(
     return volumes
 
 
+def sdk_series_job(volume: SeriesVolume, source: str | None = None) -> SeriesJob:
+    """The :class:`~sdmad_monai.deploy.pipeline.SeriesJob` of one converted series.
+
+    The headers are checked and sorted as for a folder; the SDK's slice order and image shape must be the same, and
+    the SDK image's geometry (:func:`image_to_metatensor`) must equal the headers' one, so both paths slice the same
+    volume.
+
+    Args:
+        volume: the series.
+        source: the job's ``source`` (default: the series' folder, else its name).
+
+    Raises:
+        ValueError: ``volume.error``, or a check fails.
+    """
+    if volume.error is not None:
+        raise ValueError(volume.error)
+    ordered, lps = check_series(volume.datasets, volume.name)
+    if [id(ds) for ds in ordered] != [id(ds) for ds in volume.datasets]:
+        raise ValueError(
+            f"series {volume.name}: the SDK image's slice order differs from the instances' positions along the slice "
+            "normal; expected DICOMSeriesToVolumeOperator to sort them the same way."
+        )
+    first = ordered[0]
+    expected_shape = (len(ordered), int(first.Rows), int(first.Columns))
+    if tuple(np.shape(volume.array)) != expected_shape:
+        raise ValueError(
+            f"series {volume.name}: the SDK image has shape {tuple(np.shape(volume.array))}, expected "
+            f"{expected_shape} (slices, rows, columns)."
+        )
+    folders = series_folders(ordered)
+    source = source or (folders[0] if len(folders) == 1 else volume.name)
+    tensor = image_to_metatensor(volume.array, volume.metadata, source)
+    expected = LPS_TO_RAS @ lps
+    if not np.allclose(tensor.affine.numpy(), expected, atol=1e-3):
+        raise ValueError(
+            f"series {volume.name}: the SDK image geometry {tensor.affine.numpy().round(4).tolist()} differs from the "
+            f"one of its DICOM headers {expected.round(4).tolist()}."
+        )
+    return SeriesJob(name=volume.name, datasets=ordered, lps_affine=lps, volume=tensor, source=source)
+
+
 # ------------------------------------------------------------------------------------------------------ inference
-@dataclass
-class SeriesFindings:
-    """SD-MAD results of one series, with what the SR needs.
-
-    Attributes:
-        name: the series as named in logs.
-        result: per-slice results and study-level findings (:func:`~sdmad_monai.inference.infer_volume`).
-        datasets: every instance of the series, sorted along the slice normal (the SR's evidence).
-        source_images: the instances of the processed slices (``None`` when slicing across the acquired planes).
-        algorithm: the model's identification in the SR.
-        volume: the volume that was sliced (``MetaTensor [1, X, Y, Z]``, for further output operators).
-        anomaly_volume: ``[X, Y, Z]`` float32 anomaly map on the volume's voxel grid (0 on unprocessed slices), when
-            inference was asked for anomaly maps; else ``None``.
-    """
-
-    name: str
-    result: VolumeResult
-    datasets: list[Dataset]
-    source_images: list[Dataset] | None
-    algorithm: AlgorithmInfo
-    volume: Any = None
-    anomaly_volume: np.ndarray | None = None
-
-
-@dataclass
-class InferenceOutcome:
-    """What the inference operator hands to the output operators.
-
-    Attributes:
-        findings: one entry per processed series.
-        failures: ``"series <name>: <reason>"`` per series that could not be processed.
-    """
-
-    findings: list[SeriesFindings] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def selected(self) -> int:
-        """Number of selected series."""
-        return len(self.findings) + len(self.failures)
-
-
 def infer_series(
     detector: SignDrivenDetector,
     volume: SeriesVolume,
@@ -503,14 +447,8 @@ def infer_series(
     anomaly_maps: bool = False,
     **infer_kwargs: Any,
 ) -> SeriesFindings:
-    """Run SD-MAD on one converted series.
-
-    1. the headers are checked and sorted as on the command line; the SDK's slice order must be the same;
-    2. the SDK image becomes a MetaTensor (:func:`image_to_metatensor`) whose affine must equal the headers' one;
-    3. :func:`~sdmad_monai.inference.infer_volume` (the one inference path);
-    4. the processed slices are mapped to their instances for the SR;
-    5. with ``anomaly_maps``, the slice maps are stacked onto the series' voxel grid
-       (:meth:`~sdmad_monai.inference.VolumeResult.anomaly_volume`) for the DICOM map.
+    """Run SD-MAD on one converted series: :func:`sdk_series_job`, then
+    :func:`~sdmad_monai.deploy.pipeline.run_series` (the one inference path).
 
     Args:
         detector: the trained detector.
@@ -526,57 +464,8 @@ def infer_series(
         ValueError: the series fails a check, a slice index is outside the volume, or maps are asked for from a
             detector without map layers.
     """
-    from ..inference import infer_volume
-    from .sr import AlgorithmInfo
-
-    if volume.error is not None:
-        raise ValueError(volume.error)
-    ordered, lps = _check_series(volume.datasets, volume.name)
-    if [id(ds) for ds in ordered] != [id(ds) for ds in volume.datasets]:
-        raise ValueError(
-            f"series {volume.name}: the SDK image's slice order differs from the instances' positions along the slice "
-            "normal; expected DICOMSeriesToVolumeOperator to sort them the same way."
-        )
-    first = ordered[0]
-    expected_shape = (len(ordered), int(first.Rows), int(first.Columns))
-    if tuple(np.shape(volume.array)) != expected_shape:
-        raise ValueError(
-            f"series {volume.name}: the SDK image has shape {tuple(np.shape(volume.array))}, expected "
-            f"{expected_shape} (slices, rows, columns)."
-        )
-    folders = _folders(ordered)
-    source = source or (folders[0] if len(folders) == 1 else volume.name)
-    tensor = image_to_metatensor(volume.array, volume.metadata, source)
-    expected = _LPS_TO_RAS @ lps
-    if not np.allclose(tensor.affine.numpy(), expected, atol=1e-3):
-        raise ValueError(
-            f"series {volume.name}: the SDK image geometry {tensor.affine.numpy().round(4).tolist()} differs from the "
-            f"one of its DICOM headers {expected.round(4).tolist()}."
-        )
-    indices = _as_indices(slices)
-    try:
-        result = infer_volume(  # maps for the Parametric Map; no overlay is drawn, so no display images
-            detector,
-            tensor,
-            axis=axis,
-            indices=indices,
-            anomaly_maps=anomaly_maps,
-            display_images=False,
-            **infer_kwargs,
-        )
-    except ValueError as error:
-        raise ValueError(str(error).replace(f"{source}: ", "").replace(source, "the series")) from error
-    result.source = source
-    source_images = _slice_images(ordered, lps, first, axis, result.slice_indices)
-    return SeriesFindings(
-        name=volume.name,
-        result=result,
-        datasets=ordered,
-        source_images=source_images,
-        algorithm=algorithm or AlgorithmInfo.from_detector(detector),
-        volume=tensor,
-        anomaly_volume=result.anomaly_volume() if anomaly_maps else None,
-    )
+    options = SeriesOptions.create(axis, slices, anomaly_maps, **infer_kwargs)
+    return run_series(detector, sdk_series_job(volume, source), options, algorithm)
 
 
 def infer_series_volumes(
@@ -587,7 +476,8 @@ def infer_series_volumes(
     anomaly_maps: bool = False,
     **infer_kwargs: Any,
 ) -> InferenceOutcome:
-    """:func:`infer_series` on every series, collecting the failures instead of stopping at the first.
+    """:func:`infer_series` on every series, collecting the failures instead of stopping at the first
+    (:func:`~sdmad_monai.deploy.pipeline.run_jobs`).
 
     Args:
         detector: the detector, or a function returning it (called only when a series can be processed).
@@ -601,129 +491,9 @@ def infer_series_volumes(
         ValueError: ``anomaly_maps`` is asked for but the detector gives no anomaly maps (checked once, before any
             series is processed).
     """
-    from ..networks.detector import SignDrivenDetector
-    from .sr import AlgorithmInfo
-
-    outcome = InferenceOutcome()
-    algorithm = None
-    for number, volume in enumerate(volumes, start=1):
-        if volume.error is not None:
-            outcome.failures.append(f"series {volume.name}: {volume.error}")
-            continue
-        if not isinstance(detector, SignDrivenDetector):
-            detector = detector()
-        if anomaly_maps and algorithm is None and getattr(detector, "anomaly_head", None) is None:
-            raise ValueError(
-                "Anomaly maps were asked for (--anomaly-map / SDMAD_ANOMALY_MAP) but the checkpoint's detector gives "
-                "none: it was built with map_layers=[]. Use a checkpoint whose detector has map layers "
-                "(map_layers=None or a list), or leave the option off."
-            )
-        algorithm = algorithm or AlgorithmInfo.from_detector(detector)
-        try:
-            findings = infer_series(
-                detector,
-                volume,
-                axis=axis,
-                slices=slices,
-                algorithm=algorithm,
-                anomaly_maps=anomaly_maps,
-                **infer_kwargs,
-            )
-        except (ValueError, IndexError) as error:
-            logger.error("[%d/%d] series %s failed: %s", number, len(volumes), volume.name, error)
-            outcome.failures.append(f"series {volume.name}: {error}")
-            continue
-        positives = findings.result.findings.positive_names()
-        logger.info(
-            "[%d/%d] series %s: %d slices, findings: %s",
-            number,
-            len(volumes),
-            volume.name,
-            len(findings.result.slice_indices),
-            ", ".join(positives) or "none",
-        )
-        outcome.findings.append(findings)
-    return outcome
-
-
-def write_inference_outcome(
-    outcome: InferenceOutcome, output_dir: str | Path, finding_codes: FindingCodes | str | Path | None = None
-) -> list[Path]:
-    """Write the SR and its JSON copy of every processed series (:func:`~sdmad_monai.deploy.sr.write_sr_report`),
-    then report the failed series.
-
-    Args:
-        outcome: the inference operator's outcome.
-        output_dir: where the files go.
-        finding_codes: how the SR codes the categories (``None``: the shipped codes).
-
-    Returns:
-        The written paths (SR, JSON per series).
-
-    Raises:
-        SeriesProcessingError: some series failed; the files of the others are written and listed in
-            ``error.written``.
-    """
-    from .sr import write_sr_report
-
-    written: list[Path] = []
-    for findings in outcome.findings:
-        paths = write_sr_report(
-            findings.result,
-            findings.datasets,
-            findings.algorithm,
-            output_dir,
-            source_images=findings.source_images,
-            finding_codes=finding_codes,
-        )
-        logger.info("Series %s: wrote %s", findings.name, ", ".join(str(p) for p in paths))
-        written.extend(paths)
-    if outcome.failures:
-        raise SeriesProcessingError(
-            f"{len(outcome.failures)} of {outcome.selected} selected series could not be processed: "
-            + " | ".join(outcome.failures),
-            written,
-        )
-    if not written:
-        logger.warning("No series was processed; nothing written to %s.", output_dir)
-    return written
-
-
-def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path) -> list[Path]:
-    """Write the 3D anomaly map of every processed series as a DICOM Parametric Map
-    (:func:`~sdmad_monai.deploy.map_dicom.write_anomaly_map`): ``sdmad_map_<SeriesInstanceUID>.dcm``.
-
-    The series that failed inference are reported by :func:`write_inference_outcome` (the SR writer), not here.
-
-    Returns:
-        The written paths, one per series.
-
-    Raises:
-        ValueError: a series has no anomaly volume (inference ran without ``anomaly_maps``).
-    """
-    from .map_dicom import write_anomaly_map
-
-    missing = [f.name for f in outcome.findings if f.anomaly_volume is None]
-    if missing:
-        raise ValueError(
-            f"No anomaly volume for series {missing}: run the inference with anomaly_maps=True (--anomaly-map / "
-            "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
-        )
-    written: list[Path] = []
-    for findings in outcome.findings:
-        assert findings.anomaly_volume is not None  # checked above, for every series
-        path = write_anomaly_map(
-            findings.anomaly_volume,
-            findings.datasets,
-            findings.algorithm,
-            findings.result.slice_indices,
-            output_dir,
-            axis=findings.result.axis,
-            processed_images=findings.source_images,
-        )
-        logger.info("Series %s: wrote the anomaly map %s", findings.name, path)
-        written.append(path)
-    return written
+    options = SeriesOptions.create(axis, slices, anomaly_maps, **infer_kwargs)
+    pending = [PendingSeries(v.name, functools.partial(sdk_series_job, v)) for v in volumes]
+    return run_jobs(detector, pending, options)
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -752,8 +522,6 @@ def resolve_checkpoint(model_path: str | Path) -> Path:
 
 def load_app_detector(model_path: str | Path, device: str = "cpu") -> SignDrivenDetector:
     """The detector of the checkpoint at ``model_path`` (:func:`resolve_checkpoint`), on ``device``."""
-    from ..networks.detector import SignDrivenDetector
-
     checkpoint = resolve_checkpoint(model_path)
     logger.info("Loading the SD-MAD checkpoint %s on %s.", checkpoint, device)
-    return SignDrivenDetector.load(checkpoint, map_location=device)
+    return resolve_detector(checkpoint, device)

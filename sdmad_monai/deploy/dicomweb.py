@@ -4,21 +4,22 @@
 ``dicomweb-client`` library (:class:`dicomweb_client.DICOMwebClient`):
 
 1. QIDO-RS: search the study's series (none: :class:`StudyNotFoundError`, naming the server and the UID);
-2. the series rules (:mod:`sdmad_monai.deploy.rules`, the same rules and functions as
-   :func:`~sdmad_monai.deploy.process.process_dicom_folder`): first the modality against the QIDO-RS answer (a CT
-   or SR series costs no further request), then the full rules against the WADO-RS series metadata of the others
-   (headers only, no pixel data); every skipped series is logged with its reason. No series left: nothing is
-   retrieved and nothing is stored (:class:`~sdmad_monai.deploy.process.NoMatchingSeriesError` when ``strict``);
+2. the series rules (:func:`~sdmad_monai.deploy.pipeline.select_series_to_process`, the same rules and message
+   policy as :func:`~sdmad_monai.deploy.process.process_dicom_folder`): first the modality against the QIDO-RS
+   answer (a CT or SR series costs no further request), then the full rules against the WADO-RS series metadata of
+   the others (headers only, no pixel data); every skipped series is logged with its reason. No series left: nothing
+   is retrieved and nothing is stored (:class:`~sdmad_monai.deploy.pipeline.NoMatchingSeriesError` when ``strict``);
 3. per selected series, the SR's SOPInstanceUID (deterministic: :func:`~sdmad_monai.deploy.sr.sr_identifiers` of
    study, series, its instances as the metadata lists them, model version and checkpoint fingerprint) is searched
    on the server (QIDO-RS); when it is there, the series was already processed by this model and is neither
    retrieved nor processed again. Other SRs of the same model in that SR series were made from another set of the
    series' instances (e.g. before a missing slice arrived): the new SR supersedes them (logged and reported);
-4. WADO-RS: the other selected series' instances are retrieved into a temporary folder, one sub-folder per series;
-5. :func:`~sdmad_monai.deploy.process.process_dicom_folder` runs on that folder (the one inference path: series
-   checks such as missing slices, :func:`~sdmad_monai.inference.infer_volume`, the SR and its JSON copy);
-6. STOW-RS: each SR is stored into the study, unless a QIDO-RS search finds its SOPInstanceUID already there
-   (then it is skipped and logged), and searched again afterwards to confirm the server has it.
+4. the series pipeline (:mod:`sdmad_monai.deploy.pipeline`), one series at a time: WADO-RS retrieves its instances
+   into memory, :func:`~sdmad_monai.deploy.pipeline.job_from_datasets` checks them (missing slices ...) and builds
+   the volume, :func:`~sdmad_monai.deploy.pipeline.run_series` runs :func:`~sdmad_monai.inference.infer_volume`;
+5. STOW-RS: the SR, built in memory (:func:`~sdmad_monai.deploy.sr.build_sr`), is stored into the study, unless a
+   QIDO-RS search finds its SOPInstanceUID already there (then it is skipped and logged), and searched again
+   afterwards to confirm the server has it; with ``output_dir`` a local copy (SR + JSON) is written too.
 
 Nothing on the server is modified or deleted: :class:`DicomWebConnection` only searches, retrieves and stores.
 
@@ -31,28 +32,26 @@ Faults: connection errors, timeouts and HTTP 5xx / 429 answers are retried (``re
 ``backoff * 2**k`` seconds before retry ``k + 1``), then :class:`PacsUnreachableError` names the server, the request
 and the number of attempts; any other HTTP error (4xx) fails at once with :class:`DicomWebError`. A selected series
 that cannot be processed (e.g. a missing slice) gets no SR; the SRs of the other series are still stored, then
-:class:`~sdmad_monai.deploy.process.SeriesProcessingError` reports the broken series.
+:class:`~sdmad_monai.deploy.pipeline.SeriesProcessingError` reports the broken series.
 
-Size: one source: the DICOMweb connection (retries, errors, redaction) and ``process_study``; the per-series
-steps it repeats with ``process.py`` and ``app_logic.py`` are to move into one series pipeline (issue 17, part 1).
+Size: one source of the series pipeline: the DICOMweb connection (retries, errors, redaction) and
+``process_study``; selection, the series loop and the SR are the pipeline's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydicom
 import requests
+from pydicom.dataset import Dataset
 
 from ..errors import missing_extra
 
@@ -60,16 +59,10 @@ try:
     from dicomweb_client import DICOMwebClient
 except ImportError as _error:  # an optional dependency: the `pacs` extra
     raise missing_extra("dicomweb-client", "pacs", "DICOMweb (sdmad process_study)") from _error
-from pydicom.dataset import Dataset
 
-from ..utils import atomic_write_json
+from . import pipeline
 from .codes import FindingCodes, load_finding_codes
-from .process import (
-    DEFAULT_SLICES,
-    NoMatchingSeriesError,
-    SeriesProcessingError,
-    process_dicom_folder,
-)
+from .pipeline import DEFAULT_SLICES, SeriesProcessingError
 from .rules import SeriesRules, explain_series, load_series_rules
 from .security import PacsCredentials, TlsSettings, check_url, make_session, redact, redact_json
 
@@ -270,23 +263,12 @@ class DicomWebConnection:
         )
         return [_dataset(item) for item in found]
 
-    def retrieve_series(self, study_instance_uid: str, series_instance_uid: str, folder: str | Path) -> list[Path]:
-        """WADO-RS: every instance of a series written to ``folder`` as ``<SOPInstanceUID>.dcm`` (a retry starts the
-        series over)."""
-        folder = Path(folder)
-
-        def retrieve() -> list[Path]:
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            paths = []
-            for instance in self.client.iter_series(study_instance_uid, series_instance_uid):
-                path = folder / f"{instance.SOPInstanceUID}.dcm"
-                instance.save_as(path, enforce_file_format=True)
-                paths.append(path)
-            return paths
-
-        return self.call(f"retrieve the instances of series {series_instance_uid}", retrieve)
+    def retrieve_series(self, study_instance_uid: str, series_instance_uid: str) -> list[Dataset]:
+        """WADO-RS: every instance of a series, with its pixel data, in memory (a retry starts the series over)."""
+        return self.call(
+            f"retrieve the instances of series {series_instance_uid}",
+            lambda: list(self.client.iter_series(study_instance_uid, series_instance_uid)),
+        )
 
     def instance_uids(self, study_instance_uid: str, series_instance_uid: str) -> list[str]:
         """QIDO-RS: the SOPInstanceUIDs of a series (empty when the series does not exist)."""
@@ -364,37 +346,23 @@ class StoredReport:
 
 def _selection(
     connection: DicomWebConnection, study_instance_uid: str, series: Sequence[Dataset], rules: SeriesRules
-) -> tuple[list[str], dict[str, str], dict[str, list[Dataset]]]:
-    """The selected SeriesInstanceUIDs, the reason each other series is skipped (the rules' own functions: the
-    modality rule alone on the QIDO-RS answer, then every rule on the WADO-RS metadata) and the metadata read."""
+) -> tuple[dict[str, str | None], dict[str, list[Dataset]]]:
+    """Why each series is skipped (``None``: selected), in the QIDO-RS order, and the series' headers: the rules' own
+    functions, the modality rule alone on the QIDO-RS answer (a rejected series costs no further request, its
+    headers are that answer), then every rule on the WADO-RS metadata of the others."""
     modality_only = dataclasses.replace(rules, body_part_fields=(), orientations=(), min_instances=1)
+    headers: dict[str, list[Dataset]] = {}
+    reasons: dict[str, str | None] = {}
     metadata: dict[str, list[Dataset]] = {}
-    skipped: dict[str, str] = {}
     for item in series:
         uid = str(item.SeriesInstanceUID)
-        reason = modality_only.rejection_reason([item])
-        if reason is not None:
-            skipped[uid] = reason
+        reasons[uid] = modality_only.rejection_reason([item])
+        if reasons[uid] is not None:
+            headers[uid] = [item]
         else:
-            metadata[uid] = connection.series_metadata(study_instance_uid, uid)
-    reasons = explain_series(metadata, rules)
-    skipped.update({uid: reason for uid, reason in reasons.items() if reason is not None})
-    order = [str(item.SeriesInstanceUID) for item in series]
-    return (
-        [uid for uid in order if uid in reasons and reasons[uid] is None],
-        {uid: skipped[uid] for uid in order if uid in skipped},
-        metadata,
-    )
-
-
-def _load(detector: Any) -> SignDrivenDetector:
-    from ..networks.detector import SignDrivenDetector
-
-    if isinstance(detector, SignDrivenDetector):
-        return detector
-    if isinstance(detector, (str, Path)):
-        return SignDrivenDetector.load(detector)
-    return detector()
+            metadata[uid] = headers[uid] = connection.series_metadata(study_instance_uid, uid)
+    reasons.update(explain_series(metadata, rules))
+    return reasons, headers
 
 
 def process_study(
@@ -474,30 +442,28 @@ def process_study(
         len(series),
         "; ".join(connection.describe(s) for s in series),
     )
-    selected, skipped, metadata = _selection(connection, study_instance_uid, series, rules)
-    for uid, reason in skipped.items():
-        logger.info("Series %s skipped: %s (rules: %s).", uid, reason, rules.source)
+    reasons, headers = _selection(connection, study_instance_uid, series, rules)
+    selected = pipeline.select_series_to_process(
+        headers,
+        rules,
+        f"of study {study_instance_uid} on {url}",
+        strict,
+        done="retrieved, nothing stored",
+        reasons=reasons,
+    )
     if not selected:
-        detail = "; ".join(f"{uid}: {reason}" for uid, reason in skipped.items())
-        message = (
-            f"No series of study {study_instance_uid} on {url} matches the series rules ({rules.source}); nothing "
-            f"retrieved, nothing stored. Skipped {len(skipped)} series - {detail}."
-        )
-        if strict:
-            raise NoMatchingSeriesError(message)
-        logger.warning(message)
         return []
     logger.info("Selected %d series: %s.", len(selected), ", ".join(selected))
 
     from .sr import AlgorithmInfo, sr_identifiers
 
-    detector = _load(detector)
+    detector = pipeline.resolve_detector(detector)
     algorithm = AlgorithmInfo.from_detector(detector)
     reports: list[StoredReport] = []
     to_process: dict[str, str] = {}  # source series -> expected SR SOPInstanceUID
     superseded: dict[str, tuple[str, ...]] = {}
     for uid in selected:
-        instances = [str(ds.SOPInstanceUID) for ds in metadata[uid] if "SOPInstanceUID" in ds]
+        instances = [str(ds.SOPInstanceUID) for ds in headers[uid] if "SOPInstanceUID" in ds]
         ids = sr_identifiers(study_instance_uid, uid, algorithm, detector.category_labels, instances, finding_codes)
         sop_uid = ids.sop_instance_uid
         earlier = tuple(
@@ -529,35 +495,30 @@ def process_study(
     if not to_process:
         return reports
 
-    with tempfile.TemporaryDirectory(prefix="sdmad_dicomweb_") as temporary:
-        series_root = Path(temporary) / "series"
-        for number, uid in enumerate(to_process, start=1):
-            paths = connection.retrieve_series(study_instance_uid, uid, series_root / uid)
-            logger.info("[%d/%d] retrieved %d instances of series %s.", number, len(to_process), len(paths), uid)
-        out = Path(output_dir) if output_dir is not None else Path(temporary) / "sr"
-        failure: SeriesProcessingError | None = None
-        try:
-            written = process_dicom_folder(
-                detector,
-                series_root,
-                out,
-                rules=rules,
-                slices=slices,
-                axis=axis,
-                strict=True,
-                finding_codes=finding_codes,
-                **infer_kwargs,
-            )
-        except SeriesProcessingError as error:
-            failure, written = error, error.written
-        for sr_path in [p for p in written if p.suffix == ".dcm"]:
-            report = _store_report(connection, sr_path, study_instance_uid, to_process, keep=output_dir)
-            reports.append(dataclasses.replace(report, supersedes=superseded.get(report.series_instance_uid, ())))
-    if failure is not None:
-        message = str(failure).replace(str(series_root), f"{url}/studies/{study_instance_uid}/series")
+    def retrieve(number: int, uid: str, name: str, location: str) -> pipeline.SeriesJob:
+        instances = connection.retrieve_series(study_instance_uid, uid)
+        logger.info("[%d/%d] retrieved %d instances of series %s.", number, len(to_process), len(instances), uid)
+        return pipeline.job_from_datasets(instances, name, location)
+
+    pending = []
+    for number, uid in enumerate(to_process, start=1):
+        location = f"{url}/studies/{study_instance_uid}/series/{uid}"
+        name = pipeline.describe_series(headers[uid], location)
+        pending.append(pipeline.PendingSeries(name, functools.partial(retrieve, number, uid, name, location)))
+
+    def store(findings: pipeline.SeriesFindings) -> list[Path]:
+        report = _store_report(connection, findings, study_instance_uid, to_process, output_dir, finding_codes)
+        reports.append(dataclasses.replace(report, supersedes=superseded.get(report.series_instance_uid, ())))
+        return report.files
+
+    options = pipeline.SeriesOptions.create(axis, slices, **infer_kwargs)
+    outcome = pipeline.run_jobs(detector, pending, options, sink=store)
+    try:
+        pipeline.raise_failures(outcome)
+    except SeriesProcessingError as failure:
         stored = [str(r) for r in reports]
         raise SeriesProcessingError(
-            f"Study {study_instance_uid} on {url}: {message} No SR was stored for the failed series"
+            f"Study {study_instance_uid} on {url}: {failure} No SR was stored for the failed series"
             + (f"; for the others: {'; '.join(stored)}." if stored else "."),
             [p for r in reports for p in r.files],
         ) from failure
@@ -566,18 +527,28 @@ def process_study(
 
 def _store_report(
     connection: DicomWebConnection,
-    sr_path: Path,
+    findings: pipeline.SeriesFindings,
     study_instance_uid: str,
     expected: dict[str, str],
     keep: str | Path | None,
+    finding_codes: FindingCodes,
 ) -> StoredReport:
-    """STOW-RS one written SR unless the server has it already; record the server in the local JSON copy."""
-    sr = pydicom.dcmread(sr_path)
+    """Build the SR of one series in memory and STOW-RS it unless the server has it already; with ``keep``, write
+    the SR and its JSON copy (which records the server) there."""
+    from .sr import build_sr, findings_document, save_sr
+
+    sr = build_sr(
+        findings.result,
+        findings.datasets,
+        findings.algorithm,
+        source_images=findings.source_images,
+        finding_codes=finding_codes,
+    )
     sop_uid = str(sr.SOPInstanceUID)
-    source = str(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID)
+    source = str(findings.datasets[0].SeriesInstanceUID)
     if expected.get(source) != sop_uid:  # sr_identifiers and build_sr disagree: a bug, never store then
         raise DicomWebError(
-            f"The SR written for series {source} has SOPInstanceUID {sop_uid}, expected {expected.get(source)}; "
+            f"The SR built for series {source} has SOPInstanceUID {sop_uid}, expected {expected.get(source)}; "
             "nothing stored."
         )
     url = connection.url
@@ -595,13 +566,8 @@ def _store_report(
         logger.info("Stored SR %s (series %s) for series %s in %s.", sop_uid, sr.SeriesInstanceUID, source, url)
     files: list[Path] = []
     if keep is not None:
-        json_path = sr_path.with_suffix(".json")
-        if json_path.is_file():
-            document = json.loads(json_path.read_text(encoding="utf-8"))
-            document["source"] = f"{url}/studies/{study_instance_uid}/series/{source}"
-            document["pacs"] = {"url": url, "status": status}
-            atomic_write_json(json_path, redact_json(document))
-            files = [sr_path, json_path]
-        else:
-            files = [sr_path]
+        document = findings_document(findings.result, sr, findings.algorithm, findings.datasets, finding_codes)
+        document["source"] = f"{url}/studies/{study_instance_uid}/series/{source}"
+        document["pacs"] = {"url": url, "status": status}
+        files = save_sr(sr, redact_json(document), keep)
     return StoredReport(source, sop_uid, status, files)

@@ -45,7 +45,7 @@ from pydicom.sr.coding import Code
 
 from ..anomaly_volume import format_slice_ranges
 from ..utils import atomic_path
-from .sr import ALGORITHM_NAME, SR_CODES, _check_source, _evidence, derive_uid
+from .sr import ALGORITHM_NAME, SR_CODES, check_source, derive_uid, sr_evidence
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sr import AlgorithmInfo
@@ -198,7 +198,7 @@ def build_anomaly_map(
     """
     if not source_datasets:
         raise ValueError("No source instance given: the anomaly map must reference the series it was computed on.")
-    study_uid, series_uid = _check_source(source_datasets)
+    study_uid, series_uid = check_source(source_datasets)
     _slice_positions(source_datasets, series_uid)
     frames = anomaly_map_frames(volume, source_datasets)
     processed = _processed_frames(source_datasets, processed_images, slice_indices, series_uid)
@@ -226,7 +226,7 @@ def build_anomaly_map(
     if len(description) > 64:
         description = f"SD-MAD anomaly map; {len(set(slice_indices))} {axis} slices (ImageComments)"
     pmap = hd.pm.ParametricMap(
-        source_images=_evidence(source_datasets),
+        source_images=sr_evidence(source_datasets),
         pixel_array=frames,
         series_instance_uid=map_series_uid,
         series_number=series_number,

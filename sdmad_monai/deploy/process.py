@@ -1,37 +1,48 @@
 """A folder of DICOM files in, one SD-MAD Comprehensive SR (+ JSON copy) per selected series out.
 
-:func:`process_dicom_folder` is the operator logic shared by the command line (``sdmad process_folder``) and, later,
-the MONAI Deploy application: it
+:func:`process_dicom_folder` is the folder source of the series pipeline (:mod:`sdmad_monai.deploy.pipeline`),
+behind ``sdmad process_folder`` and the DICOM listener: it
 
 1. reads the headers of every file under the input folder (``stop_before_pixels``; files that are not DICOM are
-   skipped) and groups them by SeriesInstanceUID;
-2. applies the series rules (:mod:`sdmad_monai.deploy.rules`), logging why each other series is skipped;
-3. checks each selected series (one series, no missing slice: :func:`~sdmad_monai.transforms.validate_dicom_series`)
-   and runs :func:`~sdmad_monai.inference.infer_volume` on a folder holding only that series (its own folder when
-   it holds nothing else, otherwise a temporary folder of symbolic links);
-4. writes the SR and its JSON copy (:func:`~sdmad_monai.deploy.sr.write_sr_report`).
+   skipped) and groups them by SeriesInstanceUID (:func:`read_dicom_headers`);
+2. selects the series (:func:`~sdmad_monai.deploy.pipeline.select_series_to_process`: the series rules, each other
+   series logged with its reason);
+3. per selected series, reads its files fully with pydicom and builds the job in memory
+   (:func:`~sdmad_monai.deploy.pipeline.job_from_datasets`: the checks of a series folder - one series, no missing
+   slice - then the volume), runs it (:func:`~sdmad_monai.deploy.pipeline.run_jobs`: a broken series never sinks the
+   others) and writes the SR and its JSON copy (:func:`~sdmad_monai.deploy.pipeline.write_sr_files`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import require_extra
 from .codes import FindingCodes, load_finding_codes
-from .rules import SeriesRules, explain_series, load_series_rules
+from .pipeline import (
+    DEFAULT_SLICES,
+    NoMatchingSeriesError,
+    PendingSeries,
+    SeriesJob,
+    SeriesOptions,
+    SeriesProcessingError,
+    describe_series,
+    job_from_datasets,
+    raise_failures,
+    run_jobs,
+    select_series_to_process,
+    write_sr_files,
+)
+from .rules import SeriesRules, load_series_rules
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..networks.detector import SignDrivenDetector
@@ -44,32 +55,12 @@ __all__ = [
     "DicomFile",
     "NoMatchingSeriesError",
     "SeriesProcessingError",
+    "folder_series_job",
     "process_dicom_folder",
     "read_dicom_headers",
 ]
 
-#: a series instance: its file path or its dataset
-_Item = TypeVar("_Item")
-
 logger = logging.getLogger(__name__)
-
-#: The fastMRI+ slice policy: canonical axial slices 0, 5 and 10.
-DEFAULT_SLICES = (0, 5, 10)
-
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-class NoMatchingSeriesError(ValueError):
-    """No series under the input folder matches the rules (raised by ``process_dicom_folder(strict=True)``)."""
-
-
-class SeriesProcessingError(ValueError):
-    """One or more selected series could not be processed (e.g. a missing slice); ``written`` holds the files
-    written for the other series."""
-
-    def __init__(self, message: str, written: Sequence[Path] = ()):
-        super().__init__(message)
-        self.written = list(written)
 
 
 class DicomFile:
@@ -119,67 +110,25 @@ def read_dicom_headers(input_dir: str | Path, exclude: Sequence[str | Path] = ()
     return dict(series)
 
 
-def _describe(files: Sequence[DicomFile]) -> str:
-    header = files[0].header
-    description = str(getattr(header, "SeriesDescription", "") or "")
-    folders = sorted({str(f.path.parent) for f in files})
-    where = folders[0] if len(folders) == 1 else f"{len(folders)} folders"
-    return f"{header.SeriesInstanceUID}{f' ({description})' if description else ''} in {where}"
+def folder_series_job(files: Sequence[DicomFile], source: str | None = None) -> SeriesJob:
+    """The :class:`~sdmad_monai.deploy.pipeline.SeriesJob` of one series' files, read fully with pydicom.
 
+    Args:
+        files: the series' files (:func:`read_dicom_headers`).
+        source: the job's ``source`` (default: the folder of the files when they share one).
 
-@contextmanager
-def _series_folder(files: Sequence[DicomFile], all_series: dict[str, list[DicomFile]]) -> Iterator[Path]:
-    """A folder holding only this series' DICOM files: their own folder when possible, else temporary links."""
-    folders = {f.path.parent for f in files}
-    if len(folders) == 1:
-        folder = folders.pop()
-        others = [
-            f
-            for uid, fs in all_series.items()
-            if uid != str(files[0].header.SeriesInstanceUID)
-            for f in fs
-            if f.path.parent == folder
-        ]
-        if not others:
-            yield folder
-            return
-    with tempfile.TemporaryDirectory(prefix="sdmad_series_") as temporary:
-        for number, f in enumerate(files):
-            link = Path(temporary) / f"{number:05d}_{f.path.name}"
-            try:
-                link.symlink_to(f.path)
-            except OSError:  # file systems without symbolic links
-                shutil.copyfile(f.path, link)
-        yield Path(temporary)
+    Raises:
+        ValueError: a file cannot be read, or the series fails its checks.
+    """
+    from ..transforms.io import pixel_read_error
 
-
-def _slice_images(
-    paths: Sequence[_Item], lps_affine: np.ndarray, header: Dataset, axis: str, slice_indices: Sequence[int]
-) -> list[_Item] | None:
-    """The instance (file or dataset, in acquisition order) of each processed slice, or ``None`` when the slices cut
-    across the acquired planes."""
-    from ..transforms.slices import slice_geometry
-
-    shape = (int(header.Columns), int(header.Rows), len(paths))
-    geometry = slice_geometry(_LPS_TO_RAS @ lps_affine, shape, axis)
-    if geometry.slice_dim != 2:
-        return None
-    return [paths[geometry.array_index(int(i))] for i in slice_indices]
-
-
-def _as_indices(slices: Sequence[int] | str | None) -> list[int] | None:
-    if slices is None or (isinstance(slices, str) and slices.strip().lower() == "all"):
-        return None
-    parts: Sequence[int | str] = (
-        [s for s in slices.replace(" ", "").split(",") if s] if isinstance(slices, str) else slices
-    )
-    try:
-        indices = [int(s) for s in parts]
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"slices must be slice indices such as 0,5,10 or 'all', got {slices!r}.") from error
-    if not indices or any(i < 0 for i in indices):
-        raise ValueError(f"slices must be non-negative slice indices such as 0,5,10 or 'all', got {slices!r}.")
-    return indices
+    datasets = []
+    for f in files:
+        try:
+            datasets.append(pydicom.dcmread(f.path))
+        except Exception as error:  # a file that changed or is damaged after its header was read
+            raise pixel_read_error(str(f.path), error) from error
+    return job_from_datasets(datasets, describe_series([f.header for f in files]), source)
 
 
 def process_dicom_folder(
@@ -220,83 +169,23 @@ def process_dicom_folder(
             of range); the other series are still processed and their files are listed in ``error.written``.
     """
     require_extra(("highdicom",), "pacs", "Writing DICOM SRs (sdmad process_folder)")
-    indices = _as_indices(slices)
+    options = SeriesOptions.create(axis, slices, **infer_kwargs)
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
     finding_codes = finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)
     output_dir = Path(output_dir)
     all_series = read_dicom_headers(input_dir, exclude=[output_dir])
-    reasons = explain_series({uid: [f.header for f in fs] for uid, fs in all_series.items()}, rules)
-    selected = [uid for uid, reason in reasons.items() if reason is None]
-    for uid, reason in reasons.items():
-        if reason is not None:
-            logger.info("Series %s skipped: %s.", _describe(all_series[uid]), reason)
+    headers = {uid: [f.header for f in files] for uid, files in all_series.items()}
+    selected = select_series_to_process(headers, rules, f"in {input_dir}", strict)
     if not selected:
-        if all_series:
-            detail = "; ".join(f"{uid}: {reason}" for uid, reason in reasons.items())
-            message = (
-                f"No series in {input_dir} matches the series rules ({rules.source}); nothing written. "
-                f"Skipped {len(all_series)} series - {detail}."
-            )
-        else:
-            message = f"No DICOM file with a SeriesInstanceUID found under {input_dir}; nothing written."
-        if strict:
-            raise NoMatchingSeriesError(message)
-        logger.warning(message)
         return []
-    from ..inference import infer_volume
-    from ..networks.detector import SignDrivenDetector
-    from ..transforms import validate_dicom_series
-    from .sr import AlgorithmInfo, write_sr_report
 
-    if isinstance(detector, (str, Path)):
-        checkpoint = detector
-        detector = SignDrivenDetector.load(checkpoint)
-    elif not isinstance(detector, SignDrivenDetector):
-        detector = detector()
-    algorithm = AlgorithmInfo.from_detector(detector)
-    written: list[Path] = []
-    failures: list[str] = []
-    for number, uid in enumerate(selected, start=1):
-        files = all_series[uid]
-        name = _describe(files)
-        headers_by_path = {os.path.realpath(f.path): f.header for f in files}
-        try:
-            with _series_folder(files, all_series) as folder:
-                try:
-                    paths, lps = validate_dicom_series(folder)
-                    result = infer_volume(detector, folder, axis=axis, indices=indices, **infer_kwargs)
-                except ValueError as error:  # name the series, not a temporary folder
-                    message = str(error).replace(f"{folder}: ", "").replace(str(folder), "the series")
-                    raise ValueError(message) from error
-                # resolved while the temporary links exist
-                ordered = [headers_by_path[os.path.realpath(p)] for p in paths]
-                slice_paths = _slice_images(paths, lps, ordered[0], axis, result.slice_indices)
-                source_images = (
-                    None if slice_paths is None else [headers_by_path[os.path.realpath(p)] for p in slice_paths]
-                )
-            folders = sorted({str(f.path.parent) for f in files})
-            result.source = folders[0] if len(folders) == 1 else str(input_dir)
-            outputs = write_sr_report(
-                result, ordered, algorithm, output_dir, source_images=source_images, finding_codes=finding_codes
-            )
-        except (ValueError, IndexError) as error:
-            failures.append(f"series {name}: {error}")
-            logger.error("[%d/%d] series %s failed: %s", number, len(selected), name, error)
-            continue
-        positives = result.findings.positive_names()
-        logger.info(
-            "[%d/%d] series %s: %d slices, findings: %s; wrote %s",
-            number,
-            len(selected),
-            name,
-            len(result.slice_indices),
-            ", ".join(positives) or "none",
-            ", ".join(str(p) for p in outputs),
-        )
-        written.extend(outputs)
-    if failures:
-        raise SeriesProcessingError(
-            f"{len(failures)} of {len(selected)} selected series could not be processed: " + " | ".join(failures),
-            written,
-        )
-    return written
+    def build(files: list[DicomFile]) -> Callable[[], SeriesJob]:
+        folders = sorted({str(f.path.parent) for f in files})
+        return lambda: folder_series_job(files, folders[0] if len(folders) == 1 else str(input_dir))
+
+    pending = [PendingSeries(describe_series(headers[uid]), build(all_series[uid])) for uid in selected]
+    outcome = run_jobs(
+        detector, pending, options, sink=lambda findings: write_sr_files(findings, output_dir, finding_codes)
+    )
+    raise_failures(outcome)
+    return outcome.written

@@ -83,11 +83,14 @@ __all__ = [
     "AlgorithmInfo",
     "SRIdentifiers",
     "build_sr",
+    "check_source",
     "derive_uid",
     "detector_fingerprint",
     "findings_document",
     "read_sr_findings",
     "instances_digest",
+    "save_sr",
+    "sr_evidence",
     "sr_identifiers",
     "write_sr_report",
 ]
@@ -274,7 +277,12 @@ _TYPE2_PATIENT_STUDY = (
 )
 
 
-def _check_source(source_datasets: Sequence[Dataset]) -> tuple[str, str]:
+def check_source(source_datasets: Sequence[Dataset]) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of the source instances, which must belong to one series of one study.
+
+    Raises:
+        ValueError: no instance, or instances of several series or studies.
+    """
     if not source_datasets:
         raise ValueError("No source instance given: the SR must reference the series it reports on.")
     studies = {str(ds.StudyInstanceUID) for ds in source_datasets}
@@ -287,7 +295,7 @@ def _check_source(source_datasets: Sequence[Dataset]) -> tuple[str, str]:
     return studies.pop(), series.pop()
 
 
-def _evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
+def sr_evidence(source_datasets: Sequence[Dataset]) -> list[Dataset]:
     """Evidence for highdicom: the first header completed with empty Type 2 patient/study attributes (highdicom
     reads them unconditionally), the others as they are."""
     first = Dataset()
@@ -342,7 +350,7 @@ def build_sr(
         finding_codes: the categories' codes (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
             finding-codes file, or ``None`` for the shipped file.
     """
-    study_uid, series_uid = _check_source(source_datasets)
+    study_uid, series_uid = check_source(source_datasets)
     finding_codes = _finding_codes(finding_codes)
     coded = finding_codes.resolve([f.label for f in result.findings], [f.display_name for f in result.findings])
     ids = sr_identifiers(
@@ -404,7 +412,7 @@ def build_sr(
         title=SR_CODES["title"],
     )
     return hd.sr.ComprehensiveSR(
-        evidence=_evidence(source_datasets),
+        evidence=sr_evidence(source_datasets),
         content=report[0],
         series_instance_uid=ids.series_instance_uid,
         series_number=series_number,
@@ -479,14 +487,29 @@ def write_sr_report(
     """
     kwargs["finding_codes"] = _finding_codes(kwargs.get("finding_codes"))
     sr = build_sr(result, source_datasets, algorithm, source_images=source_images, **kwargs)
-    stem = f"sdmad_sr_{source_datasets[0].SeriesInstanceUID}"
+    document = findings_document(result, sr, algorithm, source_datasets, kwargs["finding_codes"])
+    if source_name is not None:
+        document["source"] = source_name
+    return save_sr(sr, document, output_dir)
+
+
+def save_sr(sr: Dataset, document: dict[str, Any], output_dir: str | Path) -> list[Path]:
+    """Write an SR and its JSON copy (:func:`findings_document`), atomically:
+    ``<output_dir>/sdmad_sr_<source SeriesInstanceUID>.dcm`` and ``.json`` (a re-run overwrites them).
+
+    Args:
+        sr: the SR (:func:`build_sr`).
+        document: its JSON copy; ``document["sr"]["file"]`` is set to the SR's file name.
+        output_dir: the folder.
+
+    Returns:
+        ``[sr_path, json_path]``.
+    """
+    stem = f"sdmad_sr_{document['series_instance_uid']}"
     output_dir = Path(output_dir)
     sr_path = output_dir / f"{stem}.dcm"
     with atomic_path(sr_path) as temporary:
         sr.save_as(temporary, enforce_file_format=True)
-    document = findings_document(result, sr, algorithm, source_datasets, kwargs["finding_codes"])
-    if source_name is not None:
-        document["source"] = source_name
     document["sr"]["file"] = sr_path.name
     json_path = atomic_write_json(output_dir / f"{stem}.json", document)
     return [sr_path, json_path]

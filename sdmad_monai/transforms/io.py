@@ -43,6 +43,8 @@ __all__ = [
     "DicomSeriesReader",
     "validate_dicom_series",
     "check_dicom_series_headers",
+    "dicom_pixels",
+    "pixel_read_error",
     "load_volume",
     "LoadVolume",
     "LoadVolumed",
@@ -369,6 +371,39 @@ class DicomSeriesReader(ITKReader):
         return super().read(data, **kwargs)
 
 
+def pixel_read_error(name: str, error: BaseException, ds: Any = None) -> ValueError:
+    """``<name>: cannot read the pixel data (transfer syntax ...): <reason>`` for a file or instance whose pixels
+    cannot be decoded."""
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+    return ValueError(f"{name}: cannot read the pixel data{detail}: {reason}")
+
+
+def dicom_pixels(ds: Any, name: str) -> np.ndarray:
+    """The pixels of one single-frame DICOM instance as float32 ``[row, column]``, ``RescaleSlope`` and
+    ``RescaleIntercept`` applied (what :class:`DicomSeriesReader` and the lazy DICOM slice reader give).
+
+    Args:
+        ds: a pydicom Dataset read with its pixel data.
+        name: the file or instance, for error messages.
+
+    Raises:
+        ValueError: no pixel data, or pixel data that cannot be decoded.
+    """
+    try:
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise ValueError("the file has no pixel data")
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as error:  # pydicom and its decoders raise many types for damaged or undecodable pixels
+        raise pixel_read_error(name, error, ds) from error
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0 or inter != 0.0:
+        arr = arr * np.float32(slope) + np.float32(inter)
+    return arr
+
+
 class _DicomSource(VolumeSource):
     def __init__(self, folder: PathLike):
         self.filename = str(folder)
@@ -382,21 +417,11 @@ class _DicomSource(VolumeSource):
     def _read_file(self, i: int) -> np.ndarray:
         import pydicom
 
-        ds = None
         try:
             ds = pydicom.dcmread(self.paths[i])
-            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-                raise ValueError("the file has no pixel data")
-            arr = ds.pixel_array.astype(np.float32)
-        except Exception as error:  # pydicom and its decoders raise many types for damaged or undecodable pixels
-            reason = " ".join(str(error).split())[:200] or type(error).__name__
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-            raise ValueError(f"{self.paths[i]}: cannot read the pixel data{detail}: {reason}") from error
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        if slope != 1.0 or inter != 0.0:
-            arr = arr * np.float32(slope) + np.float32(inter)
+        except Exception as error:  # a damaged file
+            raise pixel_read_error(self.paths[i], error) from error
+        arr = dicom_pixels(ds, self.paths[i])
         if arr.shape != (self.spatial_shape[1], self.spatial_shape[0]):
             raise ValueError(f"{self.paths[i]}: image size {arr.shape} differs from the rest of the series.")
         return arr.T  # (column, row) = (X, Y)
