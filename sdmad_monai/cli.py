@@ -312,6 +312,14 @@ class SdmadCommands:
         batch_size: int = 16,
         pretrained: str | None = None,
         target_sensitivity: float | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
+        destination_tls: bool = False,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         """Receive studies by DICOM C-STORE, run SD-MAD on each once it is complete, send its SRs by C-STORE.
 
@@ -344,6 +352,16 @@ class SdmadCommands:
             batch_size: slices per forward pass.
             pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
             target_sensitivity: decide each finding by its calibrated probability at this sensitivity.
+            tls_cert: PEM with the listener's certificate (and key): accept DICOM TLS associations only.
+            tls_key: PEM with that certificate's key, when not inside ``tls_cert`` (owner-only: ``chmod 600``).
+            tls_client_ca: PEM of the CA(s) whose client certificates senders must present (mutual TLS).
+            destination_tls: send the SRs over DICOM TLS (the destination's certificate verified, its host checked).
+            ca_bundle: with ``destination_tls``: PEM of the CA(s) that signed the destination's certificate
+                (default: the system CAs).
+            client_cert: with ``destination_tls``: PEM client certificate (and key) for a destination that asks.
+            client_key: PEM key of ``client_cert``, when not inside it (owner-only).
+            allow_insecure: permit plain (unencrypted) DICOM on a listening address or to a destination that is
+                not loopback (warned once).
         """
         import os
         import signal
@@ -356,6 +374,15 @@ class SdmadCommands:
         from .deploy.codes import load_finding_codes
         from .deploy.listener import Destination, DicomListener, ListenerConfig, parse_allow_list
         from .deploy.rules import load_series_rules
+        from .deploy.security import PacsSecurityError, ServerTls, TlsSettings
+
+        if not isinstance(destination_tls, bool) or not isinstance(allow_insecure, bool):
+            raise PacsSecurityError("--destination_tls and --allow_insecure are flags (no value).")
+        if not destination_tls and any(v is not None for v in (ca_bundle, client_cert, client_key)):
+            raise PacsSecurityError(
+                "--ca_bundle, --client_cert and --client_key set up TLS towards the destination: add --destination_tls."
+            )
+        sending_tls = TlsSettings.from_options(ca_bundle, client_cert, client_key) if destination_tls else None
 
         config = ListenerConfig(
             work_dir=Path(work_dir),
@@ -377,6 +404,9 @@ class SdmadCommands:
             slices=_parse_slices(slices),
             axis=axis,
             infer_kwargs={"batch_size": batch_size},
+            server_tls=ServerTls.from_options(tls_cert, tls_key, tls_client_ca),
+            destination_tls=sending_tls,
+            allow_insecure=allow_insecure,
         )
         load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise

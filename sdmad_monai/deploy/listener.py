@@ -60,6 +60,7 @@ import os
 import re
 import shutil
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,9 +84,11 @@ from .listener_io import (
     send_reports,
     study_log,
 )
-from .process import SeriesProcessingError, process_dicom_folder
+from .pipeline import SeriesProcessingError, resolve_detector
+from .process import process_dicom_folder
 from .queue import JobQueue, Received, State, StudyJob
 from .rules import load_series_rules
+from .security import client_ssl_context
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..networks.detector import SignDrivenDetector
@@ -140,6 +143,7 @@ class DicomListener:
         self._folders: set[Path] = set()
         self._lock_file: Any = None
         self._server: Any = None
+        self._send_tls: ssl.SSLContext | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.queue: JobQueue | None = None
         self._logs = StudyLogs(self.studies)
@@ -180,6 +184,8 @@ class DicomListener:
                 job.state.value,
                 "processing" if job.state == State.PROCESSING else "sending",
             )
+        destination_tls = self.config.destination_tls
+        self._send_tls = client_ssl_context(destination_tls) if destination_tls is not None else None
         self._detectors = [self._load_detector(first=True)]  # a bad checkpoint fails the start, not each study
         self._detectors_made = 1
         self._executor = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="sdmad-study")
@@ -196,8 +202,12 @@ class DicomListener:
             (pynetdicom.evt.EVT_C_ECHO, self._on_echo),
             (pynetdicom.evt.EVT_REJECTED, self._on_rejected),
         ]
+        server_tls = self.config.server_tls
+        context = server_tls.ssl_context(self.config.network_timeout) if server_tls is not None else None
         try:
-            self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+            self._server = ae.start_server(
+                (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=context
+            )
         except OSError as error:
             self._release()
             raise ListenerError(
@@ -205,14 +215,22 @@ class DicomListener:
                 "--port (or --host)."
             ) from error
         allowed = ", ".join(self.config.allowed_aets) if self.config.allowed_aets else "any AE title"
+        if server_tls is None:
+            receiving = "plain DICOM"
+        else:
+            receiving = "TLS only" + (
+                f", client certificates of {server_tls.client_ca.name} required" if server_tls.client_ca else ""
+            )
         logger.info(
-            "Listening as %s on %s:%d (accepting %s); SRs go to %s; work folder %s; %d worker(s), settle %g s, "
-            "study timeout %g s.",
+            "Listening as %s on %s:%d (%s; accepting %s); SRs go to %s (%s); work folder %s; %d worker(s), settle "
+            "%g s, study timeout %g s.",
             self.config.ae_title,
             self.config.host,
             self.config.port,
+            receiving,
             allowed,
             self.config.destination,
+            "TLS" if self._send_tls is not None else "plain DICOM",
             self.work_dir,
             self.config.workers,
             self.config.settle_seconds,
@@ -223,11 +241,9 @@ class DicomListener:
         from ..networks.detector import SignDrivenDetector
 
         source = self._detector_source
-        if isinstance(source, SignDrivenDetector):
-            return source if first else copy.deepcopy(source)
-        if isinstance(source, (str, Path)):
-            return SignDrivenDetector.load(source)
-        return source()
+        if isinstance(source, SignDrivenDetector) and not first:
+            return copy.deepcopy(source)  # one copy per worker
+        return resolve_detector(source)
 
     @contextlib.contextmanager
     def _borrow_detector(self) -> Iterator[SignDrivenDetector]:
@@ -498,7 +514,9 @@ class DicomListener:
                 study_log(job.study_uid, logging.WARNING, "its SR files are missing; processing it again.")
             return
         try:
-            send_reports(job.outputs, self.config.destination, self.config.ae_title, self.config.network_timeout)
+            send_reports(
+                job.outputs, self.config.destination, self.config.ae_title, self.config.network_timeout, self._send_tls
+            )
         except SendError as error:
             ok, detail = False, str(error)
         except Exception as error:  # e.g. an unreadable SR file

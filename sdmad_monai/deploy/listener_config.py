@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .codes import FindingCodes
 from .process import DEFAULT_SLICES
 from .rules import SeriesRules
+from .security import ServerTls, TlsSettings, check_plain_dimse
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -149,6 +150,12 @@ class ListenerConfig:
         slices: canonical slice indices, or ``None``/``"all"``.
         axis: slicing axis.
         infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
+        server_tls: the listener's certificate (:class:`~sdmad_monai.deploy.security.ServerTls`): with it only TLS
+            associations are accepted; ``None``: plain DICOM, refused on an address that is not loopback unless
+            ``allow_insecure``.
+        destination_tls: send the SRs over TLS, verified with these settings (CA bundle, client certificate);
+            ``None``: plain DICOM, refused to a destination that is not loopback unless ``allow_insecure``.
+        allow_insecure: permit plain DICOM off loopback (warned once per host).
     """
 
     work_dir: Path
@@ -171,6 +178,9 @@ class ListenerConfig:
     slices: Sequence[int] | str | None = DEFAULT_SLICES
     axis: str = "axial"
     infer_kwargs: dict[str, Any] = field(default_factory=dict)
+    server_tls: ServerTls | None = None
+    destination_tls: TlsSettings | None = None
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here
@@ -199,6 +209,14 @@ class ListenerConfig:
         put(self, "network_timeout", _number(self.network_timeout, "--timeout", 0.0, strictly=True))
         put(self, "shutdown_grace", _number(self.shutdown_grace, "--shutdown_grace", 0.0))
         put(self, "poll_interval", _number(self.poll_interval, "poll_interval", 0.0, strictly=True))
+        if not isinstance(self.allow_insecure, bool):
+            raise ListenerError(f"--allow_insecure is a flag (true/false), got {self.allow_insecure!r}.")
+        if self.server_tls is None:
+            check_plain_dimse(self.host, f"receiving studies on {self.host}:{self.port} (--host)", self.allow_insecure)
+        if self.destination_tls is None:
+            check_plain_dimse(
+                self.destination.host, f"sending SRs to {self.destination} (--destination)", self.allow_insecure
+            )
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed send attempt ``attempt`` (1, 2, ...): ``backoff * 2**(attempt - 1)``,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -131,26 +133,46 @@ def study_log(study_uid: str, level: int, message: str, *args: Any) -> None:
 # -------------------------------------------------------------------------------------------- completeness
 def incomplete_series(folder: str | Path, rules: SeriesRules) -> dict[str, str]:
     """The series of ``folder`` (one sub-folder per series) that the rules select but that lack instances, with what
-    :func:`~sdmad_monai.transforms.validate_dicom_series` found (a gap; missing ends where the headers show them)."""
-    from ..transforms import validate_dicom_series
+    the series checks (:func:`~sdmad_monai.deploy.pipeline.check_series`, on the headers already read) found (a gap;
+    missing ends where the headers show them)."""
+    from .pipeline import check_series, describe_series
 
     all_series = read_dicom_headers(folder)
-    reasons = explain_series({uid: [f.header for f in files] for uid, files in all_series.items()}, rules)
+    headers = {uid: [f.header for f in files] for uid, files in all_series.items()}
     problems: dict[str, str] = {}
-    for uid, reason in reasons.items():
+    for uid, reason in explain_series(headers, rules).items():
         if reason is not None:
             continue
-        series_folder = all_series[uid][0].path.parent
         try:
-            validate_dicom_series(series_folder)
+            check_series(headers[uid], describe_series(headers[uid]))
         except ValueError as error:
-            problems[uid] = str(error).replace(f"{series_folder}: ", "")
+            problems[uid] = str(error)
     return problems
 
 
 # -------------------------------------------------------------------------------------------------- sending
-def send_reports(paths: Sequence[str | Path], destination: Destination, ae_title: str, timeout: float = 30.0) -> None:
-    """C-STORE the DICOM files to the destination, in one association.
+def _tls_failure(destination: Destination, tls: ssl.SSLContext, timeout: float) -> str | None:
+    """Why a TLS handshake with the destination fails (``pynetdicom`` only logs it), or ``None`` when it succeeds
+    or the destination cannot be reached at all."""
+    try:
+        with socket.create_connection((destination.host, destination.port), timeout=timeout) as raw:
+            with tls.wrap_socket(raw, server_hostname=destination.host):
+                return None
+    except ssl.SSLError as error:
+        return " ".join(str(getattr(error, "verify_message", "") or error.reason or error).split())
+    except OSError:
+        return None
+
+
+def send_reports(
+    paths: Sequence[str | Path],
+    destination: Destination,
+    ae_title: str,
+    timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """C-STORE the DICOM files to the destination, in one association (over TLS when ``tls`` is given:
+    :func:`~sdmad_monai.deploy.security.client_ssl_context`; the destination's certificate must name its host).
 
     Raises:
         SendError: no association (connection refused, no answer, rejected) or a C-STORE not answered with success
@@ -171,10 +193,14 @@ def send_reports(paths: Sequence[str | Path], destination: Destination, ae_title
                 syntaxes.append(syntax)
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = (tls, destination.host) if tls is not None else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise SendError(f"{destination} rejected the association (is AE title {ae_title} known to it?)")
+        handshake = _tls_failure(destination, tls, timeout) if tls is not None else None
+        if handshake is not None:
+            raise SendError(f"no TLS association with {destination}: the TLS handshake failed ({handshake})")
         raise SendError(f"no association with {destination} (connection refused, or no answer in {timeout:g} s)")
     try:
         for path, ds in zip(paths, datasets):

@@ -21,6 +21,19 @@ its ``requests.Session`` with :func:`make_session`, from:
 :func:`redact` removes URL user info, ``Authorization`` header values and every loaded secret from a text;
 :class:`RedactingFilter` applies it to log records (:func:`install_log_redaction` puts it on the root logger's
 handlers), and the DICOMweb errors and the JSON copies written by ``process_study`` pass through it.
+
+DICOM networking (DIMSE, the listener ``sdmad listen``) uses TLS as DICOM PS3.15 Annex B describes it (the Basic /
+BCP 195 TLS secure transport profiles: TLS 1.2 or newer, certificates on both sides where the site asks for them):
+
+- :class:`ServerTls` (``--tls_cert PEM [--tls_key PEM] [--tls_client_ca PEM]``): the listener's certificate; with it
+  the listener accepts TLS associations only, and with ``--tls_client_ca`` only from senders whose certificate that
+  CA signed (mutual TLS). :meth:`ServerTls.ssl_context` gives the server context; a failed handshake is logged with
+  the peer's address and reason, and a peer that does not finish its handshake in time is dropped.
+- :func:`client_ssl_context` (``--destination_tls`` with ``--ca_bundle`` / ``--client_cert`` / ``--client_key``, the
+  options of ``process_study``): the context for sending SRs; the destination's certificate is verified against the
+  CA bundle (or the system CAs) and must name the destination host.
+- :func:`check_plain_dimse`: plain (unencrypted) DIMSE to or on an address that is not literally loopback is refused
+  unless ``--allow_insecure`` (then warned once per host), the same rule as plain ``http://``.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ import ipaddress
 import logging
 import os
 import re
+import socket
+import ssl
 import stat
 import threading
 import traceback
@@ -45,8 +60,11 @@ __all__ = [
     "PacsCredentials",
     "PacsSecurityError",
     "RedactingFilter",
+    "ServerTls",
     "TlsSettings",
+    "check_plain_dimse",
     "check_url",
+    "client_ssl_context",
     "install_log_redaction",
     "is_loopback_host",
     "load_credentials",
@@ -64,7 +82,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 #: the hosts already warned about (``allow_insecure``): one warning per host per process
-_WARNED: set[str] = set()
+_WARNED: set[tuple[str, str]] = set()
 
 
 class PacsSecurityError(ValueError):
@@ -339,14 +357,16 @@ def check_url(url: str, allow_insecure: bool = False) -> str:
                 f"Refusing plain http:// to {host} ({url}): credentials and patient data would cross the network "
                 "unencrypted. Use https://, or pass --allow_insecure if this network is trusted."
             )
-        with _LOCK:
-            first = host not in _WARNED
-            _WARNED.add(host)
-        if first:
-            logger.warning(
-                "--allow_insecure: talking plain http:// to %s; credentials and patient data are not encrypted.", host
-            )
+        _warn_insecure_once(host, "http://")
     return url
+
+
+def _warn_insecure_once(host: str, what: str) -> None:
+    with _LOCK:
+        first = (host, what) not in _WARNED
+        _WARNED.add((host, what))
+    if first:
+        logger.warning("--allow_insecure: talking plain %s to %s; patient data are not encrypted.", what, host)
 
 
 class PacsSession(requests.Session):
@@ -371,3 +391,149 @@ def make_session(credentials: PacsCredentials | None = None, tls: TlsSettings | 
     if credentials is not None:
         session.headers["Authorization"] = credentials.header()
     return session
+
+
+# ------------------------------------------------------------------------------------------- DICOM TLS (DIMSE)
+#: the oldest TLS version DICOM's BCP 195 profiles accept
+TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def _tls_error(option: str, path: Path | None, error: Exception) -> PacsSecurityError:
+    where = f" {path}" if path is not None else ""
+    return PacsSecurityError(f"{option}{where} cannot be used for TLS: {' '.join(str(error).split())}.")
+
+
+def client_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The TLS context of a DIMSE association this tool opens (the listener sending its SRs): TLS 1.2 or newer, the
+    peer's certificate verified against ``tls.ca_bundle`` (or the system CAs) and its host name checked, the client
+    certificate presented when ``tls.client_cert`` is given.
+
+    Raises:
+        PacsSecurityError: a PEM file cannot be loaded (the message names the option and the file).
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_bundle) if tls.ca_bundle is not None else None)
+    except (ssl.SSLError, OSError) as error:
+        raise _tls_error("--ca_bundle", tls.ca_bundle, error) from None
+    context.minimum_version = TLS_MINIMUM_VERSION
+    if tls.client_cert is not None:
+        try:
+            context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+        except (ssl.SSLError, OSError) as error:
+            raise _tls_error("--client_cert", tls.client_cert, error) from None
+    return context
+
+
+class _ServerContext(ssl.SSLContext):
+    """A server context whose handshakes have a time limit and whose failures are logged with the peer's address
+    (``pynetdicom`` runs the handshake in its accept loop and drops a failed one silently)."""
+
+    handshake_timeout: float = 10.0
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        try:
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "?"
+        sock.settimeout(self.handshake_timeout)
+        try:
+            wrapped = super().wrap_socket(sock, *args, **kwargs)
+        except (ssl.SSLError, OSError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            logger.warning("TLS handshake from %s refused: %s.", peer, reason)
+            sock.close()
+            raise
+        wrapped.settimeout(None)
+        return wrapped
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The listener's own TLS settings.
+
+    Attributes:
+        certificate: PEM with the listener's certificate (and its key, unless ``key`` is given).
+        key: PEM with the certificate's private key (owner-only, like a secrets file).
+        client_ca: PEM of the CA(s) whose client certificates are accepted; when given, a sender must present one
+            (mutual TLS). ``None``: the senders are not asked for a certificate (the AE-title allow-list still
+            applies).
+    """
+
+    certificate: Path
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @classmethod
+    def from_options(
+        cls,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_client_ca: str | Path | None = None,
+    ) -> ServerTls | None:
+        """Checked settings, or ``None`` when ``tls_cert`` is not given (then the other two must not be either).
+
+        Raises:
+            FileNotFoundError: a named file does not exist.
+            PacsSecurityError: ``--tls_key`` / ``--tls_client_ca`` without ``--tls_cert``, a key file others can
+                read, or a file that TLS cannot use.
+        """
+        if tls_cert is None:
+            if tls_key is not None or tls_client_ca is not None:
+                raise PacsSecurityError(
+                    "--tls_key and --tls_client_ca need --tls_cert (the listener's own certificate)."
+                )
+            return None
+        paths: dict[str, Path | None] = {}
+        for option, value in (("--tls_cert", tls_cert), ("--tls_key", tls_key), ("--tls_client_ca", tls_client_ca)):
+            path = Path(value).expanduser() if value is not None else None
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"{option} {path} does not exist (expected a PEM file).")
+            paths[option] = path
+        key = paths["--tls_key"]
+        certificate = paths["--tls_cert"]
+        assert certificate is not None
+        _check_owner_only(key if key is not None else certificate, "Listener key file")
+        settings = cls(certificate, key, paths["--tls_client_ca"])
+        settings.ssl_context()  # a file TLS cannot use is refused now, not at the first association
+        return settings
+
+    def ssl_context(self, handshake_timeout: float = 10.0) -> ssl.SSLContext:
+        """The listener's server context: TLS 1.2 or newer, its certificate, and (with ``client_ca``) client
+        certificates required and verified.
+
+        Raises:
+            PacsSecurityError: a PEM file cannot be loaded.
+        """
+        context = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
+        context.handshake_timeout = float(handshake_timeout)
+        context.minimum_version = TLS_MINIMUM_VERSION
+        try:
+            context.load_cert_chain(str(self.certificate), str(self.key) if self.key is not None else None)
+        except (ssl.SSLError, OSError) as error:
+            raise _tls_error("--tls_cert", self.certificate, error) from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.client_ca))
+            except (ssl.SSLError, OSError) as error:
+                raise _tls_error("--tls_client_ca", self.client_ca, error) from None
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+def check_plain_dimse(host: str, what: str, allow_insecure: bool = False) -> None:
+    """Refuse unencrypted DICOM networking ``what`` (e.g. ``"sending SRs to PACS@10.0.0.5:104"``) with ``host`` when
+    ``host`` is not literally loopback, unless ``allow_insecure`` (then warned once per host). Nothing is resolved.
+
+    Raises:
+        PacsSecurityError: naming the host and the options that fix it.
+    """
+    if is_loopback_host(host):
+        return
+    if not allow_insecure:
+        raise PacsSecurityError(
+            f"Refusing plain (unencrypted) DICOM for {what}: patient data would cross the network unencrypted. "
+            "Use DICOM TLS (--tls_cert for the listener, --destination_tls for the destination), or pass "
+            "--allow_insecure if this network is trusted."
+        )
+    _warn_insecure_once(host, "DICOM (no TLS)")

@@ -15,6 +15,8 @@ except when the environment variable ``CI`` is ``true``: CI must never skip them
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -196,12 +199,15 @@ def orthanc_dicom_config(storage: Path, http_port: int, dicom_port: int, aet: st
 
 
 @contextlib.contextmanager
-def running_orthanc(folder: Path, aet: str = "SDMADPACS", dicom_port: int | None = None) -> Iterator[OrthancDicom]:
-    """Start Orthanc with its DICOM server (config in ``folder``), wait for its REST API, stop it by PID at the end."""
+def running_orthanc(
+    folder: Path, aet: str = "SDMADPACS", dicom_port: int | None = None, settings: dict | None = None
+) -> Iterator[OrthancDicom]:
+    """Start Orthanc with its DICOM server (config in ``folder``, updated with ``settings``, e.g. DICOM TLS), wait for
+    its REST API, stop it by PID at the end."""
     _orthanc_binary()  # skip (fail under CI) before any work when Orthanc is missing
     folder.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), dicom_port or free_port()
-    config = orthanc_dicom_config(folder / "storage", http_port, dicom_port, aet)
+    config = {**orthanc_dicom_config(folder / "storage", http_port, dicom_port, aet), **(settings or {})}
     missing = [p for p in config.get("Plugins", []) if not Path(p).exists()]
     if missing:
         _unavailable(f"Orthanc DICOMweb plugin not found ({', '.join(missing)}); install orthanc-dicomweb.")
@@ -233,8 +239,9 @@ def start_orthanc_dicom(tmp_path) -> Iterator[Callable[..., OrthancDicom]]:
     ``None``); every one started is stopped by PID at the end of the test."""
     stack = contextlib.ExitStack()
 
-    def start(aet: str = "SDMADDEST", dicom_port: int | None = None) -> OrthancDicom:
-        return stack.enter_context(running_orthanc(tmp_path / f"orthanc-{aet}-{free_port()}", aet, dicom_port))
+    def start(aet: str = "SDMADDEST", dicom_port: int | None = None, settings: dict | None = None) -> OrthancDicom:
+        folder = tmp_path / f"orthanc-{aet}-{free_port()}"
+        return stack.enter_context(running_orthanc(folder, aet, dicom_port, settings))
 
     with stack:
         yield start
@@ -384,3 +391,91 @@ def tls_front(
 def open_tls_front() -> Callable[..., contextlib.AbstractContextManager]:
     """``tls_front`` (a context manager), for test modules (they cannot import conftest)."""
     return tls_front
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Certificates made in the test (the `cryptography` package of the `test` extra): a CA, and certificates it signs.
+
+
+def _name(common_name: str):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_ca(folder: Path, name: str):
+    """A self-signed CA: (key, certificate, PEM path of the certificate)."""
+    pytest.importorskip("cryptography")  # the `test` extra brings it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def issue(folder: Path, ca_key, ca_cert, name: str, server: bool, client: bool | None = None) -> tuple[Path, Path]:
+    """A certificate signed by the CA: (PEM with certificate + key, PEM of the key alone (mode 600)). ``server``: for
+    TLS servers (names 127.0.0.1 and localhost); ``client`` (default: ``not server``): for TLS clients; a DICOM node
+    that both listens and sends over TLS needs both."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH] * server
+                + [ExtendedKeyUsageOID.CLIENT_AUTH] * (not server if client is None else client)
+            ),
+            critical=False,
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    both, key_only = folder / f"{name}.pem", folder / f"{name}.key"
+    both.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)
+    key_only.write_bytes(key_pem)
+    for path in (both, key_only):
+        path.chmod(0o600)
+    return both, key_only
+
+
+@pytest.fixture(scope="session")
+def pki() -> SimpleNamespace:
+    """``make_ca`` and ``issue`` (above), for test modules."""
+    return SimpleNamespace(make_ca=make_ca, issue=issue)

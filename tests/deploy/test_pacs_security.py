@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import http.server
-import ipaddress
 import json
 import logging
 import os
@@ -364,79 +362,6 @@ def test_library_round_trip_logs_redacted(auth_pacs, tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------------------------- Orthanc with TLS
-def _name(common_name: str):
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_ca(folder: Path, name: str):
-    """A self-signed CA: (key, certificate, PEM path of the certificate)."""
-    cryptography = pytest.importorskip("cryptography")  # noqa: F841 - the `test` extra brings it
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = folder / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert, path
-
-
-def issue(folder: Path, ca_key, ca_cert, name: str, server: bool) -> tuple[Path, Path]:
-    """A certificate signed by the CA: (PEM with certificate + key, PEM of the key alone (mode 600))."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    both, key_only = folder / f"{name}.pem", folder / f"{name}.key"
-    both.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)
-    key_only.write_bytes(key_pem)
-    for path in (both, key_only):
-        path.chmod(0o600)
-    return both, key_only
-
-
 @dataclass
 class TlsPacs:
     dicomweb: str  # https://127.0.0.1:<port>/dicom-web
@@ -450,14 +375,14 @@ class TlsPacs:
 
 
 @pytest.fixture(scope="module")
-def tls_pacs(tmp_path_factory, start_secured_orthanc, open_tls_front):
+def tls_pacs(tmp_path_factory, start_secured_orthanc, open_tls_front, pki):
     """Orthanc with ``SslEnabled`` and a certificate of a CA made here; where this Orthanc build's TLS crashes
     (Debian 12: civetweb 1.15 with OpenSSL 3), the same certificate on a TLS front before a plain Orthanc."""
     folder = tmp_path_factory.mktemp("orthanc_tls")
-    ca_key, ca_cert, ca = make_ca(folder, "sdmad-test-ca")
-    _, _, wrong_ca = make_ca(folder, "unrelated-ca")
-    server_pem, _ = issue(folder, ca_key, ca_cert, "sdmad-test-pacs", server=True)
-    client_pem, client_key = issue(folder, ca_key, ca_cert, "sdmad-test-client", server=False)
+    ca_key, ca_cert, ca = pki.make_ca(folder, "sdmad-test-ca")
+    _, _, wrong_ca = pki.make_ca(folder, "unrelated-ca")
+    server_pem, _ = pki.issue(folder, ca_key, ca_cert, "sdmad-test-pacs", server=True)
+    client_pem, client_key = pki.issue(folder, ca_key, ca_cert, "sdmad-test-client", server=False)
     client_cert = folder / "sdmad-test-client.crt"
     client_cert.write_text(client_pem.read_text().split("-----BEGIN PRIVATE KEY-----")[0])
     native = start_secured_orthanc(ssl_certificate=server_pem)
