@@ -264,6 +264,21 @@ def load_credentials(auth_env: str | None = None, auth_file: str | Path | None =
 
 
 # ------------------------------------------------------------------------------------------------------------ TLS
+def _pem_files(*options: tuple[str, str | Path | None]) -> dict[str, Path | None]:
+    """``{option: path}`` of the named PEM files (``None`` where not given).
+
+    Raises:
+        FileNotFoundError: a named file does not exist (the message names the option).
+    """
+    paths: dict[str, Path | None] = {}
+    for option, value in options:
+        path = Path(value).expanduser() if value is not None else None
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{option} {path} does not exist (expected a PEM file).")
+        paths[option] = path
+    return paths
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """TLS and transport settings.
@@ -294,12 +309,7 @@ class TlsSettings:
             FileNotFoundError: a named file does not exist.
             PacsSecurityError: ``client_key`` without ``client_cert``, or a key file others can read.
         """
-        paths: dict[str, Path | None] = {}
-        for option, value in (("--ca_bundle", ca_bundle), ("--client_cert", client_cert), ("--client_key", client_key)):
-            path = Path(value).expanduser() if value is not None else None
-            if path is not None and not path.is_file():
-                raise FileNotFoundError(f"{option} {path} does not exist (expected a PEM file).")
-            paths[option] = path
+        paths = _pem_files(("--ca_bundle", ca_bundle), ("--client_cert", client_cert), ("--client_key", client_key))
         if paths["--client_key"] is not None and paths["--client_cert"] is None:
             raise PacsSecurityError("--client_key needs --client_cert (the certificate of that key).")
         if paths["--client_key"] is not None:
@@ -484,12 +494,7 @@ class ServerTls:
                     "--tls_key and --tls_client_ca need --tls_cert (the listener's own certificate)."
                 )
             return None
-        paths: dict[str, Path | None] = {}
-        for option, value in (("--tls_cert", tls_cert), ("--tls_key", tls_key), ("--tls_client_ca", tls_client_ca)):
-            path = Path(value).expanduser() if value is not None else None
-            if path is not None and not path.is_file():
-                raise FileNotFoundError(f"{option} {path} does not exist (expected a PEM file).")
-            paths[option] = path
+        paths = _pem_files(("--tls_cert", tls_cert), ("--tls_key", tls_key), ("--tls_client_ca", tls_client_ca))
         key = paths["--tls_key"]
         certificate = paths["--tls_cert"]
         assert certificate is not None
