@@ -9,6 +9,9 @@ and after each epoch measures, with the adapters as trained:
 - on the k-shot **support set itself** (the training images without augmentation) and on the **test split**: the
   mean category AUROC of Eq. 7 (sign selection off, so the set of prompts stays fixed), the Hamming score and the
   subset accuracy of Eq. 8;
+- the geometry on the test split: the mean cosine between different images' embeddings and between images and
+  prompts (Eq. 3 pulls every image towards its category's prompts, which share a large common direction; if the
+  images close up on each other as they approach the prompts, the differences the category ranking needs shrink);
 - the epoch's training loss.
 
 If the loss falls while the support set's own category AUROC falls, the training step is not optimising what that
@@ -63,6 +66,9 @@ def _metrics(net: Any, images: Any, labels: Any) -> dict[str, Any]:
     finally:
         net.sign_selection = selection
     scores, y = out["scores"].numpy(), labels.numpy()
+    image = torch.nn.functional.normalize(out["image_features"], dim=-1)
+    text = torch.nn.functional.normalize(out["text_features"], dim=-1)
+    pairs = ~torch.eye(len(image), dtype=torch.bool)
     per_category = [
         float(roc_auc_score(y[:, k], scores[:, k])) if 0 < y[:, k].sum() < len(y) else float("nan")
         for k in range(y.shape[1])
@@ -72,6 +78,9 @@ def _metrics(net: Any, images: Any, labels: Any) -> dict[str, Any]:
         "category_auroc_per_category": per_category,
         "hamming": float(compute_hamming_score(out["predictions"], labels).mean()),
         "subset_accuracy": float(compute_subset_accuracy(out["predictions"], labels).mean()),
+        # the geometry: do the images stay apart from each other while they move towards the prompts?
+        "image_image_cosine": float((image @ image.T)[pairs].mean()),
+        "image_prompt_cosine": float((image @ text.T).mean()),
     }
 
 
@@ -121,7 +130,8 @@ def train_one_seed(seed: int, epochs: int, work: Path, smoke: bool) -> dict[str,
             f"seed {seed} epoch {epoch:3d}  loss {row['loss']:.3f} | support: category AUROC "
             f"{row['support']['category_auroc']:.3f} Hamming {row['support']['hamming']:.3f} | test: category AUROC "
             f"{row['test']['category_auroc']:.3f} Hamming {row['test']['hamming']:.3f} "
-            f"subset {row['test']['subset_accuracy']:.3f}",
+            f"subset {row['test']['subset_accuracy']:.3f} | test cosines: image-image "
+            f"{row['test']['image_image_cosine']:.3f} image-prompt {row['test']['image_prompt_cosine']:.3f}",
             flush=True,
         )
     return {
@@ -153,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "loss_first_epoch": run["history"][1]["loss"],
             "loss_last_epoch": last["loss"],
             **{f"{split}_{metric}_{when}": row[split][metric]
-               for split in ("support", "test") for metric in ("category_auroc", "hamming")
+               for split in ("support", "test")
+               for metric in ("category_auroc", "hamming", "image_image_cosine", "image_prompt_cosine")
                for when, row in (("before", first), ("after", last))},
             "test_all_negative_hamming": run["test_all_negative"]["hamming"],
         })  # fmt: skip
