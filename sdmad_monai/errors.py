@@ -6,6 +6,11 @@ names the file or value and says what was expected. A command prints that messag
 1; the full traceback goes to a log file (or to the terminal with ``SDMAD_DEBUG=1``). Anything else is a bug and keeps
 its traceback.
 
+Secrets never reach that line or traceback, whatever the exception (a ``requests`` error quoting a URL with
+``user:password@``, a header dump with ``Authorization: Bearer ...``): :func:`one_line` and the tracebacks written
+here pass through :func:`redact`, the redaction of :mod:`sdmad_monai.deploy.security` (which re-exports it; it lives
+here so that this module still imports nothing heavy).
+
 ``monai.bundle`` wraps an error raised inside a config expression in two more exceptions whose last lines dump the
 expression; :func:`install_bundle_error_hook` (the first ``initialize`` step of the bundle configs) makes such a run
 end with the original message instead.
@@ -14,20 +19,26 @@ end with the original message instead.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "MissingExtraError",
+    "format_traceback",
     "innermost_user_error",
     "install_bundle_error_hook",
     "is_user_error",
     "missing_extra",
     "one_line",
+    "redact",
+    "register_secrets",
     "require_extra",
     "running_bundle_command",
 ]
@@ -104,15 +115,51 @@ def innermost_user_error(error: BaseException) -> BaseException | None:
     return found[-1] if found else None
 
 
+# ----------------------------------------------------------------------------------------------------- redaction
+REDACTED = "***"
+#: every secret loaded in this process (and its Basic-header form), removed by :func:`redact`
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
+_AUTH_HEADER = re.compile(
+    r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:(basic|bearer|digest|token)\s+)?[^'\"\s,}]+"
+)
+_BARE_SCHEME = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def register_secrets(*secrets: str) -> None:
+    """Have :func:`redact` remove these strings (a password, a token) from now on (4 characters or more)."""
+    with _SECRETS_LOCK:
+        _SECRETS.update(s for s in secrets if s and len(s) >= 4)
+
+
+def redact(text: Any) -> str:
+    """``text`` without URL user info (``https://***@host``), ``Authorization`` header values and any secret loaded
+    by :func:`sdmad_monai.deploy.security.load_credentials`."""
+    text = str(text)
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{(m.group(2) + ' ') if m.group(2) else ''}{REDACTED}", text)
+    return _BARE_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
 def one_line(error: BaseException) -> str:
-    """The error's message on one line."""
-    return " ".join(str(error).split()) or type(error).__name__
+    """The error's message on one line, redacted (:func:`redact`: whatever the exception's type)."""
+    return " ".join(redact(error).split()) or type(error).__name__
+
+
+def format_traceback(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> str:
+    """The traceback as Python prints it, redacted (:func:`redact`)."""
+    return redact("".join(traceback.format_exception(kind, value, tb)))
 
 
 def _write_traceback(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> str:
     handle, path = tempfile.mkstemp(prefix=f"sdmad-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
     with os.fdopen(handle, "w") as stream:
-        stream.write("".join(traceback.format_exception(kind, value, tb)))
+        stream.write(format_traceback(kind, value, tb))
     return path
 
 
@@ -125,14 +172,15 @@ def running_bundle_command(argv: list[str] | None = None) -> bool:
 
 def install_bundle_error_hook() -> None:
     """Make a ``python -m monai.bundle run ...`` command that fails on a user error end with one line on stderr
-    (``sdmad: error: <message> (full traceback: <file>)``) and exit status 1. Other errors are untouched, and so is
-    any other program (a ``ConfigWorkflow`` built in Python raises as usual)."""
-    previous = sys.excepthook
+    (``sdmad: error: <message> (full traceback: <file>)``) and exit status 1. Other errors (and every error with
+    ``SDMAD_DEBUG=1``) print their whole traceback, redacted; any other program (a ``ConfigWorkflow`` built in
+    Python) is untouched and raises as usual."""
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         error = innermost_user_error(value)
         if error is None or os.environ.get("SDMAD_DEBUG"):
-            previous(kind, value, tb)
+            sys.stderr.write(format_traceback(kind, value, tb))
+            sys.stderr.flush()
             return
         path = _write_traceback(kind, value, tb)
         print(f"sdmad: error: {one_line(error)} (full traceback: {path}; SDMAD_DEBUG=1 shows it)", file=sys.stderr)

@@ -153,15 +153,31 @@ def incomplete_series(folder: str | Path, rules: SeriesRules) -> dict[str, str]:
 # -------------------------------------------------------------------------------------------------- sending
 def _tls_failure(destination: Destination, tls: ssl.SSLContext, timeout: float) -> str | None:
     """Why a TLS handshake with the destination fails (``pynetdicom`` only logs it), or ``None`` when it succeeds
-    or the destination cannot be reached at all."""
+    or the destination cannot be reached at all.
+
+    Under TLS 1.3 the client's side of the handshake is over before the server has checked the client certificate:
+    a refused (or missing) one only shows as the server's alert on the first read, which a short read catches (a
+    server that accepted waits for the association request: the read times out)."""
     try:
         with socket.create_connection((destination.host, destination.port), timeout=timeout) as raw:
-            with tls.wrap_socket(raw, server_hostname=destination.host):
+            with tls.wrap_socket(raw, server_hostname=destination.host) as secure:
+                secure.settimeout(min(timeout, 2.0))
+                try:
+                    secure.recv(1)
+                except ssl.SSLError as error:
+                    return f"the destination refused this client's certificate: {_ssl_reason(error)}"
                 return None
     except ssl.SSLError as error:
-        return " ".join(str(getattr(error, "verify_message", "") or error.reason or error).split())
+        return _ssl_reason(error)
     except OSError:
         return None
+
+
+def _ssl_reason(error: ssl.SSLError) -> str:
+    """``certificate verify failed``-style words for an ``ssl.SSLError`` (``TLSV1_ALERT_UNKNOWN_CA``: ``tlsv1 alert
+    unknown ca``)."""
+    reason = getattr(error, "verify_message", "") or (error.reason or "").lower().replace("_", " ") or str(error)
+    return " ".join(str(reason).split())
 
 
 def send_reports(

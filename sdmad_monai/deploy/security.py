@@ -56,6 +56,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ..errors import redact, register_secrets
+
 __all__ = [
     "PacsCredentials",
     "PacsSecurityError",
@@ -75,11 +77,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REDACTED = "***"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-#: every secret loaded in this process (and its Basic-header form), removed by :func:`redact`
-_SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 #: the hosts already warned about (``allow_insecure``): one warning per host per process
 _WARNED: set[tuple[str, str]] = set()
@@ -89,30 +88,9 @@ class PacsSecurityError(ValueError):
     """A credentials, TLS or URL setting is refused; the message says how to fix it and never holds the secret."""
 
 
-def _register(*secrets: str) -> None:
-    with _LOCK:
-        _SECRETS.update(s for s in secrets if s and len(s) >= 4)
-
-
 # ----------------------------------------------------------------------------------------------------- redaction
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
-_AUTH_HEADER = re.compile(
-    r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:(basic|bearer|digest|token)\s+)?[^'\"\s,}]+"
-)
-_BARE_SCHEME = re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
-
-
-def redact(text: Any) -> str:
-    """``text`` without URL user info (``https://***@host``), ``Authorization`` header values and any secret loaded
-    by :func:`load_credentials`."""
-    text = str(text)
-    with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
-    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{(m.group(2) + ' ') if m.group(2) else ''}{REDACTED}", text)
-    return _BARE_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+# :func:`redact` itself lives in sdmad_monai.errors (which imports nothing heavy), so that every one-line error and
+# traceback file is redacted too; it is re-exported here.
 
 
 def redact_json(value: Any) -> Any:
@@ -178,7 +156,7 @@ class PacsCredentials:
         if not self.secret or (self.scheme == "basic" and not self.username):
             raise PacsSecurityError(f"The credentials from {self.source or 'the caller'} are empty.")
         header = self.header()
-        _register(self.secret, header.split(" ", 1)[1])
+        register_secrets(self.secret, header.split(" ", 1)[1])
 
     def header(self) -> str:
         """The ``Authorization`` header value."""

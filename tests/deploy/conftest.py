@@ -6,7 +6,9 @@ on 127.0.0.1, remote access and authentication off, storage in a temporary folde
 Orthanc is stopped by its process id at the end (terminate, then kill if it has not stopped after 10 s).
 
 ``orthanc_dicom`` (session) and ``start_orthanc_dicom`` (a function starting more, per test) are the same Orthanc with
-its DICOM network server on a free 127.0.0.1 port, for the DICOM listener's tests; they are stopped the same way.
+its DICOM network server on a free 127.0.0.1 port, for the DICOM listener's tests; they are stopped the same way
+(``settings`` adds to the config, e.g. DICOM TLS). ``model``, ``listeners`` and ``listener_kit`` are the listener
+subprocess (``python -m sdmad_monai listen``, killed by PID at the end of the test) and its helpers.
 
 Without the Orthanc binary (or its DICOMweb plugin), or without ``dciodvfy``, the tests that need them are skipped -
 except when the environment variable ``CI`` is ``true``: CI must never skip them silently, so there they fail.
@@ -20,8 +22,10 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -479,3 +483,245 @@ def issue(folder: Path, ca_key, ca_cert, name: str, server: bool, client: bool |
 def pki() -> SimpleNamespace:
     """``make_ca`` and ``issue`` (above), for test modules."""
     return SimpleNamespace(make_ca=make_ca, issue=issue)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The DICOM listener (``python -m sdmad_monai listen``) in a subprocess against an Orthanc above, and the helpers of
+# its tests (tests/deploy/test_listener.py, test_orthanc_dicom_tls.py): fixtures ``model``, ``listeners`` and
+# ``listener_kit`` (the helpers, for test modules). With ``tls`` (a client ``ssl.SSLContext``) the listener is one
+# that takes DICOM TLS only: its readiness C-ECHO and Orthanc's modality entry (``UseDicomTls``) use TLS.
+
+LISTENER_AET = "SDMAD"
+LISTENER_READY_TIMEOUT_S = 120.0
+BRAIN = {"BodyPartExamined": "BRAIN"}
+_HTTP = requests.Session()
+_HTTP.trust_env = False  # never a proxy for 127.0.0.1
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """The tiny random-weight detector the other deploy tests use, saved as a checkpoint for the subprocess."""
+    import warnings
+
+    from sdmad_monai.networks import SignDrivenDetector
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sign selection kept no prompt")
+        return SignDrivenDetector.from_preset("tiny").save(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """``condition()``'s first true value, polled every ``interval`` s; an AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo(port: int, calling: str = "SDMADPACS", called: str = LISTENER_AET, tls=None) -> bool:
+    """Whether a C-ECHO to 127.0.0.1:``port`` succeeds (over TLS with ``tls``, a client ``ssl.SSLContext``)."""
+    import pynetdicom
+
+    ae = pynetdicom.AE(ae_title=calling)
+    ae.add_requested_context(pynetdicom.sop_class.Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    tls_args = (tls, "127.0.0.1") if tls is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0
+
+
+class Listener:
+    """``python -m sdmad_monai listen`` in a subprocess, with its output in ``work_dir/../listener-<n>.log``; ``tls``:
+    the client context of its readiness C-ECHO (a listener started with ``--tls_cert``)."""
+
+    def __init__(self, work_dir: Path, model: Path, destination: str, *options: str, tls=None):
+        self.work_dir, self.port, self.tls = work_dir, free_port(), tls
+        self.command = [
+            sys.executable,
+            "-m",
+            "sdmad_monai",
+            "listen",
+            "--work_dir",
+            str(work_dir),
+            "--destination",
+            destination,
+            "--model",
+            str(model),
+            "--port",
+            str(self.port),
+            "--ae_title",
+            LISTENER_AET,
+            *options,
+        ]
+        self.process: subprocess.Popen | None = None
+        self.logs: list[Path] = []
+
+    def start(self) -> Listener:
+        number = len(list(self.work_dir.parent.glob(f"{self.work_dir.name}-listener-*.log")))
+        log = self.work_dir.parent / f"{self.work_dir.name}-listener-{number}.log"
+        self.logs.append(log)
+        with open(log, "wb") as stream:
+            self.process = subprocess.Popen(self.command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + LISTENER_READY_TIMEOUT_S
+        while not echo(self.port, tls=self.tls):
+            if self.process.poll() is not None:
+                raise AssertionError(f"listener exited with {self.process.returncode}:\n{self.output()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"listener not answering C-ECHO after {LISTENER_READY_TIMEOUT_S:g} s:\n{self.output()}"
+                )
+            time.sleep(0.2)
+        return self
+
+    def output(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def listeners() -> Iterator[list[Listener]]:
+    """Every listener a test starts is killed (by PID) at its end if it still runs."""
+    started: list[Listener] = []
+    yield started
+    for listener in started:
+        listener.close()
+
+
+def queue_state(work_dir: Path, study: str) -> str | None:
+    """The study's state in the listener's queue, read with a separate connection (WAL: readers do not block)."""
+    import sqlite3
+
+    path = work_dir / "queue.sqlite3"
+    if not path.exists():
+        return None
+    with sqlite3.connect(path, timeout=10) as db:
+        row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study,)).fetchone()
+    return row[0] if row else None
+
+
+def make_study(folder: Path, seed: int = 0, slices: int = 12, series: int = 1) -> tuple[str, list[str], list[Path]]:
+    """A brain MR study: ``series`` axial series of ``slices`` instances each; (study UID, series UIDs, files)."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    from sdmad_monai.deploy.demo import write_dicom_series
+
+    study, series_uids, files = generate_uid(), [], []
+    for number in range(series):
+        uid = generate_uid()
+        volume = np.random.default_rng(seed * 10 + number).uniform(0, 1000, (32, 32, slices))
+        files += write_dicom_series(
+            volume,
+            folder / f"s{number}",
+            "axial",
+            study,
+            uid,
+            series_number=number + 1,
+            attributes={**BRAIN, "PatientID": f"sdmad-listener-{seed}"},
+        )
+        series_uids.append(uid)
+    return study, series_uids, files
+
+
+def upload(orthanc, paths) -> tuple[str, list[str]]:
+    """POST each file to Orthanc; the Orthanc IDs of the (last) study and of each instance."""
+    study, instances = "", []
+    for path in paths:
+        answer = _HTTP.post(f"{orthanc.url}/instances", data=Path(path).read_bytes(), timeout=30)
+        answer.raise_for_status()
+        study = answer.json()["ParentStudy"]
+        instances.append(answer.json()["ID"])
+    return study, instances
+
+
+def register(orthanc, name: str, port: int, aet: str = LISTENER_AET, tls: bool = False) -> None:
+    """Register 127.0.0.1:``port`` as Orthanc modality ``name`` (over DICOM TLS with ``tls``)."""
+    modality = {"AET": aet, "Host": "127.0.0.1", "Port": port, **({"UseDicomTls": True} if tls else {})}
+    _HTTP.put(f"{orthanc.url}/modalities/{name}", json=modality, timeout=30).raise_for_status()
+
+
+def send(orthanc, name: str, resources: list[str], asynchronous: bool = False) -> requests.Response:
+    """Orthanc sends the resources (studies, series or instances) to the modality by C-STORE."""
+    body = {"Resources": resources, ("Asynchronous" if asynchronous else "Synchronous"): True}
+    return _HTTP.post(f"{orthanc.url}/modalities/{name}/store", json=body, timeout=120)
+
+
+def sr_instances(orthanc, study_id: str) -> list[str]:
+    """Orthanc IDs of every SR instance of the study (REST: /studies/{id}/series, Modality SR)."""
+    series = _HTTP.get(f"{orthanc.url}/studies/{study_id}/series", timeout=30).json()
+    return [i for s in series if s["MainDicomTags"].get("Modality") == "SR" for i in s["Instances"]]
+
+
+def sr_dataset(orthanc, instance_id: str):
+    import io
+
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(_HTTP.get(f"{orthanc.url}/instances/{instance_id}/file", timeout=30).content))
+
+
+def assert_one_sr(orthanc, study_id: str, study: str, series: str, files):
+    """Exactly one SR in the Orthanc study; it references the source series and every instance of it."""
+    import pydicom
+
+    from sdmad_monai.deploy import read_sr_findings
+
+    (instance,) = sr_instances(orthanc, study_id)
+    sr = sr_dataset(orthanc, instance)
+    assert sr.StudyInstanceUID == study
+    findings = read_sr_findings(sr)
+    assert {uid: sorted(uids) for uid, uids in findings["evidence"].items()} == {
+        series: sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
+    }
+    return sr
+
+
+def start_listener(work_dir, model, orthanc, listeners, *options: str, name: str | None = None, tls=None) -> Listener:
+    """A listener sending to ``orthanc`` (``options`` default: ``--allow <its AE title>``), registered there as
+    modality ``name`` (default: the work folder's name); ``tls``: see :class:`Listener` (registered with
+    ``UseDicomTls``)."""
+    options = options or ("--allow", orthanc.aet)
+    listener = Listener(work_dir, model, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", *options, tls=tls)
+    listeners.append(listener)
+    listener.start()
+    register(orthanc, name or work_dir.name, listener.port, tls=tls is not None)
+    return listener
+
+
+@pytest.fixture(scope="session")
+def listener_kit() -> SimpleNamespace:
+    """The listener helpers above, for test modules (they cannot import conftest)."""
+    return SimpleNamespace(
+        LISTENER_AET=LISTENER_AET,
+        HTTP=_HTTP,
+        Listener=Listener,
+        wait_for=wait_for,
+        echo=echo,
+        queue_state=queue_state,
+        make_study=make_study,
+        upload=upload,
+        register=register,
+        send=send,
+        sr_instances=sr_instances,
+        sr_dataset=sr_dataset,
+        assert_one_sr=assert_one_sr,
+        start_listener=start_listener,
+    )

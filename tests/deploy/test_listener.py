@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import io
 import json
 import logging
 import os
@@ -18,23 +17,17 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import requests
-from pydicom.uid import generate_uid
 
 from sdmad_monai.cli import SdmadCommands, main
-from sdmad_monai.deploy import read_sr_findings
-from sdmad_monai.deploy.demo import write_dicom_series
 from sdmad_monai.deploy.listener import DicomListener, ListenerConfig, ListenerError, parse_allow_list
 from sdmad_monai.deploy.queue import JobQueue, Received, State
 
@@ -46,161 +39,24 @@ else:
 pytestmark = pytest.mark.filterwarnings("ignore:Sign selection kept no prompt")
 
 REPO = Path(__file__).resolve().parents[2]
-BRAIN = {"BodyPartExamined": "BRAIN"}
 LISTENER_AET = "SDMAD"
-READY_TIMEOUT_S = 120.0
 
 HTTP = requests.Session()
 HTTP.trust_env = False  # never a proxy for 127.0.0.1
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """The tiny random-weight detector the other deploy tests use, saved as a checkpoint for the subprocess."""
-    from sdmad_monai.networks import SignDrivenDetector
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sign selection kept no prompt")
-        return SignDrivenDetector.from_preset("tiny").save(tmp_path_factory.mktemp("model") / "model.pt")
-
-
+# The listener subprocess and the Orthanc helpers (make_study, upload, send, assert_one_sr, ...) are conftest's
+# fixtures ``model``, ``listeners`` and ``listener_kit`` (shared with test_orthanc_dicom_tls.py).
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-def echo(port: int, calling: str = "SDMADPACS", called: str = LISTENER_AET) -> bool:
-    ae = pynetdicom.AE(ae_title=calling)
-    ae.add_requested_context(pynetdicom.sop_class.Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
-
-
-class Listener:
-    """``python -m sdmad_monai listen`` in a subprocess, with its output in ``work_dir/../listener-<n>.log``."""
-
-    def __init__(self, work_dir: Path, model: Path, destination: str, *options: str):
-        self.work_dir, self.port = work_dir, free_port()
-        self.command = [
-            sys.executable,
-            "-m",
-            "sdmad_monai",
-            "listen",
-            "--work_dir",
-            str(work_dir),
-            "--destination",
-            destination,
-            "--model",
-            str(model),
-            "--port",
-            str(self.port),
-            "--ae_title",
-            LISTENER_AET,
-            *options,
-        ]
-        self.process: subprocess.Popen | None = None
-        self.logs: list[Path] = []
-
-    def start(self) -> Listener:
-        number = len(list(self.work_dir.parent.glob(f"{self.work_dir.name}-listener-*.log")))
-        log = self.work_dir.parent / f"{self.work_dir.name}-listener-{number}.log"
-        self.logs.append(log)
-        with open(log, "wb") as stream:
-            self.process = subprocess.Popen(self.command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not echo(self.port):
-            if self.process.poll() is not None:
-                raise AssertionError(f"listener exited with {self.process.returncode}:\n{self.output()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"listener not answering C-ECHO after {READY_TIMEOUT_S:g} s:\n{self.output()}")
-            time.sleep(0.2)
-        return self
-
-    def output(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def listeners() -> Iterator[list[Listener]]:
-    """Every listener a test starts is killed (by PID) at its end if it still runs."""
-    started: list[Listener] = []
-    yield started
-    for listener in started:
-        listener.close()
-
-
-def queue_state(work_dir: Path, study: str) -> str | None:
-    """The study's state in the listener's queue, read with a separate connection (WAL: readers do not block)."""
-    path = work_dir / "queue.sqlite3"
-    if not path.exists():
-        return None
-    with sqlite3.connect(path, timeout=10) as db:
-        row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study,)).fetchone()
-    return row[0] if row else None
-
-
 def queue_rows(work_dir: Path, query: str, *values: object) -> list[tuple]:
     with sqlite3.connect(work_dir / "queue.sqlite3", timeout=10) as db:
         return db.execute(query, values).fetchall()
-
-
-def make_study(folder: Path, seed: int = 0, slices: int = 12, series: int = 1) -> tuple[str, list[str], list[Path]]:
-    """A brain MR study: ``series`` axial series of ``slices`` instances each; (study UID, series UIDs, files)."""
-    study, series_uids, files = generate_uid(), [], []
-    for number in range(series):
-        uid = generate_uid()
-        volume = np.random.default_rng(seed * 10 + number).uniform(0, 1000, (32, 32, slices))
-        files += write_dicom_series(
-            volume,
-            folder / f"s{number}",
-            "axial",
-            study,
-            uid,
-            series_number=number + 1,
-            attributes={**BRAIN, "PatientID": f"sdmad-listener-{seed}"},
-        )
-        series_uids.append(uid)
-    return study, series_uids, files
-
-
-def upload(orthanc, paths) -> tuple[str, list[str]]:
-    """POST each file to Orthanc; the Orthanc IDs of the (last) study and of each instance."""
-    study, instances = "", []
-    for path in paths:
-        answer = HTTP.post(f"{orthanc.url}/instances", data=Path(path).read_bytes(), timeout=30)
-        answer.raise_for_status()
-        study = answer.json()["ParentStudy"]
-        instances.append(answer.json()["ID"])
-    return study, instances
 
 
 def find_study(orthanc, study_uid: str) -> str | None:
@@ -210,66 +66,25 @@ def find_study(orthanc, study_uid: str) -> str | None:
     return found[0] if found else None
 
 
-def register(orthanc, name: str, port: int, aet: str = LISTENER_AET) -> None:
-    HTTP.put(
-        f"{orthanc.url}/modalities/{name}", json={"AET": aet, "Host": "127.0.0.1", "Port": port}, timeout=30
-    ).raise_for_status()
-
-
-def send(orthanc, name: str, resources: list[str], asynchronous: bool = False) -> requests.Response:
-    """Orthanc sends the resources (studies, series or instances) to the modality by C-STORE."""
-    body = {"Resources": resources, ("Asynchronous" if asynchronous else "Synchronous"): True}
-    return HTTP.post(f"{orthanc.url}/modalities/{name}/store", json=body, timeout=120)
-
-
-def sr_instances(orthanc, study_id: str) -> list[str]:
-    """Orthanc IDs of every SR instance of the study (REST: /studies/{id}/series, Modality SR)."""
-    series = HTTP.get(f"{orthanc.url}/studies/{study_id}/series", timeout=30).json()
-    return [i for s in series if s["MainDicomTags"].get("Modality") == "SR" for i in s["Instances"]]
-
-
-def sr_dataset(orthanc, instance_id: str) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(HTTP.get(f"{orthanc.url}/instances/{instance_id}/file", timeout=30).content))
-
-
-def assert_one_sr(orthanc, study_id: str, study: str, series: str, files) -> pydicom.Dataset:
-    """Exactly one SR in the Orthanc study; it references the source series and every instance of it."""
-    (instance,) = sr_instances(orthanc, study_id)
-    sr = sr_dataset(orthanc, instance)
-    assert sr.StudyInstanceUID == study
-    findings = read_sr_findings(sr)
-    assert {uid: sorted(uids) for uid, uids in findings["evidence"].items()} == {
-        series: sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
-    }
-    return sr
-
-
-def start_listener(work_dir, model, orthanc, listeners, *options: str, name: str | None = None) -> Listener:
-    options = options or ("--allow", orthanc.aet)
-    listener = Listener(work_dir, model, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", *options)
-    listeners.append(listener)
-    listener.start()
-    register(orthanc, name or work_dir.name, listener.port)
-    return listener
-
-
 FAST = ("--settle_seconds", "1", "--backoff", "0.2", "--max_backoff", "1", "--timeout", "10")
 
 
 # ---------------------------------------------------------------------------------------------------------- tests
-def test_study_round_trip(orthanc_dicom, model, tmp_path, listeners):
+def test_study_round_trip(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """Orthanc sends a study; one SR comes back into it, referencing the series; report, log, queue agree; a C-ECHO
     is answered; a second send of the same study adds nothing; SIGTERM ends the listener with status 0."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
-    listener = start_listener(work, model, orthanc, listeners, "--allow", orthanc.aet, *FAST, name="roundtrip")
-    assert echo(listener.port)
-    study, (series,), files = make_study(tmp_path / "study", seed=1)
-    study_id, _ = upload(orthanc, files)
+    listener = listener_kit.start_listener(
+        work, model, orthanc, listeners, "--allow", orthanc.aet, *FAST, name="roundtrip"
+    )
+    assert listener_kit.echo(listener.port)
+    study, (series,), files = listener_kit.make_study(tmp_path / "study", seed=1)
+    study_id, _ = listener_kit.upload(orthanc, files)
     started = time.monotonic()
-    assert send(orthanc, "roundtrip", [study_id]).status_code == 200
-    wait_for(lambda: queue_state(work, study) == "done", 60, "the study to be done")
+    assert listener_kit.send(orthanc, "roundtrip", [study_id]).status_code == 200
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the study to be done")
     elapsed = time.monotonic() - started
-    sr = assert_one_sr(orthanc, study_id, study, series, files)
+    sr = listener_kit.assert_one_sr(orthanc, study_id, study, series, files)
     report = json.loads((work / "studies" / study / "report.json").read_text())
     assert report["state"] == "done" and report["partial"] is False and report["instances"] == 12
     assert report["series"] == {series: 12} and report["calling_ae_title"] == orthanc.aet
@@ -281,16 +96,16 @@ def test_study_round_trip(orthanc_dicom, model, tmp_path, listeners):
     print(f"round trip: study sent to SR done in {elapsed:.1f} s")
 
     # the same study sent again: every instance is a repeat, nothing is reprocessed or sent
-    assert send(orthanc, "roundtrip", [study_id]).status_code == 200
+    assert listener_kit.send(orthanc, "roundtrip", [study_id]).status_code == 200
     time.sleep(2.5)
-    assert queue_state(work, study) == "done" and len(sr_instances(orthanc, study_id)) == 1
+    assert listener_kit.queue_state(work, study) == "done" and len(listener_kit.sr_instances(orthanc, study_id)) == 1
     assert queue_rows(work, "SELECT COUNT(*) FROM send_attempts")[0][0] == 1
 
     assert listener.stop(signal.SIGTERM) == 0
     assert "Stopped." in listener.output()
 
 
-def test_killed_while_receiving_and_while_processing(orthanc_dicom, model, tmp_path, listeners):
+def test_killed_while_receiving_and_while_processing(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """SIGKILL after half a study arrived: the acknowledged half is kept, the study completes when the PACS sends it
     again after the restart. SIGKILL while a study is processing: redone after the restart. One SR each."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
@@ -307,79 +122,83 @@ def test_killed_while_receiving_and_while_processing(orthanc_dicom, model, tmp_p
         "--slices",
         "all",
     )
-    first = start_listener(work, model, orthanc, listeners, *options, name="killed")
-    study, (series,), files = make_study(tmp_path / "a", seed=2)
-    study_id, instance_ids = upload(orthanc, files)
-    assert send(orthanc, "killed", instance_ids[:6]).status_code == 200
+    first = listener_kit.start_listener(work, model, orthanc, listeners, *options, name="killed")
+    study, (series,), files = listener_kit.make_study(tmp_path / "a", seed=2)
+    study_id, instance_ids = listener_kit.upload(orthanc, files)
+    assert listener_kit.send(orthanc, "killed", instance_ids[:6]).status_code == 200
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    assert queue_state(work, study) == "receiving"
+    assert listener_kit.queue_state(work, study) == "receiving"
     assert queue_rows(work, "SELECT COUNT(*) FROM instances WHERE study_uid = ?", study)[0][0] == 6
     assert len(list((work / "studies" / study / "incoming" / series).glob("*.dcm"))) == 6
 
-    second = start_listener(work, model, orthanc, listeners, *options, name="killed")
-    assert send(orthanc, "killed", [study_id]).status_code == 200  # 6 repeats, 6 new
-    wait_for(lambda: queue_state(work, study) == "done", 60, "the first study to be done")
-    assert_one_sr(orthanc, study_id, study, series, files)
+    second = listener_kit.start_listener(work, model, orthanc, listeners, *options, name="killed")
+    assert listener_kit.send(orthanc, "killed", [study_id]).status_code == 200  # 6 repeats, 6 new
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the first study to be done")
+    listener_kit.assert_one_sr(orthanc, study_id, study, series, files)
 
     # killed while processing the next study
-    other, (other_series,), other_files = make_study(tmp_path / "b", seed=3, slices=24)
-    other_id, _ = upload(orthanc, other_files)
-    assert send(orthanc, "killed", [other_id]).status_code == 200
-    wait_for(lambda: queue_state(work, other) == "processing", 30, "processing to start", interval=0.02)
+    other, (other_series,), other_files = listener_kit.make_study(tmp_path / "b", seed=3, slices=24)
+    other_id, _ = listener_kit.upload(orthanc, other_files)
+    assert listener_kit.send(orthanc, "killed", [other_id]).status_code == 200
+    listener_kit.wait_for(
+        lambda: listener_kit.queue_state(work, other) == "processing", 30, "processing to start", interval=0.02
+    )
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
-    assert queue_state(work, other) == "processing" and sr_instances(orthanc, other_id) == []
+    assert listener_kit.queue_state(work, other) == "processing" and listener_kit.sr_instances(orthanc, other_id) == []
 
-    start_listener(work, model, orthanc, listeners, *options, name="killed")
-    wait_for(lambda: queue_state(work, other) == "done", 60, "the second study to be done")
-    assert_one_sr(orthanc, other_id, other, other_series, other_files)
+    listener_kit.start_listener(work, model, orthanc, listeners, *options, name="killed")
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, other) == "done", 60, "the second study to be done")
+    listener_kit.assert_one_sr(orthanc, other_id, other, other_series, other_files)
     assert queue_rows(work, "SELECT process_attempts FROM studies WHERE study_uid = ?", other) == [(2,)]
     log = (work / "studies" / other / "study.log").read_text()
     assert "was processing when the listener stopped; processing again" in log
-    assert len(sr_instances(orthanc, study_id)) == 1  # the first study was not touched by the restarts
+    assert len(listener_kit.sr_instances(orthanc, study_id)) == 1  # the first study was not touched by the restarts
 
 
-def test_sigterm_mid_job_and_crash_after_send(orthanc_dicom, model, tmp_path, listeners):
+def test_sigterm_mid_job_and_crash_after_send(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """SIGTERM while a study is processing: exit status 0 at once (grace 0), the job stays in the queue and is done
     after the restart. A crash between the SR's C-STORE and the queue update (the row put back to 'sending'): the
     restart sends the same SR again and Orthanc still holds one."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
     options = ("--allow", orthanc.aet, *FAST, "--shutdown_grace", "0", "--slices", "all")  # see the test above
-    first = start_listener(work, model, orthanc, listeners, *options, name="sigterm")
-    study, (series,), files = make_study(tmp_path / "a", seed=4, slices=24)
-    study_id, _ = upload(orthanc, files)
-    assert send(orthanc, "sigterm", [study_id]).status_code == 200
-    wait_for(lambda: queue_state(work, study) == "processing", 30, "processing to start", interval=0.02)
+    first = listener_kit.start_listener(work, model, orthanc, listeners, *options, name="sigterm")
+    study, (series,), files = listener_kit.make_study(tmp_path / "a", seed=4, slices=24)
+    study_id, _ = listener_kit.upload(orthanc, files)
+    assert listener_kit.send(orthanc, "sigterm", [study_id]).status_code == 200
+    listener_kit.wait_for(
+        lambda: listener_kit.queue_state(work, study) == "processing", 30, "processing to start", interval=0.02
+    )
     started = time.monotonic()
     assert first.stop(signal.SIGTERM, timeout=30) == 0
     stopped_in = time.monotonic() - started
-    assert queue_state(work, study) == "processing"  # abandoned, not lost
+    assert listener_kit.queue_state(work, study) == "processing"  # abandoned, not lost
     assert "stopping before its job finished; it stays in the queue for the next start" in first.output()
     assert "Stopped; 1 job(s) left in the queue." in first.output()
 
-    second = start_listener(work, model, orthanc, listeners, *options, name="sigterm")
-    wait_for(lambda: queue_state(work, study) == "done", 60, "the study to be done")
+    second = listener_kit.start_listener(work, model, orthanc, listeners, *options, name="sigterm")
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the study to be done")
     assert "was processing when the listener stopped; processing again" in second.output()
-    sr = assert_one_sr(orthanc, study_id, study, series, files)
+    sr = listener_kit.assert_one_sr(orthanc, study_id, study, series, files)
     assert second.stop(signal.SIGKILL) == -signal.SIGKILL
 
     # the crash window after a successful C-STORE: the queue still says 'sending'
     with sqlite3.connect(work / "queue.sqlite3") as db:
         db.execute("UPDATE studies SET state = 'sending' WHERE study_uid = ?", (study,))
-    start_listener(work, model, orthanc, listeners, *options, name="sigterm")
-    wait_for(lambda: queue_state(work, study) == "done", 60, "the study to be done again")
+    listener_kit.start_listener(work, model, orthanc, listeners, *options, name="sigterm")
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the study to be done again")
     oks = queue_rows(work, "SELECT ok FROM send_attempts WHERE study_uid = ? ORDER BY rowid", study)
     assert oks == [(1,), (1,)]  # sent twice ...
-    (instance,) = sr_instances(orthanc, study_id)  # ... stored once: the same SOPInstanceUID
-    assert sr_dataset(orthanc, instance).SOPInstanceUID == sr.SOPInstanceUID
+    (instance,) = listener_kit.sr_instances(orthanc, study_id)  # ... stored once: the same SOPInstanceUID
+    assert listener_kit.sr_dataset(orthanc, instance).SOPInstanceUID == sr.SOPInstanceUID
     print(f"SIGTERM mid-job: exited in {stopped_in:.2f} s")
 
 
-def test_destination_down_then_up(orthanc_dicom, model, tmp_path, listeners, start_orthanc_dicom):
+def test_destination_down_then_up(orthanc_dicom, model, tmp_path, listeners, start_orthanc_dicom, listener_kit):
     """The destination PACS is not running: each send attempt is recorded and retried with exponential backoff;
     once it runs, the SR is sent and appears there exactly once."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
     dest_port = free_port()
-    listener = Listener(
+    listener = listener_kit.Listener(
         work,
         model,
         f"SDMADDEST@127.0.0.1:{dest_port}",
@@ -388,59 +207,63 @@ def test_destination_down_then_up(orthanc_dicom, model, tmp_path, listeners, sta
     )
     listeners.append(listener)
     listener.start()
-    register(orthanc, "downup", listener.port)
-    study, (series,), files = make_study(tmp_path / "a", seed=5)
-    study_id, _ = upload(orthanc, files)
-    assert send(orthanc, "downup", [study_id]).status_code == 200
+    listener_kit.register(orthanc, "downup", listener.port)
+    study, (series,), files = listener_kit.make_study(tmp_path / "a", seed=5)
+    study_id, _ = listener_kit.upload(orthanc, files)
+    assert listener_kit.send(orthanc, "downup", [study_id]).status_code == 200
 
     def failures() -> int:
         return queue_rows(work, "SELECT COUNT(*) FROM send_attempts WHERE study_uid = ? AND ok = 0", study)[0][0]
 
-    wait_for(lambda: failures() >= 3, 60, "three failed send attempts")
-    assert queue_state(work, study) == "sending"
+    listener_kit.wait_for(lambda: failures() >= 3, 60, "three failed send attempts")
+    assert listener_kit.queue_state(work, study) == "sending"
     destination = start_orthanc_dicom("SDMADDEST", dest_port)
-    wait_for(lambda: queue_state(work, study) == "done", 60, "the study to be done")
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the study to be done")
     attempts = queue_rows(work, "SELECT at, ok, detail FROM send_attempts WHERE study_uid = ? ORDER BY rowid", study)
     assert [ok for _, ok, _ in attempts] == [0] * (len(attempts) - 1) + [1]
     assert "no association with SDMADDEST@127.0.0.1" in attempts[0][2]
     gaps = np.diff([at for at, _, _ in attempts])
     assert gaps[0] >= 0.5 and gaps[1] >= 1.0 and gaps[2] >= 2.0  # 0.5, 1, 2, 4, 4 ... seconds
-    dest_study = wait_for(lambda: find_study(destination, study), 10, "the study in the destination")
-    assert_one_sr(destination, dest_study, study, series, files)
-    assert sr_instances(orthanc, study_id) == []  # the sender got nothing: SRs go to the destination only
+    dest_study = listener_kit.wait_for(lambda: find_study(destination, study), 10, "the study in the destination")
+    listener_kit.assert_one_sr(destination, dest_study, study, series, files)
+    assert listener_kit.sr_instances(orthanc, study_id) == []  # the sender got nothing: SRs go to the destination only
     log = (work / "studies" / study / "study.log").read_text()
     assert "retrying in 0.5 s" in log and "retrying in 1 s" in log
     print(f"destination down then up: {len(attempts) - 1} failed attempts, then sent")
 
 
-def test_partial_studies(orthanc_dicom, model, tmp_path, listeners):
+def test_partial_studies(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """A series with a missing slice holds its study: completed later, the study is processed then (one SR over every
     instance); never completed, it is processed at the study timeout with what arrived, reported as partial."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
     options = ("--allow", orthanc.aet, *FAST, "--study_timeout", "12")
-    start_listener(work, model, orthanc, listeners, *options, name="partial")
-    late, (late_series,), late_files = make_study(tmp_path / "late", seed=6)
-    late_id, late_instances = upload(orthanc, late_files)
-    stuck, (complete, gapped), stuck_files = make_study(tmp_path / "stuck", seed=7, series=2)
-    stuck_id, stuck_instances = upload(orthanc, stuck_files)
+    listener_kit.start_listener(work, model, orthanc, listeners, *options, name="partial")
+    late, (late_series,), late_files = listener_kit.make_study(tmp_path / "late", seed=6)
+    late_id, late_instances = listener_kit.upload(orthanc, late_files)
+    stuck, (complete, gapped), stuck_files = listener_kit.make_study(tmp_path / "stuck", seed=7, series=2)
+    stuck_id, stuck_instances = listener_kit.upload(orthanc, stuck_files)
     started = time.monotonic()
-    assert send(orthanc, "partial", late_instances[:5] + late_instances[6:]).status_code == 200  # slice 5 missing
-    assert send(orthanc, "partial", stuck_instances[:17] + stuck_instances[18:]).status_code == 200  # B: slice 5
+    assert (
+        listener_kit.send(orthanc, "partial", late_instances[:5] + late_instances[6:]).status_code == 200
+    )  # slice 5 missing
+    assert (
+        listener_kit.send(orthanc, "partial", stuck_instances[:17] + stuck_instances[18:]).status_code == 200
+    )  # B: slice 5
 
     late_log = work / "studies" / late / "study.log"
-    wait_for(lambda: late_log.exists() and "incomplete" in late_log.read_text(), 30, "the study to wait")
-    assert "missing" in late_log.read_text() and queue_state(work, late) == "receiving"
+    listener_kit.wait_for(lambda: late_log.exists() and "incomplete" in late_log.read_text(), 30, "the study to wait")
+    assert "missing" in late_log.read_text() and listener_kit.queue_state(work, late) == "receiving"
     time.sleep(1.5)
-    assert sr_instances(orthanc, late_id) == []
-    assert send(orthanc, "partial", late_instances[5:6]).status_code == 200
-    wait_for(lambda: queue_state(work, late) == "done", 60, "the completed study to be done")
-    assert_one_sr(orthanc, late_id, late, late_series, late_files)
+    assert listener_kit.sr_instances(orthanc, late_id) == []
+    assert listener_kit.send(orthanc, "partial", late_instances[5:6]).status_code == 200
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, late) == "done", 60, "the completed study to be done")
+    listener_kit.assert_one_sr(orthanc, late_id, late, late_series, late_files)
     assert json.loads((work / "studies" / late / "report.json").read_text())["partial"] is False
     assert time.monotonic() - started < 12  # done before the timeout
 
-    wait_for(lambda: queue_state(work, stuck) == "done", 60, "the partial study to be done")
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, stuck) == "done", 60, "the partial study to be done")
     assert time.monotonic() - started >= 11  # not before the timeout
-    assert_one_sr(orthanc, stuck_id, stuck, complete, stuck_files[:12])
+    listener_kit.assert_one_sr(orthanc, stuck_id, stuck, complete, stuck_files[:12])
     report = json.loads((work / "studies" / stuck / "report.json").read_text())
     assert report["partial"] is True and gapped in report["missing"] and complete not in report["missing"]
     assert "PARTIAL" in report["reason"]
@@ -450,18 +273,20 @@ def test_partial_studies(orthanc_dicom, model, tmp_path, listeners):
     assert "DONE: sent 1 SR(s)" in log.strip().splitlines()[-1] and "PARTIAL" in log.strip().splitlines()[-1]
 
 
-def test_twenty_studies_at_once(orthanc_dicom, model, tmp_path, listeners):
+def test_twenty_studies_at_once(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """20 studies sent at once (20 asynchronous Orthanc jobs): 20 SRs, one in each study; at most --workers studies
     are processed at the same time."""
     orthanc, work = orthanc_dicom, tmp_path / "work"
-    start_listener(work, model, orthanc, listeners, "--allow", orthanc.aet, *FAST, "--workers", "2", name="twenty")
+    listener_kit.start_listener(
+        work, model, orthanc, listeners, "--allow", orthanc.aet, *FAST, "--workers", "2", name="twenty"
+    )
     studies = []
     for number in range(20):
-        study, (series,), files = make_study(tmp_path / f"s{number}", seed=100 + number, slices=11)
-        studies.append((study, series, files, upload(orthanc, files)[0]))
+        study, (series,), files = listener_kit.make_study(tmp_path / f"s{number}", seed=100 + number, slices=11)
+        studies.append((study, series, files, listener_kit.upload(orthanc, files)[0]))
     started = time.monotonic()
     for *_, study_id in studies:  # 20 Orthanc jobs (Orthanc runs 2 at a time: ConcurrentJobs)
-        assert send(orthanc, "twenty", [study_id], asynchronous=True).status_code == 200
+        assert listener_kit.send(orthanc, "twenty", [study_id], asynchronous=True).status_code == 200
     most = 0
     while True:
         states = (
@@ -475,7 +300,7 @@ def test_twenty_studies_at_once(orthanc_dicom, model, tmp_path, listeners):
     elapsed = time.monotonic() - started
     assert set(states.values()) == {"done"}, {k: v for k, v in states.items() if v != "done"}
     for study, series, files, study_id in studies:
-        assert_one_sr(orthanc, study_id, study, series, files)
+        listener_kit.assert_one_sr(orthanc, study_id, study, series, files)
     assert 1 <= most <= 2
     print(f"20 studies at once: all 20 SRs in Orthanc {elapsed:.1f} s after the sends (at most {most} processing)")
     assert elapsed < 120
@@ -521,7 +346,7 @@ def store_scu(port: int, paths, calling: str) -> list[int]:
         assoc.release()
 
 
-def test_unknown_calling_ae_is_rejected(orthanc_dicom, detector, tmp_path, caplog):
+def test_unknown_calling_ae_is_rejected(orthanc_dicom, detector, tmp_path, caplog, listener_kit):
     """Only the allow-list's calling AE titles, calling the listener's AE title, get an association: Orthanc (not in
     the list) cannot send, nothing is stored; the rejections name the reason on both sides."""
     orthanc = orthanc_dicom
@@ -531,13 +356,13 @@ def test_unknown_calling_ae_is_rejected(orthanc_dicom, detector, tmp_path, caplo
             tmp_path, detector, f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", ("OTHERPACS",), settle_seconds=0.5
         ) as listener,
     ):
-        register(orthanc, "unknown", listener.config.port)
-        study, _, files = make_study(tmp_path / "a", seed=8)
-        study_id, _ = upload(orthanc, files)
-        assert send(orthanc, "unknown", [study_id]).status_code != 200
-        assert not echo(listener.config.port, calling="INTRUDER")
-        assert not echo(listener.config.port, calling="OTHERPACS", called="SOMEONE")
-        assert echo(listener.config.port, calling="OTHERPACS")
+        listener_kit.register(orthanc, "unknown", listener.config.port)
+        study, _, files = listener_kit.make_study(tmp_path / "a", seed=8)
+        study_id, _ = listener_kit.upload(orthanc, files)
+        assert listener_kit.send(orthanc, "unknown", [study_id]).status_code != 200
+        assert not listener_kit.echo(listener.config.port, calling="INTRUDER")
+        assert not listener_kit.echo(listener.config.port, calling="OTHERPACS", called="SOMEONE")
+        assert listener_kit.echo(listener.config.port, calling="OTHERPACS")
         time.sleep(1)
         assert listener.queue is not None and listener.queue.jobs() == []
     assert not (tmp_path / "work" / "studies" / study).exists()
@@ -553,7 +378,7 @@ def test_unknown_calling_ae_is_rejected(orthanc_dicom, detector, tmp_path, caplo
     assert "Reason: Calling AE title not recognised" in caplog.text  # what pynetdicom's requestor side received
 
 
-def test_destination_never_up_fails_after_the_retries(detector, tmp_path, caplog):
+def test_destination_never_up_fails_after_the_retries(detector, tmp_path, caplog, listener_kit):
     """Sending to a port nobody listens on: ``retries + 1`` attempts with doubling waits, then ``failed`` with one
     clear line in the study's log and report. Also: an instance is acknowledged once, a repeat changes nothing."""
     dead = free_port()
@@ -570,11 +395,11 @@ def test_destination_never_up_fails_after_the_retries(detector, tmp_path, caplog
             network_timeout=2,
         ) as listener,
     ):
-        study, (series,), files = make_study(tmp_path / "a", seed=9)
+        study, (series,), files = listener_kit.make_study(tmp_path / "a", seed=9)
         assert store_scu(listener.config.port, files, "SDMADPACS") == [0] * 12
         assert store_scu(listener.config.port, files[:2], "SDMADPACS") == [0, 0]  # repeats: recorded once
         assert listener.queue is not None
-        wait_for(lambda: listener.queue.get(study).state == State.FAILED, 60, "the study to fail")  # type: ignore
+        listener_kit.wait_for(lambda: listener.queue.get(study).state == State.FAILED, 60, "the study to fail")  # type: ignore
         job = listener.queue.get(study)
         attempts = listener.queue.attempts(study)
     assert job is not None and job.instances == 12
@@ -679,7 +504,7 @@ def test_walkthroughs_listen_commands_match_the_cli():
             assert set(re.findall(r"--(\w+)", arguments)) <= parameters, name
 
 
-def test_one_listener_per_folder_and_port(detector, tmp_path):
+def test_one_listener_per_folder_and_port(detector, tmp_path, listener_kit):
     """A second listener on the same work folder, or on a port in use, does not start; the error names it."""
     with in_process(tmp_path, detector, "PACS@127.0.0.1:1", ("PACS",)) as listener:
         same_folder = ListenerConfig(
@@ -692,4 +517,4 @@ def test_one_listener_per_folder_and_port(detector, tmp_path):
         )
         with pytest.raises(ListenerError, match=rf"cannot listen on 127.0.0.1:{listener.config.port}: .*--port"):
             DicomListener(same_port, detector).start()
-        assert echo(listener.config.port, calling="PACS")  # the first one still serves
+        assert listener_kit.echo(listener.config.port, calling="PACS")  # the first one still serves
