@@ -62,7 +62,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import is_user_error, one_line
+from .errors import format_traceback, is_user_error, one_line
 from .utils import ensure_writable_folder
 
 __all__ = ["SdmadCommands", "exit_on_sigterm", "main"]
@@ -650,8 +650,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _check_options(command)
         fire.Fire(SdmadCommands(), command=command, name="sdmad")
     except Exception as error:
-        if not is_user_error(error):
-            raise
+        if not is_user_error(error):  # a bug: its whole traceback, redacted (it may quote a URL or a header)
+            sys.stderr.write(format_traceback(type(error), error, error.__traceback__))
+            sys.exit(1)
         print(f"sdmad: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
 

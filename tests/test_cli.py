@@ -319,3 +319,22 @@ def test_missing_pacs_extra_is_one_line_naming_the_extra(tmp_path, model, study)
     line = error_line(run)
     assert "needs the highdicom package" in line and '".[pacs]"' in line
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_bug_prints_its_whole_traceback_redacted(monkeypatch, capsys):
+    """A non-user error keeps its traceback, but a URL's user info and an Authorization value never reach stderr."""
+    from sdmad_monai import cli
+
+    def broken(command):
+        raise RuntimeError(
+            "GET https://alice:s3cret-pw@pacs.example.org/dicom-web failed; sent Authorization: Bearer tok3n-abcdefgh"
+        )
+
+    monkeypatch.setattr(cli, "_check_options", broken)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["process_folder"])
+    assert ended.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert "RuntimeError: GET https://***@pacs.example.org/dicom-web failed" in err
+    assert "s3cret-pw" not in err and "tok3n-abcdefgh" not in err and "alice" not in err

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +89,6 @@ def srs_in(client: DICOMwebClient, study: str) -> set[str]:
             study_instance_uid=study, series_instance_uid=series["0020000E"]["Value"][0]
         )
     }
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sign selection kept no prompt")
-        return SignDrivenDetector.from_preset("tiny").save(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 # ---------------------------------------------------------------------------------------------- no server needed
