@@ -133,6 +133,7 @@ class SdmadCommands:
         batch_size: int = 16,
         pretrained: str | None = None,
         target_sensitivity: float | None = None,
+        anomaly_map: bool = False,
     ) -> list[str]:
         """Write one DICOM SR + JSON per series of ``input_dir`` that matches the series rules.
 
@@ -150,6 +151,8 @@ class SdmadCommands:
             pretrained: where the backbone weights are now, if the checkpoint names a local file that moved.
             target_sensitivity: decide each finding by its calibrated probability, at the threshold reaching this
                 sensitivity on the training's validation slices (default: Eq. 8 decides).
+            anomaly_map: also write each series' 3D anomaly map as a DICOM Parametric Map,
+                ``sdmad_map_<SeriesInstanceUID>.dcm``.
 
         Returns:
             The written files.
@@ -177,6 +180,7 @@ class SdmadCommands:
             slices=_parse_slices(slices),
             axis=axis,
             strict=True,
+            anomaly_map=bool(anomaly_map),
             batch_size=batch_size,
         )
         return [str(p) for p in written]
@@ -320,6 +324,7 @@ class SdmadCommands:
         client_cert: str | None = None,
         client_key: str | None = None,
         allow_insecure: bool = False,
+        anomaly_map: bool = False,
     ) -> None:
         """Receive studies by DICOM C-STORE, run SD-MAD on each once it is complete, send its SRs by C-STORE.
 
@@ -362,6 +367,7 @@ class SdmadCommands:
             client_key: PEM key of ``client_cert``, when not inside it (owner-only).
             allow_insecure: permit plain (unencrypted) DICOM on a listening address or to a destination that is
                 not loopback (warned once).
+            anomaly_map: also send each series' 3D anomaly map (DICOM Parametric Map) with its SR.
         """
         import os
         import signal
@@ -378,6 +384,8 @@ class SdmadCommands:
 
         if not isinstance(destination_tls, bool) or not isinstance(allow_insecure, bool):
             raise PacsSecurityError("--destination_tls and --allow_insecure are flags (no value).")
+        if not isinstance(anomaly_map, bool):
+            raise ValueError(f"--anomaly_map is a flag (no value), got {anomaly_map!r}.")
         if not destination_tls and any(v is not None for v in (ca_bundle, client_cert, client_key)):
             raise PacsSecurityError(
                 "--ca_bundle, --client_cert and --client_key set up TLS towards the destination: add --destination_tls."
@@ -407,6 +415,7 @@ class SdmadCommands:
             server_tls=ServerTls.from_options(tls_cert, tls_key, tls_client_ca),
             destination_tls=sending_tls,
             allow_insecure=allow_insecure,
+            anomaly_map=anomaly_map,
         )
         load_detector = _detector_loader(model, device, pretrained, target_sensitivity)
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise

@@ -63,7 +63,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +112,12 @@ logger = logging.getLogger(__name__)
 MAX_PROCESS_ATTEMPTS = 3
 #: A UID as used in file names: digits and dots (leading zeros, invalid but seen in the wild, are accepted).
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _count_outputs(paths: Sequence[str | Path]) -> str:
+    """``"1 SR(s)"``, or ``"1 SR(s) and 1 anomaly map(s)"`` when the maps go too (``sdmad_map_*.dcm``)."""
+    maps = sum(Path(p).name.startswith("sdmad_map_") for p in paths)
+    return f"{len(paths) - maps} SR(s)" + (f" and {maps} anomaly map(s)" if maps else "")
 
 
 class DicomListener:
@@ -484,6 +490,7 @@ class DicomListener:
                     axis=self.config.axis,
                     strict=False,
                     finding_codes=self._codes,
+                    anomaly_map=self.config.anomaly_map,
                     **self.config.infer_kwargs,
                 )
         except SeriesProcessingError as error:
@@ -502,7 +509,8 @@ class DicomListener:
                 study_uid, logging.INFO, "new instances arrived while it was processed; processing again once settled."
             )
             return
-        study_log(study_uid, logging.INFO, "%d SR(s) written; sending to %s.", len(reports), self.config.destination)
+        written_now = _count_outputs(reports)
+        study_log(study_uid, logging.INFO, "%s written; sending to %s.", written_now, self.config.destination)
         sending = self.queue.get(study_uid)
         if sending is not None and sending.state == State.SENDING and sending.generation == job.generation:
             self._send(sending)
@@ -522,13 +530,14 @@ class DicomListener:
         except Exception as error:  # e.g. an unreadable SR file
             ok, detail = False, one_line(error)
         else:
-            ok, detail = True, f"{len(job.outputs)} SR(s) stored"
+            ok, detail = True, f"{_count_outputs(job.outputs)} stored"
         attempt = self.queue.record_attempt(job.study_uid, job.generation, ok, detail)
         total = self.config.retries + 1
         if ok:
             uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in job.outputs]
             self.queue.record_sent(job.study_uid, uids)
-            reason = f"sent {len(uids)} SR(s) ({', '.join(uids)}) to {self.config.destination} (attempt {attempt})"
+            sent = _count_outputs(job.outputs)
+            reason = f"sent {sent} ({', '.join(uids)}) to {self.config.destination} (attempt {attempt})"
             self._finish(job, State.DONE, reason + (f"; PARTIAL: {job.partial}" if job.partial else ""))
         elif attempt >= total:
             self._finish(

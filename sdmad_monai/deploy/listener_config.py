@@ -156,6 +156,7 @@ class ListenerConfig:
         destination_tls: send the SRs over TLS, verified with these settings (CA bundle, client certificate);
             ``None``: plain DICOM, refused to a destination that is not loopback unless ``allow_insecure``.
         allow_insecure: permit plain DICOM off loopback (warned once per host).
+        anomaly_map: also send each processed series' 3D anomaly map (a DICOM Parametric Map) with its SR.
     """
 
     work_dir: Path
@@ -181,6 +182,7 @@ class ListenerConfig:
     server_tls: ServerTls | None = None
     destination_tls: TlsSettings | None = None
     allow_insecure: bool = False
+    anomaly_map: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here

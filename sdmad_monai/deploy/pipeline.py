@@ -71,6 +71,7 @@ __all__ = [
     "slice_instances",
     "volume_metatensor",
     "write_inference_outcome",
+    "write_map_file",
     "write_outcome_anomaly_maps",
     "write_sr_files",
 ]
@@ -646,26 +647,37 @@ def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path
     Raises:
         ValueError: a series has no anomaly volume (inference ran without ``anomaly_maps``).
     """
-    from .map_dicom import write_anomaly_map
-
     missing = [f.name for f in outcome.findings if f.anomaly_volume is None]
     if missing:
         raise ValueError(
             f"No anomaly volume for series {missing}: run the inference with anomaly_maps=True (--anomaly-map / "
             "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
         )
-    written: list[Path] = []
-    for findings in outcome.findings:
-        assert findings.anomaly_volume is not None  # checked above, for every series
-        path = write_anomaly_map(
-            findings.anomaly_volume,
-            findings.datasets,
-            findings.algorithm,
-            findings.result.slice_indices,
-            output_dir,
-            axis=findings.result.axis,
-            processed_images=findings.source_images,
+    return [write_map_file(findings, output_dir) for findings in outcome.findings]
+
+
+def write_map_file(findings: SeriesFindings, output_dir: str | Path) -> Path:
+    """The 3D anomaly map of one series as a DICOM Parametric Map (:func:`~sdmad_monai.deploy.map_dicom.
+    write_anomaly_map`): ``sdmad_map_<SeriesInstanceUID>.dcm``.
+
+    Raises:
+        ValueError: the series has no anomaly volume (inference ran without ``anomaly_maps``).
+    """
+    from .map_dicom import write_anomaly_map
+
+    if findings.anomaly_volume is None:
+        raise ValueError(
+            f"No anomaly volume for series {findings.name}: run the inference with anomaly_maps=True (--anomaly-map / "
+            "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
         )
-        logger.info("Series %s: wrote the anomaly map %s", findings.name, path)
-        written.append(path)
-    return written
+    path = write_anomaly_map(
+        findings.anomaly_volume,
+        findings.datasets,
+        findings.algorithm,
+        findings.result.slice_indices,
+        output_dir,
+        axis=findings.result.axis,
+        processed_images=findings.source_images,
+    )
+    logger.info("Series %s: wrote the anomaly map %s", findings.name, path)
+    return path

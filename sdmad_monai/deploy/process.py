@@ -32,6 +32,7 @@ from .pipeline import (
     DEFAULT_SLICES,
     NoMatchingSeriesError,
     PendingSeries,
+    SeriesFindings,
     SeriesJob,
     SeriesOptions,
     SeriesProcessingError,
@@ -40,6 +41,7 @@ from .pipeline import (
     raise_failures,
     run_jobs,
     select_series_to_process,
+    write_map_file,
     write_sr_files,
 )
 from .rules import SeriesRules, load_series_rules
@@ -140,9 +142,11 @@ def process_dicom_folder(
     axis: str = "axial",
     strict: bool = False,
     finding_codes: FindingCodes | str | Path | None = None,
+    anomaly_map: bool = False,
     **infer_kwargs: Any,
 ) -> list[Path]:
-    """Run SD-MAD on every series under ``input_dir`` that matches the rules; write one SR + JSON per series.
+    """Run SD-MAD on every series under ``input_dir`` that matches the rules; write one SR + JSON per series (and,
+    with ``anomaly_map``, its 3D anomaly map as a DICOM Parametric Map).
 
     Args:
         detector: the trained detector, its checkpoint path, or a function returning it; a path or function is only
@@ -156,11 +160,13 @@ def process_dicom_folder(
         strict: raise :class:`NoMatchingSeriesError` when no series matches, instead of returning ``[]``.
         finding_codes: how the SR codes the categories (:func:`~sdmad_monai.deploy.codes.load_finding_codes`), a
             finding-codes JSON file, or ``None`` for the shipped codes; read and checked before any series.
+        anomaly_map: also compute the anomaly maps and write ``sdmad_map_<SeriesInstanceUID>.dcm`` per series
+            (:func:`~sdmad_monai.deploy.pipeline.write_map_file`; the detector needs map layers).
         infer_kwargs: ``batch_size``, ``device`` for :func:`~sdmad_monai.inference.infer_volume`.
 
     Returns:
-        The written paths (SR, JSON for each processed series); ``[]`` when no series matches (the reasons are
-        logged).
+        The written paths (SR, JSON and, with ``anomaly_map``, the map for each processed series); ``[]`` when no
+        series matches (the reasons are logged).
 
     Raises:
         FileNotFoundError: ``input_dir`` is not a folder.
@@ -169,7 +175,7 @@ def process_dicom_folder(
             of range); the other series are still processed and their files are listed in ``error.written``.
     """
     require_extra(("highdicom",), "pacs", "Writing DICOM SRs (sdmad process_folder)")
-    options = SeriesOptions.create(axis, slices, **infer_kwargs)
+    options = SeriesOptions.create(axis, slices, anomaly_map, **infer_kwargs)
     rules = rules if isinstance(rules, SeriesRules) else load_series_rules(rules)
     finding_codes = finding_codes if isinstance(finding_codes, FindingCodes) else load_finding_codes(finding_codes)
     output_dir = Path(output_dir)
@@ -184,8 +190,11 @@ def process_dicom_folder(
         return lambda: folder_series_job(files, folders[0] if len(folders) == 1 else str(input_dir))
 
     pending = [PendingSeries(describe_series(headers[uid]), build(all_series[uid])) for uid in selected]
-    outcome = run_jobs(
-        detector, pending, options, sink=lambda findings: write_sr_files(findings, output_dir, finding_codes)
-    )
+
+    def sink(findings: SeriesFindings) -> list[Path]:
+        written = write_sr_files(findings, output_dir, finding_codes)
+        return written + [write_map_file(findings, output_dir)] if anomaly_map else written
+
+    outcome = run_jobs(detector, pending, options, sink=sink)
     raise_failures(outcome)
     return outcome.written

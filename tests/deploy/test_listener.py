@@ -105,6 +105,40 @@ def test_study_round_trip(orthanc_dicom, model, tmp_path, listeners, listener_ki
     assert "Stopped." in listener.output()
 
 
+def test_anomaly_map_goes_back_with_the_sr(orthanc_dicom, model, tmp_path, listeners, listener_kit):
+    """--anomaly_map: the series' Parametric Map goes back beside the SR, both once, in the study they came from,
+    and the report says so; the same study sent again adds nothing."""
+    orthanc, work = orthanc_dicom, tmp_path / "work"
+    listener_kit.start_listener(
+        work, model, orthanc, listeners, "--allow", orthanc.aet, *FAST, "--anomaly_map", name="withmap"
+    )
+    study, (series,), files = listener_kit.make_study(tmp_path / "study", seed=4)
+    study_id, _ = listener_kit.upload(orthanc, files)
+    assert listener_kit.send(orthanc, "withmap", [study_id]).status_code == 200
+    listener_kit.wait_for(lambda: listener_kit.queue_state(work, study) == "done", 60, "the study to be done")
+    sr = listener_kit.assert_one_sr(orthanc, study_id, study, series, files)
+
+    def sop_classes() -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for instance in HTTP.get(f"{orthanc.url}/studies/{study_id}/instances", timeout=30).json():
+            tags = HTTP.get(f"{orthanc.url}/instances/{instance['ID']}/simplified-tags", timeout=30).json()
+            found.setdefault(tags["SOPClassUID"], []).append(instance["ID"])
+        return found
+
+    classes = sop_classes()
+    parametric_map = "1.2.840.10008.5.1.4.1.1.30"
+    assert sum(map(len, classes.values())) == len(files) + 2 and len(classes[parametric_map]) == 1
+    pmap = listener_kit.sr_dataset(orthanc, classes[parametric_map][0])
+    assert pmap.StudyInstanceUID == study and pmap.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    report = json.loads((work / "studies" / study / "report.json").read_text())
+    assert report["state"] == "done" and "sent 1 SR(s) and 1 anomaly map(s) (" in report["reason"]
+    assert sr.SOPInstanceUID in report["reason"] and pmap.SOPInstanceUID in report["reason"]
+
+    assert listener_kit.send(orthanc, "withmap", [study_id]).status_code == 200
+    time.sleep(2.5)
+    assert listener_kit.queue_state(work, study) == "done" and sop_classes() == classes
+
+
 def test_killed_while_receiving_and_while_processing(orthanc_dicom, model, tmp_path, listeners, listener_kit):
     """SIGKILL after half a study arrived: the acknowledged half is kept, the study completes when the PACS sends it
     again after the restart. SIGKILL while a study is processing: redone after the restart. One SR each."""

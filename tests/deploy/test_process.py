@@ -89,6 +89,19 @@ def test_mixed_folder_gives_one_sr(tmp_path, mixed_folder, detector, caplog):
     assert again == written and pydicom.dcmread(again[0]).SOPInstanceUID == sr.SOPInstanceUID
 
 
+def test_anomaly_map_beside_the_sr(tmp_path, mixed_folder, detector):
+    """anomaly_map=True adds the series' Parametric Map (what `sdmad process_folder --anomaly_map` and the listener's
+    --anomaly_map send on); its UID is as deterministic as the SR's."""
+    written = process_dicom_folder(detector, mixed_folder, tmp_path / "out", anomaly_map=True)
+    assert [p.name for p in written] == [f"sdmad_sr_{AXIAL}.dcm", f"sdmad_sr_{AXIAL}.json", f"sdmad_map_{AXIAL}.dcm"]
+    parametric = pydicom.dcmread(written[2])
+    assert parametric.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert parametric.StudyInstanceUID == STUDY
+    assert parametric.ReferencedSeriesSequence[0].SeriesInstanceUID == AXIAL
+    again = process_dicom_folder(detector, mixed_folder, tmp_path / "again", anomaly_map=True)
+    assert pydicom.dcmread(again[2]).SOPInstanceUID == parametric.SOPInstanceUID
+
+
 def test_no_matching_series(tmp_path, detector, caplog):
     folder = tmp_path / "in"
     write_dicom_series(volume(), folder / "cor", "coronal", STUDY, CORONAL)
