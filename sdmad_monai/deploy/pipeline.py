@@ -649,11 +649,15 @@ def write_outcome_anomaly_maps(outcome: InferenceOutcome, output_dir: str | Path
     """
     missing = [f.name for f in outcome.findings if f.anomaly_volume is None]
     if missing:
-        raise ValueError(
-            f"No anomaly volume for series {missing}: run the inference with anomaly_maps=True (--anomaly-map / "
-            "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
-        )
+        raise _no_anomaly_volume(", ".join(missing))
     return [write_map_file(findings, output_dir) for findings in outcome.findings]
+
+
+def _no_anomaly_volume(series: str) -> ValueError:
+    return ValueError(
+        f"No anomaly volume for series {series}: run the inference with anomaly_maps=True (--anomaly-map / "
+        "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
+    )
 
 
 def write_map_file(findings: SeriesFindings, output_dir: str | Path) -> Path:
@@ -666,10 +670,7 @@ def write_map_file(findings: SeriesFindings, output_dir: str | Path) -> Path:
     from .map_dicom import write_anomaly_map
 
     if findings.anomaly_volume is None:
-        raise ValueError(
-            f"No anomaly volume for series {findings.name}: run the inference with anomaly_maps=True (--anomaly-map / "
-            "SDMAD_ANOMALY_MAP=1) to write the DICOM anomaly maps."
-        )
+        raise _no_anomaly_volume(findings.name)
     path = write_anomaly_map(
         findings.anomaly_volume,
         findings.datasets,

@@ -251,7 +251,7 @@ def test_inference_outcome_to_map(tiny_series, tmp_path):
     )
     with pytest.raises(
         ValueError,
-        match=r"No anomaly volume for series \['x'\]: run the inference with "
+        match=r"No anomaly volume for series x: run the inference with "
         r"anomaly_maps=True",
     ):
         write_outcome_anomaly_maps(InferenceOutcome(findings=[no_volume]), tmp_path)
