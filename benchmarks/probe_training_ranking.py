@@ -93,22 +93,34 @@ def _stack(items: list, transform: Any) -> tuple[Any, Any]:
     )
 
 
-def train_one_seed(seed: int, epochs: int, work: Path, smoke: bool) -> dict[str, Any]:
+def build_demo_training(
+    seed: int, work: Path, smoke: bool, overrides: dict[str, Any] | None = None
+) -> tuple[Any, dict, Any, Any, Any, Any]:
+    """The bundle's demo training objects from ``configs/train.json`` as it is (plus ``overrides``), seeded as the
+    bundle seeds them: network, splits, training loader, loss, optimiser and the validation preprocessing."""
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(work), "seed": seed})
+    parser.update({"bundle_root": str(work), "seed": seed, **(overrides or {})})
     if smoke:
         parser.update({"demo_volumes": 24, "k_shot": 1, "pretrained": None})
     set_determinism(seed=seed)
     net = parser.get_parsed_content("network_def")
     splits = parser.get_parsed_content("splits")
-    loader = parser.get_parsed_content("train#dataloader")
-    loss_fn = parser.get_parsed_content("loss")
-    optimiser = parser.get_parsed_content("optimizer")
-    evaluate = parser.get_parsed_content("validate#preprocessing")
+    return (
+        net,
+        splits,
+        parser.get_parsed_content("train#dataloader"),
+        parser.get_parsed_content("loss"),
+        parser.get_parsed_content("optimizer"),
+        parser.get_parsed_content("validate#preprocessing"),
+    )
+
+
+def train_one_seed(seed: int, epochs: int, work: Path, smoke: bool) -> dict[str, Any]:
+    net, splits, loader, loss_fn, optimiser, evaluate = build_demo_training(seed, work, smoke)
     support = _stack(splits["training"], evaluate)
     test = _stack(splits["test"], evaluate)
     neg = float((test[1] == 0).float().mean())
