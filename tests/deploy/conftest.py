@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.server
 import ipaddress
 import json
 import os
@@ -26,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -325,7 +327,6 @@ def tls_front(
     For Orthanc builds whose own TLS crashes: Debian 12's Orthanc 1.10 with civetweb 1.15 and OpenSSL 3 segfaults on
     the first TLS connection (civetweb/civetweb#1316)."""
     import ssl
-    import threading
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(certificate))
@@ -389,6 +390,45 @@ def tls_front(
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+@contextlib.contextmanager
+def canned_http_server(status: int, headers: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+    """An HTTP server on 127.0.0.1 that answers every GET with ``status`` (and ``headers``), empty body.
+
+    Yields ``SimpleNamespace(url, authorizations)``: the DICOMweb base URL and the ``Authorization`` header of each
+    request received, in order (``None`` where a request had none; ``len`` is the request count). Stopped on exit.
+    """
+    seen = SimpleNamespace(url="", authorizations=[])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.authorizations.append(self.headers.get("Authorization"))
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    seen.url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def open_canned_http_server() -> Callable[..., contextlib.AbstractContextManager]:
+    """``canned_http_server`` (a context manager), for test modules (they cannot import conftest)."""
+    return canned_http_server
 
 
 @pytest.fixture(scope="session")

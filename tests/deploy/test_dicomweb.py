@@ -4,13 +4,11 @@ reachable, HTTP 5xx vs 4xx, study not found, no matching series, a series with a
 
 from __future__ import annotations
 
-import http.server
 import inspect
 import json
 import logging
 import re
 import socket
-import threading
 import warnings
 from pathlib import Path
 
@@ -204,53 +202,22 @@ def test_unreachable_pacs_bounded_retries(tmp_path):
     )
 
 
-class _FixedStatusServer:
-    """An HTTP server on 127.0.0.1 that answers every request with one status code, counting requests."""
-
-    def __init__(self, status: int):
-        owner = self
-        self.requests = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.requests += 1
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
 @pytest.mark.parametrize("status", [503, 500, 429])
-def test_5xx_and_429_are_retried(status):
-    with _FixedStatusServer(status) as server:
+def test_5xx_and_429_are_retried(status, open_canned_http_server):
+    with open_canned_http_server(status) as server:
         connection = DicomWebConnection(server.url, retries=2, backoff=0.0, timeout=5)
         with pytest.raises(PacsUnreachableError, match=f"after 3 attempt.*HTTP {status}"):
             process_study(connection, "1.2.3", lambda: pytest.fail("model loaded"))
-    assert server.requests == 3
+    assert len(server.authorizations) == 3
 
 
 @pytest.mark.parametrize("status", [400, 401, 404])
-def test_4xx_is_not_retried(status):
-    with _FixedStatusServer(status) as server:
+def test_4xx_is_not_retried(status, open_canned_http_server):
+    with open_canned_http_server(status) as server:
         connection = DicomWebConnection(server.url, retries=3, backoff=0.0, timeout=5)
         with pytest.raises(DicomWebError, match=f"refused to search the series of study 1.2.3: HTTP {status}") as info:
             process_study(connection, "1.2.3", lambda: pytest.fail("model loaded"))
-    assert not isinstance(info.value, PacsUnreachableError) and server.requests == 1
+    assert not isinstance(info.value, PacsUnreachableError) and len(server.authorizations) == 1
 
 
 def test_bad_connection_settings():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.server
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,48 +178,17 @@ def test_session_and_tls_settings(tmp_path):
         TlsSettings.from_options(client_cert=ca, client_key=key)
 
 
-class _AuthRecordingServer:
-    """An HTTP server on 127.0.0.1 answering 401 to everything, recording the Authorization headers received."""
-
-    def __init__(self):
-        owner = self
-        self.headers: list[str | None] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.headers.append(self.headers.get("Authorization"))
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer realm="pacs"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-def test_bearer_token_sent_and_redacted(tmp_path, monkeypatch, capsys, caplog, model):
+def test_bearer_token_sent_and_redacted(tmp_path, monkeypatch, capsys, caplog, model, open_canned_http_server):
     token = secrets.token_urlsafe(32)
     monkeypatch.setenv("SDMAD_TEST_TOKEN", f"bearer:{token}")
-    with _AuthRecordingServer() as server, caplog.at_level(logging.DEBUG):
+    answer = open_canned_http_server(401, {"WWW-Authenticate": 'Bearer realm="pacs"'})
+    with answer as server, caplog.at_level(logging.DEBUG):
         with pytest.raises(SystemExit) as info:
             main(
                 ["process_study", "--url", server.url, "--study_uid", "1.2.3", "--model", str(model)]
                 + ["--auth_env", "SDMAD_TEST_TOKEN", "--retries", "0"]
             )
-    assert info.value.code == 1 and server.headers == [f"Bearer {token}"]  # sent once: a 401 is not retried
+    assert info.value.code == 1 and server.authorizations == [f"Bearer {token}"]  # sent once: a 401 is not retried
     out, err = capsys.readouterr()
     assert err.strip().splitlines()[-1].startswith("sdmad: error: DICOMweb server ")
     assert "HTTP 401" in err and "Check the credentials (a Bearer token (from environment variable" in err
