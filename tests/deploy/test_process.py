@@ -35,6 +35,20 @@ def volume(seed=0):
     return np.random.default_rng(seed).uniform(0, 1000, (32, 32, 12))
 
 
+def write_numbered_series(folder, i, uid, data):
+    """Series ``i`` of a study of axial brain MR series: folder ``s<i>``, description ``AX T2 <i>``, number i + 1."""
+    write_dicom_series(
+        data,
+        folder / f"s{i}",
+        "axial",
+        STUDY,
+        uid,
+        series_description=f"AX T2 {i}",
+        attributes={"BodyPartExamined": "BRAIN"},
+        series_number=i + 1,
+    )
+
+
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory):
     """One folder holding an axial brain MR series, a coronal MR series (prefix COR) and a note that is not DICOM."""
@@ -143,16 +157,7 @@ def test_bad_series_do_not_sink_the_good_one(tmp_path, detector):
     folder = tmp_path / "in"
     uids = [f"1.2.826.0.1.3680043.8.498.4{i}" for i in range(3)]
     for i, (uid, data) in enumerate(zip(uids, (volume(0), volume(1), np.zeros((32, 32, 12))))):
-        write_dicom_series(
-            data,
-            folder / f"s{i}",
-            "axial",
-            STUDY,
-            uid,
-            series_description=f"AX T2 {i}",
-            attributes={"BodyPartExamined": "BRAIN"},
-            series_number=i + 1,
-        )
+        write_numbered_series(folder, i, uid, data)
     for broken in sorted((folder / "s1").glob("*.dcm")):  # whichever file holds a requested slice
         ds = pydicom.dcmread(broken)
         del ds.PixelData
@@ -174,16 +179,7 @@ def test_undecodable_jpeg2000_series_fails_alone(tmp_path, detector):
     folder = tmp_path / "in"
     good, broken = "1.2.826.0.1.3680043.8.498.50", "1.2.826.0.1.3680043.8.498.51"
     for i, uid in enumerate((good, broken)):
-        write_dicom_series(
-            volume(i),
-            folder / f"s{i}",
-            "axial",
-            STUDY,
-            uid,
-            series_description=f"AX T2 {i}",
-            attributes={"BodyPartExamined": "BRAIN"},
-            series_number=i + 1,
-        )
+        write_numbered_series(folder, i, uid, volume(i))
     for path in sorted((folder / "s1").glob("*.dcm")):
         ds = pydicom.dcmread(path)
         ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
