@@ -5,8 +5,9 @@
 no term of the loss constrains; training therefore improves Eq. 8 decisions, not category rankings, and the images
 close up on each other. The obvious departure is the column counterpart of Remark 3.1: for every category ``c``, an
 image that has ``c`` should score higher on ``c`` (Eq. 7: the best cosine over ``c``'s prompts) than an image that
-does not, by a margin. This script adds that hinge, *outside the package* (it is not SD-MAD), and measures whether
-it turns the 4 shots into a category-AUROC gain over zero-shot:
+does not, by a margin. The package has it as an option that is off by default, because it is not SD-MAD:
+:func:`sdmad_monai.functional.category_ranking_loss`, which ``SDMADLoss(ranking_weight=w)`` adds (the bundle's
+``ranking_loss_weight``). This script measures whether it turns the 4 shots into a category-AUROC gain over zero-shot:
 
 ``ranking`` = ``w * sum_c mean_{i has c, j has not c} max(0, m - (s_c(f_i) - s_c(f_j)))`` over the images of a
 batch, added to the bundle's loss.
@@ -14,7 +15,7 @@ batch, added to the bundle's loss.
 Variants (each from ``configs/train.json`` as it is: splits, network, augmentation, loss, optimiser):
 
 - ``paper``: the bundle's loss alone (the reference);
-- ``ranking``: the loss plus the ranking hinge;
+- ``ranking``: the loss plus the ranking hinge (``ranking_loss_weight`` = ``--ranking_weight``);
 - ``ranking_text_only``: the same with the image adapters off (only the text adapter trains, so the frozen image
   embedding - whose 4-shot linear probe RESULTS.md section 7 measured - is read by moved prompts).
 
@@ -87,28 +88,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def ranking_hinge(outputs: Any, labels: Any, margin: float) -> Any:
-    """The column counterpart of Remark 3.1 on one batch (see the module docstring); 0 where no category has both a
-    positive and a negative image in the batch."""
-    import torch
-    import torch.nn.functional as F
-
-    image = F.normalize(outputs["image_features"], dim=-1)
-    text = F.normalize(outputs["text_features"], dim=-1)
-    categories = outputs["prompt_categories"]
-    similarity = image @ text.T  # [B, P]
-    terms = []
-    for k in range(labels.shape[1]):
-        prompts = categories == k
-        positive = labels[:, k] > 0
-        if not prompts.any() or not positive.any() or positive.all():
-            continue
-        score = similarity[:, prompts].max(dim=1).values  # Eq. 7 without sign selection
-        gap = score[positive][:, None] - score[~positive][None, :]
-        terms.append(torch.clamp(margin - gap, min=0).mean())
-    return torch.stack(terms).sum() if terms else similarity.sum() * 0.0
-
-
 @contextmanager
 def _demo_style(style: str) -> Iterator[None]:
     """Draw the demo dataset with another sign style while the block runs (the generator's ``render_volume``)."""
@@ -124,7 +103,11 @@ def _demo_style(style: str) -> Iterator[None]:
 
 
 def train_variant(seed: int, variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    overrides: dict[str, Any] = {"image_adapter_layers": []} if variant == "ranking_text_only" else {}
+    overrides: dict[str, Any] = {}
+    if variant != "paper":
+        overrides.update({"ranking_loss_weight": args.ranking_weight, "loss#ranking_margin": args.ranking_margin})
+    if variant == "ranking_text_only":
+        overrides["image_adapter_layers"] = []
     if args.backbone == "random":
         overrides["pretrained"] = None
     with _demo_style(args.style):
@@ -143,10 +126,7 @@ def train_variant(seed: int, variant: str, args: argparse.Namespace, work: Path)
     for epoch in range(1, args.epochs + 1):
         net.train()
         for batch in loader:
-            outputs = net(batch["image"], output="all", maps=False)
-            loss = loss_fn(outputs, batch["label"])
-            if variant != "paper":
-                loss = loss + args.ranking_weight * ranking_hinge(outputs, batch["label"], args.ranking_margin)
+            loss = loss_fn(net(batch["image"], output="all", maps=False), batch["label"])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

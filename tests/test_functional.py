@@ -11,6 +11,7 @@ from sdmad_monai.functional import (
     anchor_loss,
     anchor_loss_terms,
     anchor_predictions,
+    category_ranking_loss,
     category_scores,
     image_anomaly_score,
     image_text_loss,
@@ -85,6 +86,35 @@ def test_anchor_loss_is_zero_when_remark_3_1_holds():
     anchor = torch.tensor([R2, R2], dtype=torch.float64)
     # category 0 prompt d=0 <= d(anchor)=1-1/sqrt2 <= d(category 1 prompt)=1
     assert anchor_loss(images, text, categories, anchor, t([1.0, 0.0])).item() == 0.0
+
+
+def test_category_ranking_loss_hand_computed():
+    # Eq. 7 scores with TEXT: category 0 = max(cos to (0,1), cos to (1,1)/sqrt2), category 1 = cos to (-1,0).
+    # image A (1, 0): s0 = 1/sqrt2, s1 = -1; image B (0, 1): s0 = 1, s1 = 0; image C (-1, 0): s0 = 0, s1 = 1.
+    images = t([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0])
+    labels = t([1.0, 0.0], [0.0, 1.0], [0.0, 0.0])  # A has category 0, B has category 1, C is normal
+    margin = 0.5
+    # category 0: positive A (s0 = 1/sqrt2) against B (1) and C (0): max(0, 0.5 - (R2 - 1)) + max(0, 0.5 - R2), / 2
+    # category 1: positive B (s1 = 0) against A (-1) and C (1): max(0, 0.5 - 1) + max(0, 0.5 + 1), / 2
+    expected = (0.5 - (R2 - 1) + 0.0) / 2 + (0.0 + 1.5) / 2
+    assert category_ranking_loss(images, TEXT, CATS, labels, margin).item() == pytest.approx(expected)
+    # the order holds by more than the margin: nothing to pay
+    # category-0 image (0, 1) scores 1 on category 0, the others 0 and R2; category-1 image (-1, 0) scores 1, the
+    # others 0 and -1: every gap is at least 1 - R2 > 0.2
+    ordered = t([0.0, 1.0], [-1.0, 0.0], [1.0, 0.0])
+    assert category_ranking_loss(ordered, TEXT, CATS, t([1.0, 0.0], [0.0, 1.0], [0.0, 0.0]), 0.2).item() == 0.0
+
+
+def test_category_ranking_loss_needs_both_kinds_of_images():
+    images = t([1.0, 0.0], [0.0, 1.0])
+    images.requires_grad_(True)
+    everyone = category_ranking_loss(images, TEXT, CATS, t([1.0, 1.0], [1.0, 1.0]))
+    nobody = category_ranking_loss(images, TEXT, CATS, t([0.0, 0.0], [0.0, 0.0]))
+    assert everyone.item() == nobody.item() == 0.0
+    everyone.backward()  # still a graph: adding it to a loss never breaks backward
+    assert torch.equal(images.grad, torch.zeros_like(images))
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        category_ranking_loss(images, TEXT, CATS, t([1.0, 0.0], [0.0, 0.0]), margin=-0.1)
 
 
 def test_select_signs_drops_planted_outlier():

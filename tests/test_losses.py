@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sdmad_monai.functional import anchor_loss, image_text_loss
+from sdmad_monai.functional import anchor_loss, category_ranking_loss, image_text_loss
 from sdmad_monai.losses import AnchorLoss, ImageTextLoss, SDMADLoss
 
 
@@ -44,6 +44,22 @@ def test_weights_and_bad_prediction_type():
         SDMADLoss()(torch.zeros(3, 3), LABELS)
     with pytest.raises(KeyError, match="anchor_feature"):
         SDMADLoss()({k: v for k, v in out.items() if k != "anchor_feature"}, LABELS)
+
+
+def test_ranking_term_is_off_by_default_and_added_with_its_weight():
+    out = outputs()
+    args = (out["image_features"], out["text_features"], out["prompt_categories"])
+    paper = SDMADLoss()
+    paper_value = paper(out, LABELS).item()
+    assert "category_ranking" not in paper.components
+    ranking = category_ranking_loss(*args, LABELS, margin=0.3).item()
+    assert ranking > 0  # the random features do not order the images
+    loss = SDMADLoss(ranking_weight=2.0, ranking_margin=0.3)
+    assert loss(out, LABELS).item() == pytest.approx(paper_value + 2.0 * ranking)
+    assert loss.components["category_ranking"] == pytest.approx(ranking)
+    for name in ("ranking_weight", "ranking_margin", "pixel_loss_weight"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+            SDMADLoss(**{name: -1.0})
 
 
 # ------------------------------------------------------------------ pixel-level segmentation terms (MVFA)

@@ -14,7 +14,8 @@ No state, no I/O: the modules in :mod:`sdmad_monai.networks` and :mod:`sdmad_mon
 Where each lives (one file per part of the paper):
 
 - :mod:`.common`: ``NORMAL_CATEGORY``, the cosine distance, argument checks and prompt masks;
-- :mod:`.loss`: Eq. 3 and Eq. 4 (Eq. 5 is :class:`sdmad_monai.losses.SDMADLoss`);
+- :mod:`.loss`: Eq. 3 and Eq. 4 (Eq. 5 is :class:`sdmad_monai.losses.SDMADLoss`), and the optional category
+  ranking term, which is not the paper's;
 - :mod:`.sign_selection`: Eq. 6 and the kept-prompt membership;
 - :mod:`.scoring`: Eq. 7, Eq. 8, the anchor feature and the image anomaly score;
 - :mod:`.maps`: MVFA's patch-level anomaly maps (pixel-level protocol).
@@ -23,7 +24,7 @@ Where each lives (one file per part of the paper):
 from __future__ import annotations
 
 from .common import NORMAL_CATEGORY, cosine_distance_matrix
-from .loss import AnchorLossTerms, anchor_loss, anchor_loss_terms, image_text_loss
+from .loss import AnchorLossTerms, anchor_loss, anchor_loss_terms, category_ranking_loss, image_text_loss
 from .maps import (
     combine_anomaly_maps,
     few_shot_anomaly_map,
@@ -49,6 +50,7 @@ __all__ = [
     "image_text_loss",
     "anchor_loss_terms",
     "anchor_loss",
+    "category_ranking_loss",
     "AnchorLossTerms",
     "select_signs",
     "selection_with_fallback",

@@ -1,5 +1,8 @@
 """The inter-anomaly training loss of Section 3.2: Eq. 3 (image-text alignment) and Eq. 4 (anchor loss, Remark 3.1).
 Eq. 5, their sum, is :class:`sdmad_monai.losses.SDMADLoss`.
+
+Also here, and not in the paper: :func:`category_ranking_loss`, an optional term of ``SDMADLoss`` (off by default)
+that orders images for each category, measured in benchmarks/RESULTS.md section 9.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from .common import (
     _positive_prompt_mask,
     cosine_distance_matrix,
 )
+from .scoring import category_scores
 
-__all__ = ["image_text_loss", "AnchorLossTerms", "anchor_loss_terms", "anchor_loss"]
+__all__ = ["image_text_loss", "AnchorLossTerms", "anchor_loss_terms", "anchor_loss", "category_ranking_loss"]
 
 
 def image_text_loss(
@@ -123,3 +127,46 @@ def anchor_loss(
     """
     terms = anchor_loss_terms(image_features, text_features, prompt_categories, anchor_feature, labels)
     return (terms.positive + terms.negative).mean()
+
+
+def category_ranking_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    prompt_categories: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.2,
+) -> torch.Tensor:
+    """Category ranking hinge: **not in the paper**, the column counterpart of Remark 3.1.
+
+    Remark 3.1 and Eq. 3-4 order one image's distances to the prompts (a row of the image-prompt matrix). The
+    category AUROC of the paper's third protocol ranks the images for one category (a column), which no term of Eq. 5
+    asks for (benchmarks/RESULTS.md section 8). This term does: for every category ``c`` with positive and negative
+    images in the batch, the mean over (positive ``i``, negative ``j``) pairs of ``max(0, m - (s_c(f_i) - s_c(f_j)))``,
+    with ``s_c`` Eq. 7's score over all of ``c``'s prompts (sign selection is an inference step); summed over those
+    categories. Categories without prompts or without both kinds of images in the batch add nothing.
+
+    Args:
+        image_features: ``[B, D]`` image embeddings.
+        text_features: ``[P, D]`` prompt embeddings.
+        prompt_categories: ``[P]`` category index per prompt, ``-1`` for normal prompts.
+        labels: ``[B, K]`` multi-hot labels.
+        margin: ``m``, in cosine units.
+
+    Returns:
+        Scalar loss (0 when no category of the batch has both positive and negative images).
+    """
+    _check_prompt_args(text_features, prompt_categories)
+    _check_labels(image_features, labels, prompt_categories)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}.")
+    keep = torch.ones_like(prompt_categories, dtype=torch.bool)
+    scores = category_scores(image_features, text_features, prompt_categories, keep, labels.shape[1])  # [B, K]
+    positive = labels > 0.5
+    terms = []
+    for k in range(labels.shape[1]):
+        is_positive = positive[:, k]
+        if not bool((prompt_categories == k).any()) or not bool(is_positive.any()) or bool(is_positive.all()):
+            continue
+        gap = scores[is_positive, k][:, None] - scores[~is_positive, k][None, :]
+        terms.append(torch.clamp(margin - gap, min=0).mean())
+    return torch.stack(terms).sum() if terms else image_features.sum() * 0.0  # 0, still in the graph

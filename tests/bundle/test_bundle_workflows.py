@@ -306,3 +306,10 @@ def test_paper_override_requires_real_data(tmp_path):
         train.initialize()
         train.run()
     assert "needs real data" in repr(info.value) or "needs real data" in str(info.value.__cause__)
+
+
+def test_loss_is_the_papers_unless_the_ranking_term_is_asked_for(tmp_path):
+    paper = workflow(["train.json"], tmp_path).parser.get_parsed_content("loss")
+    assert paper.ranking_weight == 0.0 and paper.pixel_loss_weight == 0.0
+    ranking = workflow(["train.json"], tmp_path, ranking_loss_weight=5.0).parser.get_parsed_content("loss")
+    assert ranking.ranking_weight == 5.0 and ranking.ranking_margin == 0.2
