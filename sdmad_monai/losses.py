@@ -148,7 +148,8 @@ class SDMADLoss(nn.Module):
         ranking_weight: weight of :func:`~sdmad_monai.functional.category_ranking_loss`, a term the paper does not
             have; 0 (default) is the paper's loss. It orders the images for each category (what category AUROC
             measures), which Eq. 3-5 do not: with no prior it turns 4 shots into a category-AUROC gain where Eq. 5
-            gains little, and on the demo backbone it adds 0.01 (benchmarks/RESULTS.md section 9).
+            gains little; on the demo backbone it adds 0.01-0.02 and lowers Eq. 8's Hamming score
+            (benchmarks/RESULTS.md section 9).
         ranking_margin: its margin ``m`` in cosine units.
     """
 
