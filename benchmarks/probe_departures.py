@@ -6,7 +6,7 @@ no term of the loss constrains; training therefore improves Eq. 8 decisions, not
 close up on each other. The obvious departure is the column counterpart of Remark 3.1: for every category ``c``, an
 image that has ``c`` should score higher on ``c`` (Eq. 7: the best cosine over ``c``'s prompts) than an image that
 does not, by a margin. The package has it as an option that is off by default, because it is not SD-MAD:
-:func:`sdmad_monai.functional.category_ranking_loss`, which ``SDMADLoss(ranking_weight=w)`` adds (the bundle's
+:func:`sdmad_monai.functional.category_ranking_loss`, which ``SDMADLoss(ranking_loss_weight=w)`` adds (the bundle's
 ``ranking_loss_weight``). This script measures whether it turns the 4 shots into a category-AUROC gain over zero-shot:
 
 ``ranking`` = ``w * sum_c mean_{i has c, j has not c} max(0, m - (s_c(f_i) - s_c(f_j)))`` over the images of a

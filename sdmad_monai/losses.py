@@ -134,7 +134,7 @@ class SDMADLoss(nn.Module):
     """The SD-MAD training loss, Eq. 5: ``L = L_img-text + L_anchor`` (optionally weighted), plus, for the
     pixel-level protocol, ``pixel_loss_weight`` times MVFA's segmentation terms (:class:`PixelSegmentationLoss`):
     the paper's Section 4.2 "aggregates our inter-anomaly loss with the losses of MVFA"; and, only when asked for,
-    ``ranking_weight`` times a category ranking term that is not the paper's.
+    ``ranking_loss_weight`` times a category ranking term that is not the paper's.
 
     After each call, :attr:`components` holds the batch means of the image-text loss, the positive and negative
     anchor hinges and the number of violated Remark 3.1 orderings (and the pixel terms when on), for logging handlers.
@@ -145,7 +145,7 @@ class SDMADLoss(nn.Module):
         pixel_loss_weight: weight of the segmentation terms; 0 (default) is the paper's image-level training and
             accepts a plain ``[B, K]`` label target. Above 0 the target must be the mapping of
             :class:`sdmad_monai.workflows.PrepareBatchWithMasks` (``label``, ``mask``, ``mask_valid``).
-        ranking_weight: weight of :func:`~sdmad_monai.functional.category_ranking_loss`, a term the paper does not
+        ranking_loss_weight: weight of :func:`~sdmad_monai.functional.category_ranking_loss`, a term the paper does not
             have; 0 (default) is the paper's loss. It orders the images for each category (what category AUROC
             measures), which Eq. 3-5 do not: with no prior it turns 4 shots into a category-AUROC gain where Eq. 5
             gains little; on the demo backbone it adds 0.01-0.02 and lowers Eq. 8's Hamming score
@@ -158,13 +158,13 @@ class SDMADLoss(nn.Module):
         image_text_weight: float = 1.0,
         anchor_weight: float = 1.0,
         pixel_loss_weight: float = 0.0,
-        ranking_weight: float = 0.0,
+        ranking_loss_weight: float = 0.0,
         ranking_margin: float = 0.2,
     ) -> None:
         super().__init__()
         for name, value in (
             ("pixel_loss_weight", pixel_loss_weight),
-            ("ranking_weight", ranking_weight),
+            ("ranking_loss_weight", ranking_loss_weight),
             ("ranking_margin", ranking_margin),
         ):
             if value < 0:
@@ -172,7 +172,7 @@ class SDMADLoss(nn.Module):
         self.image_text_weight = float(image_text_weight)
         self.anchor_weight = float(anchor_weight)
         self.pixel_loss_weight = float(pixel_loss_weight)
-        self.ranking_weight = float(ranking_weight)
+        self.ranking_loss_weight = float(ranking_loss_weight)
         self.ranking_margin = float(ranking_margin)
         self.pixel_loss = PixelSegmentationLoss() if self.pixel_loss_weight > 0 else None
         self.components: dict[str, float] = {}
@@ -191,10 +191,10 @@ class SDMADLoss(nn.Module):
             "remark31_violations": float(terms.violations.sum()),
         }
         loss = self.image_text_weight * alignment + self.anchor_weight * anchor_term
-        if self.ranking_weight > 0:
+        if self.ranking_loss_weight > 0:
             ranking = category_ranking_loss(image, text, categories, labels, self.ranking_margin)
             self.components["category_ranking"] = float(ranking.detach())
-            loss = loss + self.ranking_weight * ranking
+            loss = loss + self.ranking_loss_weight * ranking
         if self.pixel_loss is None:
             return loss
         if not isinstance(target, Mapping) or "mask" not in target:

@@ -54,10 +54,10 @@ def test_ranking_term_is_off_by_default_and_added_with_its_weight():
     assert "category_ranking" not in paper.components
     ranking = category_ranking_loss(*args, LABELS, margin=0.3).item()
     assert ranking > 0  # the random features do not order the images
-    loss = SDMADLoss(ranking_weight=2.0, ranking_margin=0.3)
+    loss = SDMADLoss(ranking_loss_weight=2.0, ranking_margin=0.3)
     assert loss(out, LABELS).item() == pytest.approx(paper_value + 2.0 * ranking)
     assert loss.components["category_ranking"] == pytest.approx(ranking)
-    for name in ("ranking_weight", "ranking_margin", "pixel_loss_weight"):
+    for name in ("ranking_loss_weight", "ranking_margin", "pixel_loss_weight"):
         with pytest.raises(ValueError, match=f"{name} must be >= 0"):
             SDMADLoss(**{name: -1.0})
 

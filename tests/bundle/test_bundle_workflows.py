@@ -310,6 +310,6 @@ def test_paper_override_requires_real_data(tmp_path):
 
 def test_loss_is_the_papers_unless_the_ranking_term_is_asked_for(tmp_path):
     paper = workflow(["train.json"], tmp_path).parser.get_parsed_content("loss")
-    assert paper.ranking_weight == 0.0 and paper.pixel_loss_weight == 0.0
+    assert paper.ranking_loss_weight == 0.0 and paper.pixel_loss_weight == 0.0
     ranking = workflow(["train.json"], tmp_path, ranking_loss_weight=5.0).parser.get_parsed_content("loss")
-    assert ranking.ranking_weight == 5.0 and ranking.ranking_margin == 0.2
+    assert ranking.ranking_loss_weight == 5.0 and ranking.ranking_margin == 0.2
