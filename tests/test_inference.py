@@ -186,6 +186,19 @@ def test_infer_volume_every_slice_in_batches(detector, volumes):
     assert strided.slice_indices == [0, 4, 8]
 
 
+def test_prepared_volume_affine_is_an_array_of_its_own(detector, volumes):
+    """The affine a prepared volume carries (into the map's JSON) is the file's, in memory of its own: not a view
+    of the slices' metadata tensors, nor the slices' of one another, so that nothing done to one changes another."""
+    from sdmad_monai.inference import prepare_volume
+    from sdmad_monai.transforms import LoadSlices
+
+    prepared = prepare_volume(volumes[0], detector.image_size, detector.image_mean, detector.image_std, indices=[0, 5])
+    assert prepared.volume_affine.flags.owndata
+    np.testing.assert_array_equal(prepared.volume_affine, nib.load(str(volumes[0])).affine)
+    first, second = LoadSlices("axial", [0, 5])(volumes[0])
+    assert not np.shares_memory(first.meta["volume_affine"].numpy(), second.meta["volume_affine"].numpy())
+
+
 # ---------------------------------------------------------------- infer_volumes
 def test_infer_volume_accepts_a_loaded_volume(detector, volumes):
     """A MetaTensor volume (what LoadImage and the MONAI Deploy operator hand over) scores exactly like its file."""

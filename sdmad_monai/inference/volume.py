@@ -112,7 +112,8 @@ def prepare_volume(
         not_assessed=problems,
         # a slice's spatial_shape has two sizes, its volume's three (by construction of ExtractSlices/LoadSlices)
         slice_shape=cast("tuple[int, int]", tuple(int(v) for v in first["spatial_shape"])),
-        volume_affine=np.asarray(first["volume_affine"], dtype=np.float64),
+        # an array of its own, not a view of the slice metadata's tensor memory
+        volume_affine=np.array(first["volume_affine"], dtype=np.float64, copy=True),
         volume_shape=cast("tuple[int, int, int]", tuple(int(v) for v in first["volume_spatial_shape"])),
     )
 

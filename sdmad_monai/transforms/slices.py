@@ -398,7 +398,8 @@ def extract_slices_from_source(
             "num_slices": int(geom.num_slices),
             "pixel_spacing": geom.pixel_spacing,
             "spatial_shape": (int(rows), int(cols)),
-            "volume_affine": torch.as_tensor(source.affine, dtype=torch.float64),
+            # a copy per slice: no slice shares memory with the source's (or another slice's) affine
+            "volume_affine": torch.tensor(source.affine, dtype=torch.float64),
             "volume_spatial_shape": tuple(int(v) for v in source.spatial_shape),
             "space": "RAS",
         }

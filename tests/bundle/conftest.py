@@ -25,8 +25,13 @@ def _close(a, b, where: str) -> None:
             _close(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), f"{where}: {len(a)} items != {len(b)}"
-        for k, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{where}[{k}]")
+        try:
+            for k, (x, y) in enumerate(zip(a, b)):
+                _close(x, y, f"{where}[{k}]")
+        except AssertionError as error:
+            if len(repr(a)) + len(repr(b)) > 600:
+                raise
+            raise AssertionError(f"{error}\n  {where}: {a!r}\n  expected: {b!r}") from None
     elif isinstance(a, float) or isinstance(b, float):
         assert isinstance(a, (int, float)) and isinstance(b, (int, float)), f"{where}: {a!r} != {b!r}"
         assert math.isclose(a, b, rel_tol=0, abs_tol=ABS_TOLERANCE), f"{where}: {a!r} != {b!r}"
